@@ -1,0 +1,30 @@
+# The scheduler's own serialisation of accepted jobs, stored (TBinaryProtocol, strict) as the
+# payload of a saga's StartSaga record. Field ids match Twitter Scoot's so that its saga data
+# stays readable. Regenerate the Rust bindings with `make thrift`.
+
+struct Command {
+  1: required list<string> argv
+  2: optional map<string, string> envVars
+  # Nanoseconds.
+  3: optional i64 timeout
+  4: required string snapshotId
+}
+
+struct TaskDefinition {
+  1: required Command command
+  2: optional string taskId
+}
+
+struct JobDefinition {
+  1: optional string jobType
+  2: optional list<TaskDefinition> tasks
+  3: optional i32 priority
+  4: optional string tag
+  5: optional string basis
+  6: optional string requestor
+}
+
+struct Job {
+  1: required string id
+  2: required JobDefinition jobDefinition
+}
