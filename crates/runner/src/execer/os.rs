@@ -1,0 +1,268 @@
+//! The OS engine: runs argv directly (no shell) as the leader of a new process group.
+//!
+//! Stopping a task means its whole group: SIGTERM first, SIGKILL after a grace period. When the
+//! leader exits, whatever is left of its group is SIGKILLed too, so no task leaves processes
+//! behind (Scoot did this only with a memory cap set; we always do). With a memory cap, the
+//! group's resident memory (plus any descendant that left the group) is sampled every 500 ms.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::memory::{task_listing, task_rss_bytes};
+use super::{ExecError, ExecSpec, Execer, Process, ProcessOutcome};
+use crate::output::RunOutputs;
+
+/// How often task memory is sampled when a cap is set.
+const MEMORY_SAMPLE_PERIOD: Duration = Duration::from_millis(500);
+/// How long output still flowing from stragglers is copied after the group was killed.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct OsExecer {
+    /// Kill a task whose processes use more than this many bytes of resident memory.
+    pub memory_cap: Option<u64>,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    pub kill_grace: Duration,
+}
+
+impl Default for OsExecer {
+    fn default() -> OsExecer {
+        OsExecer {
+            memory_cap: None,
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[async_trait]
+impl Execer for OsExecer {
+    async fn start(&self, spec: ExecSpec) -> Result<Box<dyn Process>, ExecError> {
+        let Some(program) = spec.argv.first() else {
+            return Err(ExecError("empty argv".to_string()));
+        };
+        let mut child = Command::new(program)
+            .args(&spec.argv[1..])
+            .envs(&spec.env)
+            .current_dir(&spec.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| ExecError(format!("{program}: {err}")))?;
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            return Err(ExecError(format!(
+                "{program}: exited before it could be watched"
+            )));
+        };
+        let pumps = vec![
+            pump(
+                child.stdout.take(),
+                spec.outputs.clone(),
+                RunOutputs::write_stdout,
+            ),
+            pump(
+                child.stderr.take(),
+                spec.outputs.clone(),
+                RunOutputs::write_stderr,
+            ),
+        ];
+        let mut process = OsProcess {
+            child,
+            group: Pid::from_raw(pid),
+            pumps,
+            outputs: spec.outputs,
+            memory: self.memory_cap.map(MemoryWatch::new),
+            kill_grace: self.kill_grace,
+            early_outcome: None,
+        };
+        process.check_initial_memory().await;
+        Ok(Box::new(process))
+    }
+}
+
+fn pump<R>(
+    source: Option<R>,
+    outputs: std::sync::Arc<RunOutputs>,
+    write: fn(&RunOutputs, &[u8]),
+) -> JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let Some(mut source) = source else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match source.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => write(&outputs, &buf[..n]),
+            }
+        }
+    })
+}
+
+struct MemoryWatch {
+    cap: u64,
+    ticker: tokio::time::Interval,
+    /// Highest fraction of the cap already reported, in percent.
+    reported_percent: u64,
+}
+
+impl MemoryWatch {
+    fn new(cap: u64) -> MemoryWatch {
+        let mut ticker = tokio::time::interval(MEMORY_SAMPLE_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        MemoryWatch {
+            cap: cap.max(1),
+            ticker,
+            reported_percent: 0,
+        }
+    }
+}
+
+struct OsProcess {
+    child: Child,
+    group: Pid,
+    pumps: Vec<JoinHandle<()>>,
+    outputs: std::sync::Arc<RunOutputs>,
+    memory: Option<MemoryWatch>,
+    kill_grace: Duration,
+    /// Set when the process was stopped before anyone waited on it.
+    early_outcome: Option<ProcessOutcome>,
+}
+
+impl OsProcess {
+    async fn check_initial_memory(&mut self) {
+        let Some(memory) = &self.memory else { return };
+        let used = task_rss_bytes(self.group.as_raw());
+        if used < memory.cap {
+            return;
+        }
+        let message = format!(
+            "task memory {used} bytes is already at or above the worker's cap of {} bytes when it starts",
+            memory.cap
+        );
+        self.outputs
+            .write_stderr(format!("{message}\n{}", task_listing(self.group.as_raw())).as_bytes());
+        self.kill_group_now().await;
+        self.early_outcome = Some(ProcessOutcome::HighInitialMemory { message });
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        if let Err(err) = killpg(self.group, signal) {
+            if err != nix::errno::Errno::ESRCH {
+                tracing::warn!(group = self.group.as_raw(), %signal, error = %err, "cannot signal task");
+            }
+        }
+    }
+
+    async fn kill_group_now(&mut self) {
+        self.signal_group(Signal::SIGKILL);
+        let _ = self.child.wait().await;
+        self.finish().await;
+    }
+
+    /// Kills stragglers of the group and waits for the output copies to end.
+    async fn finish(&mut self) {
+        self.signal_group(Signal::SIGKILL);
+        for pump in self.pumps.drain(..) {
+            let abort = pump.abort_handle();
+            if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, pump)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Samples memory once; returns an outcome if the cap was exceeded.
+    async fn sample_memory(&mut self) -> Option<ProcessOutcome> {
+        let memory = self.memory.as_mut()?;
+        let used = task_rss_bytes(self.group.as_raw());
+        let percent = used.saturating_mul(100) / memory.cap;
+        if let Some(threshold) = [50u64, 75, 90]
+            .into_iter()
+            .rev()
+            .find(|t| percent >= *t && memory.reported_percent < *t)
+        {
+            memory.reported_percent = threshold;
+            tracing::info!(
+                used,
+                cap = memory.cap,
+                "task memory passed {threshold}% of the cap"
+            );
+        }
+        if used < memory.cap {
+            return None;
+        }
+        let message = format!(
+            "Cmd exceeded MemoryCap, aborting process: {used} bytes used, cap {} bytes",
+            memory.cap
+        );
+        self.outputs
+            .write_stderr(format!("\n{message}\n{}", task_listing(self.group.as_raw())).as_bytes());
+        self.kill_group_now().await;
+        Some(ProcessOutcome::MemoryCapExceeded { message })
+    }
+}
+
+#[async_trait]
+impl Process for OsProcess {
+    async fn wait(&mut self) -> ProcessOutcome {
+        if let Some(outcome) = self.early_outcome.clone() {
+            return outcome;
+        }
+        loop {
+            let tick = async {
+                match self.memory.as_mut() {
+                    Some(memory) => {
+                        memory.ticker.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = self.child.wait() => {
+                    self.finish().await;
+                    return match status {
+                        Ok(status) => ProcessOutcome::Exited(status.code().unwrap_or(-1)),
+                        Err(err) => ProcessOutcome::Failed { message: format!("waiting for the task: {err}") },
+                    };
+                }
+                _ = tick => {
+                    if let Some(outcome) = self.sample_memory().await {
+                        self.early_outcome = Some(outcome.clone());
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn kill(&mut self) -> ProcessOutcome {
+        if let Some(outcome) = self.early_outcome.clone() {
+            return outcome;
+        }
+        self.signal_group(Signal::SIGTERM);
+        if tokio::time::timeout(self.kill_grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                group = self.group.as_raw(),
+                "task ignored SIGTERM, sending SIGKILL"
+            );
+        }
+        self.kill_group_now().await;
+        self.early_outcome = Some(ProcessOutcome::Killed);
+        ProcessOutcome::Killed
+    }
+}

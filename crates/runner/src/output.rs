@@ -1,0 +1,241 @@
+//! Captured output of runs: for each run a `<runId>-stdout`, `<runId>-stderr` and a combined
+//! `<runId>-stdlog` file, each starting with a header that describes the command and ends with a
+//! `SCOOT_CMD_LOG` line, after which the command's own output follows.
+//!
+//! A run's output is addressed by a URI: `file://<host><path>`, or, when the worker serves its
+//! outputs over HTTP, `http://<http_addr>/output/<name>?file=file://<host><path>` (the form
+//! Scoot's clients parse). Only the outputs of the most recent `retained_runs` runs are kept.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use scoot_core::{Command, RunId};
+
+/// The line that separates the header from the command's output.
+pub const CMD_LOG_MARKER: &str = "SCOOT_CMD_LOG";
+
+const STREAMS: [&str; 3] = ["stdout", "stderr", "stdlog"];
+
+pub struct OutputStore {
+    dir: PathBuf,
+    host: String,
+    /// `http://<http_addr>/output/` when outputs are served over HTTP.
+    http_base: Option<String>,
+    retained_runs: usize,
+    runs: Mutex<VecDeque<RunId>>,
+}
+
+impl OutputStore {
+    pub fn new(dir: PathBuf, http_addr: Option<&str>, retained_runs: usize) -> OutputStore {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".to_string());
+        OutputStore {
+            dir,
+            host,
+            http_base: http_addr.map(|addr| format!("http://{addr}/output/")),
+            retained_runs: retained_runs.max(1),
+            runs: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file behind an output name such as `3-stdout`, if that name is one of ours.
+    pub fn path_of(&self, name: &str) -> Option<PathBuf> {
+        let (run, stream) = name.rsplit_once('-')?;
+        let valid =
+            !run.is_empty() && run.bytes().all(|b| b.is_ascii_digit()) && STREAMS.contains(&stream);
+        valid.then(|| self.dir.join(name))
+    }
+
+    /// Creates the three output files of a run and writes their headers.
+    pub fn create(&self, run_id: &RunId, cmd: &Command) -> io::Result<RunOutputs> {
+        let names = STREAMS.map(|stream| format!("{run_id}-{stream}"));
+        let uris = names.clone().map(|name| self.uri(&name));
+        let header = header(&uris, cmd);
+        let mut files = Vec::with_capacity(3);
+        for name in &names {
+            let mut file = File::create(self.dir.join(name))?;
+            file.write_all(header.as_bytes())?;
+            files.push(file);
+        }
+        self.retain(run_id);
+        let [stdout, stderr, stdlog]: [File; 3] = files
+            .try_into()
+            .map_err(|_| io::Error::other("three output files expected"))?;
+        let [stdout_uri, stderr_uri, _] = uris;
+        Ok(RunOutputs {
+            stdout,
+            stderr,
+            stdlog,
+            stdout_uri,
+            stderr_uri,
+        })
+    }
+
+    fn uri(&self, name: &str) -> String {
+        let file_uri = format!("file://{}{}", self.host, self.dir.join(name).display());
+        match &self.http_base {
+            Some(base) => format!("{base}{name}?file={file_uri}"),
+            None => file_uri,
+        }
+    }
+
+    fn retain(&self, run_id: &RunId) {
+        let expired: Vec<RunId> = {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.push_back(run_id.clone());
+            let excess = runs.len().saturating_sub(self.retained_runs);
+            runs.drain(..excess).collect()
+        };
+        for run in expired {
+            for stream in STREAMS {
+                let path = self.dir.join(format!("{run}-{stream}"));
+                if let Err(err) = std::fs::remove_file(&path) {
+                    if err.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %err, "cannot remove old output");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn header(uris: &[String; 3], cmd: &Command) -> String {
+    let rule = "#".repeat(80);
+    let timeout = cmd
+        .timeout
+        .map(|t| humantime::format_duration(t).to_string())
+        .unwrap_or_else(|| "none".to_string());
+    format!(
+        "{rule}\n{rule}\n\
+         Date: {date}\n\
+         Stdout: {stdout}\nStderr: {stderr}\nStdlog: {stdlog}\n\
+         Command: {argv:?}\nEnv: {env:?}\nTimeout: {timeout}\nSnapshot: {snapshot}\n\
+         JobID: {job} TaskID: {task} Tag: {tag}\n\
+         {rule}\n{rule}\n{CMD_LOG_MARKER}\n",
+        date = humantime::format_rfc3339_seconds(SystemTime::now()),
+        stdout = uris[0],
+        stderr = uris[1],
+        stdlog = uris[2],
+        argv = cmd.argv,
+        env = cmd.env,
+        snapshot = cmd.snapshot_id,
+        job = cmd.tags.job_id,
+        task = cmd.tags.task_id,
+        tag = cmd.tags.tag,
+    )
+}
+
+/// The open output files of one run. Writes go straight to the files (no user-space buffer), so
+/// readers of the URIs see output as it is produced.
+pub struct RunOutputs {
+    stdout: File,
+    stderr: File,
+    stdlog: File,
+    pub stdout_uri: String,
+    pub stderr_uri: String,
+}
+
+impl RunOutputs {
+    pub fn write_stdout(&self, data: &[u8]) {
+        write_both(&self.stdout, &self.stdlog, data);
+    }
+
+    pub fn write_stderr(&self, data: &[u8]) {
+        write_both(&self.stderr, &self.stdlog, data);
+    }
+
+    /// Appends a note from the worker (why a run was stopped) to all three files.
+    pub fn append_trailer(&self, message: &str) {
+        let trailer = format!("\n{}\n{message}\n", "#".repeat(80));
+        for mut file in [&self.stdout, &self.stderr, &self.stdlog] {
+            if let Err(err) = file.write_all(trailer.as_bytes()) {
+                tracing::warn!(error = %err, "cannot append trailer to output");
+            }
+        }
+    }
+}
+
+fn write_both(mut one: &File, mut combined: &File, data: &[u8]) {
+    if let Err(err) = one.write_all(data).and_then(|_| combined.write_all(data)) {
+        tracing::warn!(error = %err, "cannot write task output");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn files_have_header_then_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::new(dir.path().to_path_buf(), Some("localhost:9093"), 10);
+        let cmd = Command {
+            argv: vec!["echo".into(), "hi".into()],
+            ..Command::default()
+        };
+        let outputs = store.create(&RunId::from("0"), &cmd).unwrap();
+        outputs.write_stdout(b"out\n");
+        outputs.write_stderr(b"err\n");
+
+        let stdout = read(dir.path(), "0-stdout");
+        let (header, body) = stdout.split_once(&format!("{CMD_LOG_MARKER}\n")).unwrap();
+        assert!(header.contains(r#"["echo", "hi"]"#));
+        assert_eq!(body, "out\n");
+        assert!(read(dir.path(), "0-stderr").ends_with("SCOOT_CMD_LOG\nerr\n"));
+        assert!(read(dir.path(), "0-stdlog").ends_with("SCOOT_CMD_LOG\nout\nerr\n"));
+
+        let file_uri = format!(
+            "file://{}{}",
+            store.host,
+            dir.path().join("0-stdout").display()
+        );
+        assert_eq!(
+            outputs.stdout_uri,
+            format!("http://localhost:9093/output/0-stdout?file={file_uri}")
+        );
+    }
+
+    #[test]
+    fn old_runs_outputs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::new(dir.path().to_path_buf(), None, 2);
+        for id in ["0", "1", "2"] {
+            store.create(&RunId::from(id), &Command::default()).unwrap();
+        }
+        assert!(!dir.path().join("0-stdout").exists());
+        assert!(dir.path().join("1-stdlog").exists());
+        assert!(dir.path().join("2-stderr").exists());
+    }
+
+    #[test]
+    fn only_our_names_resolve() {
+        let store = OutputStore::new(PathBuf::from("/out"), None, 2);
+        assert_eq!(
+            store.path_of("12-stdout"),
+            Some(PathBuf::from("/out/12-stdout"))
+        );
+        for bad in [
+            "../x-stdout",
+            "1-passwd",
+            "-stdout",
+            "1/2-stdout",
+            "a-stderr",
+            "",
+        ] {
+            assert_eq!(store.path_of(bad), None, "{bad}");
+        }
+    }
+}
