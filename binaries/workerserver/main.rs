@@ -1,1 +1,64 @@
-fn main() {}
+//! `workerserver`: runs one Scoot worker. See `scoot_worker` for what it serves.
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Scoot worker: runs one command at a time for a scheduler.
+#[derive(Parser, Debug)]
+#[command(name = "workerserver", version)]
+struct Args {
+    /// Address for the Worker Thrift API.
+    #[arg(long = "thrift_addr", default_value = "localhost:9092")]
+    thrift_addr: String,
+    /// Address for HTTP (/health, /output/).
+    #[arg(long = "http_addr", default_value = "localhost:9093")]
+    http_addr: String,
+    /// Kill a task whose processes use this many bytes of resident memory (0 = no cap).
+    #[arg(long = "mem_cap", default_value_t = 0)]
+    mem_cap: u64,
+    /// Bundlestore for snapshot checkouts: `host:port` or an absolute directory.
+    #[arg(long = "bundlestore", value_parser = parse_bundlestore)]
+    bundlestore: Option<String>,
+    /// On SIGTERM/SIGINT, how long the running task may continue before it is aborted.
+    #[arg(long = "drain_grace", default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_grace: std::time::Duration,
+    /// trace, debug, info, warn or error.
+    #[arg(long = "log_level", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_bundlestore(value: &str) -> Result<String, String> {
+    let is_dir = value.starts_with('/');
+    let is_host_port = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if is_dir || is_host_port {
+        Ok(value.to_string())
+    } else {
+        Err("expected host:port or an absolute directory path".to_string())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
+    if let Some(store) = &args.bundlestore {
+        tracing::warn!(bundlestore = %store, "snapshot checkouts are not supported by this build yet; tasks with a snapshot id will fail with exit code 210");
+    }
+    let thrift = tokio::net::TcpListener::bind(&args.thrift_addr)
+        .await
+        .with_context(|| format!("cannot listen on -thrift_addr {}", args.thrift_addr))?;
+    let http = tokio::net::TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on -http_addr {}", args.http_addr))?;
+    let config = scoot_worker::WorkerConfig {
+        memory_cap: (args.mem_cap > 0).then_some(args.mem_cap),
+        advertised_http_addr: Some(args.http_addr.clone()),
+        drain_grace: args.drain_grace,
+        ..scoot_worker::WorkerConfig::default()
+    };
+    scoot_worker::run(thrift, http, config, scoot_bin_util::shutdown_signal())
+        .await
+        .context("workerserver failed")
+}

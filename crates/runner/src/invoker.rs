@@ -184,10 +184,10 @@ async fn release(held: Resources) {
     // run was aborted while the process was being started.
     drop(held.process);
     drop(held.outputs);
-    if let Some(checkout) = held.checkout {
-        if let Err(err) = checkout.release().await {
-            tracing::warn!(error = %err, "cannot release checkout");
-        }
+    if let Some(checkout) = held.checkout
+        && let Err(err) = checkout.release().await
+    {
+        tracing::warn!(error = %err, "cannot release checkout");
     }
 }
 

@@ -20,6 +20,15 @@ pub const CMD_LOG_MARKER: &str = "SCOOT_CMD_LOG";
 
 const STREAMS: [&str; 3] = ["stdout", "stderr", "stdlog"];
 
+/// What an output name refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputLookup {
+    Found(PathBuf),
+    /// It existed but has been removed to bound disk use.
+    Gone,
+    NotFound,
+}
+
 pub struct OutputStore {
     dir: PathBuf,
     host: String,
@@ -47,12 +56,34 @@ impl OutputStore {
         &self.dir
     }
 
-    /// The file behind an output name such as `3-stdout`, if that name is one of ours.
-    pub fn path_of(&self, name: &str) -> Option<PathBuf> {
-        let (run, stream) = name.rsplit_once('-')?;
-        let valid =
-            !run.is_empty() && run.bytes().all(|b| b.is_ascii_digit()) && STREAMS.contains(&stream);
-        valid.then(|| self.dir.join(name))
+    /// Resolves an output name such as `3-stdout` to its file.
+    pub fn lookup(&self, name: &str) -> OutputLookup {
+        let Some((run, stream)) = name.rsplit_once('-') else {
+            return OutputLookup::NotFound;
+        };
+        let Ok(run_number) = run.parse::<u64>() else {
+            return OutputLookup::NotFound;
+        };
+        if !STREAMS.contains(&stream) || run_number.to_string() != run {
+            return OutputLookup::NotFound;
+        }
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = self.dir.join(name);
+        if runs.iter().any(|r| r.0 == run) && path.exists() {
+            OutputLookup::Found(path)
+        } else if runs.back().and_then(|r| r.0.parse::<u64>().ok()) >= Some(run_number) {
+            OutputLookup::Gone
+        } else {
+            OutputLookup::NotFound
+        }
+    }
+
+    /// The names of the retained outputs, oldest run first.
+    pub fn names(&self) -> Vec<String> {
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        runs.iter()
+            .flat_map(|run| STREAMS.map(|stream| format!("{run}-{stream}")))
+            .collect()
     }
 
     /// Creates the three output files of a run and writes their headers.
@@ -98,10 +129,10 @@ impl OutputStore {
         for run in expired {
             for stream in STREAMS {
                 let path = self.dir.join(format!("{run}-{stream}"));
-                if let Err(err) = std::fs::remove_file(&path) {
-                    if err.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %err, "cannot remove old output");
-                    }
+                if let Err(err) = std::fs::remove_file(&path)
+                    && err.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove old output");
                 }
             }
         }
@@ -221,21 +252,28 @@ mod tests {
     }
 
     #[test]
-    fn only_our_names_resolve() {
-        let store = OutputStore::new(PathBuf::from("/out"), None, 2);
+    fn lookup_tells_found_gone_and_unknown_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::new(dir.path().to_path_buf(), None, 1);
+        for id in ["0", "1"] {
+            store.create(&RunId::from(id), &Command::default()).unwrap();
+        }
         assert_eq!(
-            store.path_of("12-stdout"),
-            Some(PathBuf::from("/out/12-stdout"))
+            store.lookup("1-stdout"),
+            OutputLookup::Found(dir.path().join("1-stdout"))
         );
-        for bad in [
-            "../x-stdout",
+        assert_eq!(store.lookup("0-stderr"), OutputLookup::Gone);
+        assert_eq!(store.names(), vec!["1-stdout", "1-stderr", "1-stdlog"]);
+        for unknown in [
+            "2-stdout",
+            "../1-stdout",
             "1-passwd",
             "-stdout",
-            "1/2-stdout",
-            "a-stderr",
+            "01-stdout",
+            "1/1-stdout",
             "",
         ] {
-            assert_eq!(store.path_of(bad), None, "{bad}");
+            assert_eq!(store.lookup(unknown), OutputLookup::NotFound, "{unknown}");
         }
     }
 }

@@ -15,10 +15,13 @@ pub mod convert;
 pub mod server;
 
 #[path = "gen/sched.rs"]
+#[allow(clippy::all, clippy::unwrap_used)]
 pub mod sched;
 #[path = "gen/scoot.rs"]
+#[allow(clippy::all, clippy::unwrap_used)]
 pub mod scoot;
 #[path = "gen/worker.rs"]
+#[allow(clippy::all, clippy::unwrap_used)]
 pub mod worker;
 
 /// Decoding limits for untrusted peers: big enough for any real job, small enough that a

@@ -1,1 +1,11 @@
+//! The workerserver: one machine's worker.
+//!
+//! [`server::run`] is the whole program given two bound listeners: it builds the runner
+//! (`scoot-runner`), serves the Worker Thrift API on one listener ([`handler`]) and the HTTP
+//! endpoints on the other ([`http`]), and on shutdown drains the current run before closing.
 
+pub mod handler;
+pub mod http;
+pub mod server;
+
+pub use server::{WorkerConfig, run};

@@ -156,10 +156,10 @@ impl OsProcess {
     }
 
     fn signal_group(&self, signal: Signal) {
-        if let Err(err) = killpg(self.group, signal) {
-            if err != nix::errno::Errno::ESRCH {
-                tracing::warn!(group = self.group.as_raw(), %signal, error = %err, "cannot signal task");
-            }
+        if let Err(err) = killpg(self.group, signal)
+            && err != nix::errno::Errno::ESRCH
+        {
+            tracing::warn!(group = self.group.as_raw(), %signal, error = %err, "cannot signal task");
         }
     }
 

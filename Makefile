@@ -1,0 +1,50 @@
+# scoot-rs: build, test and regenerate.
+#
+#   make test        every test (unit, end-to-end with real binaries, Python Thrift cross-client,
+#                    generated-code drift check); installs what it needs first
+#   make smoketest   builds and runs the main job (see README)
+#   make thrift      regenerates crates/thrift/src/gen from thrift/*.thrift
+#   make lint        rustfmt and clippy, as CI runs them
+
+CARGO ?= cargo
+THRIFT_IDLS := scoot worker sched
+THRIFT_GEN := crates/thrift/src/gen
+
+.PHONY: all build test test-deps thrift thrift-check lint smoketest clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+test-deps:
+	scripts/ensure-test-deps.sh
+
+test: test-deps thrift-check
+	$(CARGO) test --workspace --all-targets
+
+thrift:
+	scripts/ensure-test-deps.sh thrift
+	for idl in $(THRIFT_IDLS); do thrift --gen rs -out $(THRIFT_GEN) thrift/$$idl.thrift || exit 1; done
+
+# Fails when the committed generated code is not what the IDL produces.
+thrift-check:
+	scripts/ensure-test-deps.sh thrift
+	@tmp=$$(mktemp -d) && \
+	for idl in $(THRIFT_IDLS); do thrift --gen rs -out $$tmp thrift/$$idl.thrift || exit 1; done && \
+	if diff -r $$tmp $(THRIFT_GEN) >/dev/null; then rm -rf $$tmp; echo "thrift bindings match the IDL"; \
+	else diff -r $$tmp $(THRIFT_GEN) | head -40; rm -rf $$tmp; \
+	  echo "crates/thrift/src/gen is out of date: run 'make thrift' and commit"; exit 1; fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Until the scheduler and local cluster exist, the main job starts one worker and runs a
+# command on it through the Worker Thrift API (scripts/worker-demo.sh).
+smoketest: test-deps
+	$(CARGO) build --release
+	scripts/worker-demo.sh target/release/workerserver
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,54 @@
+//! The Worker Thrift service over a [`QueueRunner`]. Like Scoot's, it never returns a Thrift
+//! error: refusals come back as FAILED statuses whose `error` says why.
+
+use scoot_core::{Query, RunId, RunStatus};
+use scoot_runner::queue::{QueueRunner, WorkerPhase};
+use scoot_thrift::{convert, worker};
+use tokio::runtime::Handle;
+
+pub struct WorkerHandler {
+    runner: QueueRunner,
+    /// Thrift calls arrive on blocking threads; async runner calls are run on this runtime.
+    runtime: Handle,
+}
+
+impl WorkerHandler {
+    pub fn new(runner: QueueRunner, runtime: Handle) -> WorkerHandler {
+        WorkerHandler { runner, runtime }
+    }
+}
+
+impl worker::WorkerSyncHandler for WorkerHandler {
+    fn handle_query_worker(&self) -> thrift::Result<worker::WorkerStatus> {
+        let (runs, mut service) = self.runner.statuses().query_now(&Query::all());
+        if self.runner.phase() == WorkerPhase::Draining {
+            // Tell schedulers to stop sending work while the current run finishes.
+            service.is_healthy = false;
+            service.error = scoot_runner::queue::WORKER_DRAINING_MSG.to_string();
+        }
+        Ok(convert::worker_status_to_wire(&runs, &service))
+    }
+
+    fn handle_run(&self, cmd: worker::RunCommand) -> thrift::Result<worker::RunStatus> {
+        let cmd = convert::command_from_wire(cmd);
+        let status = match self.runner.run(cmd.clone()) {
+            Ok(status) => status,
+            Err(refused) => {
+                tracing::info!(
+                    job_id = %cmd.tags.job_id,
+                    task_id = %cmd.tags.task_id,
+                    tag = %cmd.tags.tag,
+                    reason = %refused,
+                    "run refused"
+                );
+                RunStatus::failed(RunId::default(), 0, refused.to_string(), cmd.tags)
+            }
+        };
+        Ok(convert::status_to_wire(&status))
+    }
+
+    fn handle_abort(&self, run_id: String) -> thrift::Result<worker::RunStatus> {
+        let status = self.runtime.block_on(self.runner.abort(&RunId(run_id)));
+        Ok(convert::status_to_wire(&status))
+    }
+}

@@ -1,0 +1,154 @@
+//! Wires a worker together and runs it until shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scoot_runner::execer::Dispatch;
+use scoot_runner::execer::os::OsExecer;
+use scoot_runner::execer::sim::SimExecer;
+use scoot_runner::invoker::Invoker;
+use scoot_runner::output::OutputStore;
+use scoot_runner::queue::QueueRunner;
+use scoot_runner::status::StatusManager;
+use scoot_thrift::server::ServeOptions;
+use scoot_thrift::worker::WorkerSyncProcessor;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::WorkerHandler;
+use crate::http::{HttpState, router};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot create the output directory: {0}")]
+    OutputDir(std::io::Error),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("thrift server: {0}")]
+    Thrift(std::io::Error),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Everything about a worker that is not a listener.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Kill a task whose processes' resident memory reaches this many bytes.
+    pub memory_cap: Option<u64>,
+    /// The `host:port` put in output URIs; defaults to the HTTP listener's address.
+    pub advertised_http_addr: Option<String>,
+    /// Where output files go; a fresh temporary directory (removed at exit) by default.
+    pub output_dir: Option<PathBuf>,
+    /// Outputs of this many most recent runs are kept on disk.
+    pub retained_outputs: usize,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    pub kill_grace: Duration,
+    /// On shutdown, how long the current run may go on before it is aborted.
+    pub drain_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            memory_cap: None,
+            advertised_http_addr: None,
+            output_dir: None,
+            retained_outputs: 1000,
+            kill_grace: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the Worker Thrift API on `thrift` and the HTTP endpoints on `http` until `shutdown`
+/// completes, then drains the current run and stops.
+pub async fn run(
+    thrift: TcpListener,
+    http: TcpListener,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let (output_dir, _owned_output_dir) = match &config.output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(WorkerError::OutputDir)?;
+            (dir.clone(), None)
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("scoot-worker-output")
+                .tempdir()
+                .map_err(WorkerError::OutputDir)?;
+            (dir.path().to_path_buf(), Some(dir))
+        }
+    };
+    let http_addr = match &config.advertised_http_addr {
+        Some(addr) => addr.clone(),
+        None => http
+            .local_addr()
+            .map_err(WorkerError::Listener)?
+            .to_string(),
+    };
+    let outputs = Arc::new(OutputStore::new(
+        output_dir,
+        Some(&http_addr),
+        config.retained_outputs,
+    ));
+    let invoker = Invoker {
+        execer: Arc::new(Dispatch {
+            os: OsExecer {
+                memory_cap: config.memory_cap,
+                kill_grace: config.kill_grace,
+            },
+            sim: SimExecer,
+        }),
+        filer: None,
+        outputs: outputs.clone(),
+        statuses: Arc::new(StatusManager::new(1)),
+    };
+    // No snapshot filer to wait for yet, so the worker is ready at once.
+    let runner = QueueRunner::new(invoker, async { Ok(()) });
+
+    tracing::info!(
+        thrift = %thrift.local_addr().map_err(WorkerError::Listener)?,
+        http = %http.local_addr().map_err(WorkerError::Listener)?,
+        outputs = %outputs.dir().display(),
+        "workerserver serving"
+    );
+
+    let stop = CancellationToken::new();
+    let processor = Arc::new(WorkerSyncProcessor::new(WorkerHandler::new(
+        runner.clone(),
+        tokio::runtime::Handle::current(),
+    )));
+    let thrift_server = tokio::spawn(scoot_thrift::server::serve(
+        thrift,
+        processor,
+        ServeOptions::default(),
+        stop.clone().cancelled_owned(),
+    ));
+    let app = router(HttpState {
+        runner: runner.clone(),
+        outputs,
+    });
+    let http_server = tokio::spawn(
+        axum::serve(http, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    shutdown.await;
+    runner.drain(config.drain_grace).await;
+    stop.cancel();
+    thrift_server
+        .await
+        .map_err(|e| WorkerError::Thrift(std::io::Error::other(e)))?
+        .map_err(WorkerError::Thrift)?;
+    http_server
+        .await
+        .map_err(|e| WorkerError::Http(std::io::Error::other(e)))?
+        .map_err(WorkerError::Http)?;
+    tracing::info!("workerserver stopped");
+    Ok(())
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond cargo, idempotently:
+#   - Debian's thrift-compiler (drift check, Python bindings for the cross-client tests)
+#   - a venv at target/pyenv with Apache's `thrift` package from PyPI
+# With the argument `thrift`, only the compiler is ensured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v thrift >/dev/null 2>&1; then
+  echo "installing thrift-compiler (Debian)"
+  apt_install thrift-compiler
+fi
+[ "${1:-}" = thrift ] && exit 0
+
+PYTHON_THRIFT_VERSION=0.25.0
+venv=target/pyenv
+if ! "$venv/bin/python" -c "import thrift" >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "thrift==$PYTHON_THRIFT_VERSION"
+  echo "created $venv with thrift==$PYTHON_THRIFT_VERSION"
+fi

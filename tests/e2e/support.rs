@@ -1,0 +1,319 @@
+// Test support panics on any unexpected failure: that is how a test reports it.
+#![allow(clippy::unwrap_used)]
+
+//! Starting and stopping real binaries for tests, and the small clients tests use.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `probe` until it returns `Some`, failing the test with `what` after [`DEADLINE`].
+pub fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process in its own process group, killed with its whole group when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early: {status}", self.name);
+        }
+    }
+
+    pub fn wait_for_port(&mut self, port: u16) {
+        poll(&format!("{} to listen on {port}", self.name), || {
+            self.assert_running();
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A log file under target/e2e-logs for a server's stderr, so a failing test can be diagnosed.
+pub fn log_file(name: &str) -> Stdio {
+    let dir = repo_root().join("target/e2e-logs");
+    std::fs::create_dir_all(&dir).expect("create target/e2e-logs");
+    let path = dir.join(format!("{name}.log"));
+    std::fs::File::create(&path)
+        .map(Stdio::from)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
+}
+
+pub struct Worker {
+    pub proc: Proc,
+    pub thrift_port: u16,
+    pub http_port: u16,
+}
+
+impl Worker {
+    pub fn start(extra_args: &[&str]) -> Worker {
+        let (thrift_port, http_port) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
+        cmd.arg("-thrift_addr")
+            .arg(format!("127.0.0.1:{thrift_port}"))
+            .arg("-http_addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(["-log_level", "debug"])
+            .args(extra_args);
+        cmd.stderr(log_file(&format!("workerserver-{thrift_port}")));
+        let mut proc = Proc::spawn("workerserver", cmd);
+        proc.wait_for_port(thrift_port);
+        proc.wait_for_port(http_port);
+        Worker {
+            proc,
+            thrift_port,
+            http_port,
+        }
+    }
+
+    pub fn http_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http_get(self.http_port, path, headers)
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close), enough to check status, headers and body.
+pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to http port");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http response has a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("http status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+/// The Python interpreter that has the Apache `thrift` package (`make test-deps` creates it).
+fn python() -> PathBuf {
+    let path = std::env::var_os("SCOOT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} not found: run `make test-deps` (creates a venv with the PyPI thrift package)",
+        path.display()
+    );
+    path
+}
+
+/// Generates Python bindings for `idl` with the Apache Thrift compiler into a temp dir.
+fn generate_python(idl: &str) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("thrift")
+        .args(["--gen", "py", "-out"])
+        .arg(out.path())
+        .arg(repo_root().join("thrift").join(idl))
+        .status()
+        .expect("the thrift compiler is needed: run `make test-deps`");
+    assert!(status.success(), "thrift --gen py {idl} failed");
+    out
+}
+
+/// A client generated by Apache Thrift (Python) talking to a worker over one connection.
+pub struct PyWorkerClient {
+    _proc: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _gen: tempfile::TempDir,
+}
+
+impl PyWorkerClient {
+    pub fn connect(port: u16) -> PyWorkerClient {
+        let gen_dir = generate_python("worker.thrift");
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/e2e/py/worker_driver.py"))
+            .arg(gen_dir.path())
+            .args(["127.0.0.1", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("python worker client", cmd);
+        let stdin = proc.child.stdin.take().unwrap();
+        let stdout = BufReader::new(proc.child.stdout.take().unwrap());
+        PyWorkerClient {
+            _proc: proc,
+            stdin,
+            stdout,
+            _gen: gen_dir,
+        }
+    }
+
+    pub fn call(&mut self, request: Value) -> Value {
+        writeln!(self.stdin, "{request}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad reply {line:?} to {request}: {e}"));
+        assert!(reply.get("exception").is_none(), "{request} raised {reply}");
+        reply
+    }
+
+    pub fn run(&mut self, argv: &[&str], timeout_ms: Option<i32>) -> Value {
+        self.call(
+            serde_json::json!({"call": "Run", "argv": argv, "timeoutMs": timeout_ms,
+            "jobId": "job1", "taskId": "task1", "tag": "tag1"}),
+        )
+    }
+
+    /// Polls QueryWorker until `run_id` is in a final state and returns that status.
+    pub fn wait_done(&mut self, run_id: &str) -> Value {
+        poll(&format!("run {run_id} to finish"), || {
+            let status = self.call(serde_json::json!({"call": "QueryWorker"}));
+            status["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| {
+                    r["runId"] == run_id
+                        && [0, 3, 4, 5, 6].contains(&r["status"].as_i64().unwrap_or(-1))
+                })
+                .cloned()
+        })
+    }
+}
+
+/// The local file behind an output URI (`http://…/output/x?file=file://host/path` or `file://host/path`).
+pub fn file_of_uri(uri: &str) -> PathBuf {
+    let file_uri = uri.split_once("?file=").map_or(uri, |(_, f)| f);
+    let rest = file_uri.strip_prefix("file://").expect("file:// URI");
+    PathBuf::from(&rest[rest.find('/').expect("absolute path")..])
+}
+
+/// The command's own output: what follows the SCOOT_CMD_LOG header marker.
+pub fn command_output(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split_once("SCOOT_CMD_LOG\n")
+        .map(|(_, body)| body.to_string())
+        .expect("output has the SCOOT_CMD_LOG marker")
+}
+
+/// True when a non-zombie process belongs to process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+    })
+}
