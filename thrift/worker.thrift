@@ -56,4 +56,9 @@ service Worker {
   RunStatus Run(1: RunCommand cmd)
   # Blocks until the run has ended and returns its final status.
   RunStatus Abort(1: string runId)
+  # scoot-rs extension (Scoot's workers lack it; callers fall back to polling QueryWorker on an
+  # unknown-method error): waits up to timeoutMs (at most 30 s) for the run to reach a state in
+  # stateMask (bit 1 << state) and returns its status then, or its current status on timeout.
+  # An unknown runId returns UNKNOWN at once.
+  RunStatus WaitRun(1: string runId, 2: i64 stateMask, 3: i32 timeoutMs)
 }

@@ -254,3 +254,24 @@ fn bad_flags_are_reported() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("host:port or an absolute directory"));
 }
+
+#[test]
+fn wait_run_returns_when_the_run_reaches_a_wanted_state() {
+    let worker = Worker::start(&[]);
+    let mut client = PyWorkerClient::connect(worker.thrift_port);
+    let done_mask = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6);
+    client.run(&["sleep", "0.3"], None);
+    // Not done within 10 ms: the current (non-final) status comes back.
+    let early = client
+        .call(json!({"call": "WaitRun", "runId": "0", "stateMask": done_mask, "timeoutMs": 10}));
+    assert!(
+        [1, 2].contains(&early["status"].as_i64().unwrap()),
+        "{early}"
+    );
+    let done = client
+        .call(json!({"call": "WaitRun", "runId": "0", "stateMask": done_mask, "timeoutMs": 20000}));
+    assert_eq!(done["status"].as_i64(), Some(COMPLETE), "{done}");
+    let unknown = client
+        .call(json!({"call": "WaitRun", "runId": "5", "stateMask": done_mask, "timeoutMs": 20000}));
+    assert_eq!(unknown["status"], 0);
+}

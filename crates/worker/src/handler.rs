@@ -1,10 +1,15 @@
 //! The Worker Thrift service over a [`QueueRunner`]. Like Scoot's, it never returns a Thrift
 //! error: refusals come back as FAILED statuses whose `error` says why.
 
-use scoot_core::{Query, RunId, RunStatus};
+use std::time::Duration;
+
+use scoot_core::{Query, RunId, RunStatus, StateMask, Wait};
 use scoot_runner::queue::{QueueRunner, WorkerPhase};
 use scoot_thrift::{convert, worker};
 use tokio::runtime::Handle;
+
+/// Longest a WaitRun call may block, well under the 60 s I/O timeout of Scoot's clients.
+const MAX_WAIT_RUN_MS: i32 = 30_000;
 
 pub struct WorkerHandler {
     runner: QueueRunner,
@@ -45,6 +50,28 @@ impl worker::WorkerSyncHandler for WorkerHandler {
             }
         };
         Ok(convert::status_to_wire(&status))
+    }
+
+    fn handle_wait_run(
+        &self,
+        run_id: String,
+        state_mask: i64,
+        timeout_ms: i32,
+    ) -> thrift::Result<worker::RunStatus> {
+        let run_id = RunId(run_id);
+        let statuses = self.runner.statuses();
+        let any = Query::run(run_id.clone(), StateMask::ALL);
+        let Some(current) = statuses.query_now(&any).0.pop() else {
+            return Ok(convert::status_to_wire(&RunStatus::unknown(run_id)));
+        };
+        let timeout = Duration::from_millis(timeout_ms.clamp(0, MAX_WAIT_RUN_MS) as u64);
+        let wanted = Query::run(run_id, StateMask(state_mask as u64));
+        let found = self
+            .runtime
+            .block_on(statuses.query(&wanted, Wait::up_to(timeout)))
+            .ok()
+            .and_then(|(mut runs, _)| runs.pop());
+        Ok(convert::status_to_wire(&found.unwrap_or(current)))
     }
 
     fn handle_abort(&self, run_id: String) -> thrift::Result<worker::RunStatus> {

@@ -7,6 +7,7 @@ single persistent connection (TSocket + TBufferedTransport + TBinaryProtocol, as
   {"call": "QueryWorker"}
   {"call": "Run", "argv": [...], "env": {...}, "timeoutMs": N, "snapshotId": "", "jobId": "", ...}
   {"call": "Abort", "runId": "0"}
+  {"call": "WaitRun", "runId": "0", "stateMask": N, "timeoutMs": N}
 """
 
 import json
@@ -64,6 +65,8 @@ def main():
                     tag=req.get("tag"),
                 )
                 out = status_json(client.Run(cmd))
+            elif call == "WaitRun":
+                out = status_json(client.WaitRun(req["runId"], req["stateMask"], req["timeoutMs"]))
             elif call == "Abort":
                 out = status_json(client.Abort(req["runId"]))
             else:

@@ -529,6 +529,7 @@ pub trait TWorkerSyncClient {
   fn query_worker(&mut self) -> thrift::Result<WorkerStatus>;
   fn run(&mut self, cmd: RunCommand) -> thrift::Result<RunStatus>;
   fn abort(&mut self, run_id: String) -> thrift::Result<RunStatus>;
+  fn wait_run(&mut self, run_id: String, state_mask: i64, timeout_ms: i32) -> thrift::Result<RunStatus>;
 }
 
 pub trait TWorkerSyncClientMarker {}
@@ -636,6 +637,33 @@ impl <C: TThriftClient + TWorkerSyncClientMarker> TWorkerSyncClient for C {
       result.ok_or()
     }
   }
+  fn wait_run(&mut self, run_id: String, state_mask: i64, timeout_ms: i32) -> thrift::Result<RunStatus> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("WaitRun", TMessageType::Call, self.sequence_number());
+        let call_args = WorkerWaitRunArgs { run_id, state_mask, timeout_ms };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("WaitRun", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = WorkerWaitRunResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -646,6 +674,7 @@ pub trait WorkerSyncHandler {
   fn handle_query_worker(&self) -> thrift::Result<WorkerStatus>;
   fn handle_run(&self, cmd: RunCommand) -> thrift::Result<RunStatus>;
   fn handle_abort(&self, run_id: String) -> thrift::Result<RunStatus>;
+  fn handle_wait_run(&self, run_id: String, state_mask: i64, timeout_ms: i32) -> thrift::Result<RunStatus>;
 }
 
 pub struct WorkerSyncProcessor<H: WorkerSyncHandler> {
@@ -666,6 +695,9 @@ impl <H: WorkerSyncHandler> WorkerSyncProcessor<H> {
   }
   fn process_abort(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TWorkerProcessFunctions::process_abort(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_wait_run(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TWorkerProcessFunctions::process_wait_run(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -783,6 +815,43 @@ impl TWorkerProcessFunctions {
       },
     }
   }
+  pub fn process_wait_run<H: WorkerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = WorkerWaitRunArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_wait_run(args.run_id, args.state_mask, args.timeout_ms) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("WaitRun", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = WorkerWaitRunResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("WaitRun", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("WaitRun", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: WorkerSyncHandler> TProcessor for WorkerSyncProcessor<H> {
@@ -797,6 +866,9 @@ impl <H: WorkerSyncHandler> TProcessor for WorkerSyncProcessor<H> {
       },
       "Abort" => {
         self.process_abort(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "WaitRun" => {
+        self.process_wait_run(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -1123,6 +1195,139 @@ impl WorkerAbortResult {
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("WorkerAbortResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// WorkerWaitRunArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct WorkerWaitRunArgs {
+  run_id: String,
+  state_mask: i64,
+  timeout_ms: i32,
+}
+
+impl WorkerWaitRunArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<WorkerWaitRunArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i32> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("WorkerWaitRunArgs.run_id", &f_1)?;
+    verify_required_field_exists("WorkerWaitRunArgs.state_mask", &f_2)?;
+    verify_required_field_exists("WorkerWaitRunArgs.timeout_ms", &f_3)?;
+    let ret = WorkerWaitRunArgs {
+      run_id: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      state_mask: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      timeout_ms: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("WaitRun_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("runId", TType::String, 1))?;
+    o_prot.write_string(&self.run_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("stateMask", TType::I64, 2))?;
+    o_prot.write_i64(self.state_mask)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("timeoutMs", TType::I32, 3))?;
+    o_prot.write_i32(self.timeout_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// WorkerWaitRunResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct WorkerWaitRunResult {
+  result_value: Option<RunStatus>,
+}
+
+impl WorkerWaitRunResult {
+  fn ok_or(self) -> thrift::Result<RunStatus> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for WorkerWaitRun"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<WorkerWaitRunResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<RunStatus> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = RunStatus::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = WorkerWaitRunResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("WorkerWaitRunResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
