@@ -1,5 +1,9 @@
 //! End-to-end tests: each starts the real binaries on free ports, drives them as a user's client
 //! would, and stops them (even when the test fails).
 
+// Test code panics on any unexpected failure: that is how a test reports it.
+#![allow(clippy::unwrap_used)]
+
+mod scheduler;
 mod support;
 mod worker;

@@ -11,6 +11,7 @@
 //! API boundary: nothing outside this crate names a generated type except through these modules.
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod server;
 

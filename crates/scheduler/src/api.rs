@@ -1,0 +1,223 @@
+//! The scheduler's API as async methods, independent of the wire: the Thrift handler (and tests)
+//! call these. RunJob makes the job's StartSaga durable before it returns.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use scoot_core::RunStatus;
+use scoot_saga::SagaCoordinator;
+use scoot_sched_alg::ClassConfig;
+use scoot_thrift::{codec, convert, worker};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::job::{InvalidJob, Job, JobDefinition};
+use crate::scheduler::Request;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    /// The saga log could not be read or written; worth retrying.
+    #[error("saga log: {0}")]
+    SagaLog(String),
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+}
+
+impl From<InvalidJob> for ApiError {
+    fn from(err: InvalidJob) -> ApiError {
+        ApiError::Invalid(err.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    NotStarted,
+    InProgress,
+    Completed,
+    RollingBack,
+    RolledBack,
+}
+
+/// A job's status as rebuilt from its saga.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobStatus {
+    pub id: String,
+    pub state: JobState,
+    pub tasks: BTreeMap<String, (JobState, Option<RunStatus>)>,
+}
+
+#[derive(Clone)]
+pub struct SchedulerApi {
+    requests: mpsc::Sender<Request>,
+    sagas: SagaCoordinator,
+}
+
+impl SchedulerApi {
+    pub fn new(requests: mpsc::Sender<Request>, sagas: SagaCoordinator) -> SchedulerApi {
+        SchedulerApi { requests, sagas }
+    }
+
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(request(tx))
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        rx.await.map_err(|_| ApiError::ShuttingDown)
+    }
+
+    async fn tell(&self, request: Request) -> Result<(), ApiError> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| ApiError::ShuttingDown)
+    }
+
+    pub async fn run_job(&self, def: JobDefinition) -> Result<String, ApiError> {
+        let job = Job::new(def);
+        self.ask(|tx| Request::Admit(job.clone(), tx)).await??;
+        match self.sagas.make_saga(&job.id, job.to_bytes()).await {
+            Ok(saga) => {
+                let id = job.id.clone();
+                self.tell(Request::Add(job, saga)).await?;
+                Ok(id)
+            }
+            Err(err) => {
+                self.tell(Request::Release(job)).await?;
+                Err(ApiError::SagaLog(err.to_string()))
+            }
+        }
+    }
+
+    pub async fn job_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
+        let Some(state) = self
+            .sagas
+            .get_state(job_id)
+            .await
+            .map_err(|e| ApiError::SagaLog(e.to_string()))?
+        else {
+            return Ok(JobStatus {
+                id: job_id.to_string(),
+                state: JobState::NotStarted,
+                tasks: BTreeMap::new(),
+            });
+        };
+        let job = Job::from_bytes(state.job()).map_err(ApiError::SagaLog)?;
+        let aborted = state.is_saga_aborted();
+        let decode = |data: Option<&[u8]>| {
+            data.filter(|d| !d.is_empty())
+                .and_then(|d| codec::from_bytes::<worker::RunStatus>(d).ok())
+                .map(convert::status_from_wire)
+        };
+        let tasks = job
+            .def
+            .tasks
+            .iter()
+            .map(|t| {
+                let id = &t.task_id;
+                let entry = if state.is_task_completed(id) {
+                    let done = if aborted {
+                        JobState::RolledBack
+                    } else {
+                        JobState::Completed
+                    };
+                    (done, decode(state.end_task_data(id)))
+                } else if state.is_task_started(id) {
+                    let started = if aborted {
+                        JobState::RollingBack
+                    } else {
+                        JobState::InProgress
+                    };
+                    (started, decode(state.start_task_data(id)))
+                } else {
+                    (JobState::NotStarted, None)
+                };
+                (id.clone(), entry)
+            })
+            .collect();
+        let job_state = match (state.is_saga_completed(), aborted) {
+            (true, true) => JobState::RolledBack,
+            (true, false) => JobState::Completed,
+            (false, _) => JobState::InProgress,
+        };
+        Ok(JobStatus {
+            id: job_id.to_string(),
+            state: job_state,
+            tasks,
+        })
+    }
+
+    pub async fn kill_job(&self, job_id: &str) -> Result<JobStatus, ApiError> {
+        let id = job_id.to_string();
+        self.ask(|tx| Request::Kill(id, tx))
+            .await?
+            .map_err(ApiError::Invalid)?;
+        self.job_status(job_id).await
+    }
+
+    pub async fn offline_worker(&self, node: &str) -> Result<(), ApiError> {
+        let node = node.to_string();
+        self.ask(|tx| Request::Offline(node, tx))
+            .await?
+            .map_err(ApiError::Invalid)
+    }
+
+    pub async fn reinstate_worker(&self, node: &str) -> Result<(), ApiError> {
+        let node = node.to_string();
+        self.ask(|tx| Request::Reinstate(node, tx))
+            .await?
+            .map_err(ApiError::Invalid)
+    }
+
+    /// (tasks not yet finished, throttle)
+    pub async fn scheduler_status(&self) -> Result<(i32, i32), ApiError> {
+        self.ask(Request::Status).await
+    }
+
+    pub async fn set_throttle(&self, limit: i32) -> Result<(), ApiError> {
+        self.ask(|tx| Request::SetThrottle(limit, tx))
+            .await?
+            .map_err(ApiError::Invalid)
+    }
+
+    pub async fn alg_config(&self) -> Result<ClassConfig, ApiError> {
+        self.ask(Request::AlgConfig).await
+    }
+
+    pub async fn set_load_percents(&self, percents: BTreeMap<String, i32>) -> Result<(), ApiError> {
+        self.ask(|tx| Request::SetLoadPercents(percents, tx))
+            .await?
+            .map_err(ApiError::Invalid)
+    }
+
+    pub async fn set_requestor_map(&self, map: BTreeMap<String, String>) -> Result<(), ApiError> {
+        self.ask(|tx| Request::SetRequestorMap(map, tx))
+            .await?
+            .map_err(ApiError::Invalid)
+    }
+
+    pub async fn set_rebalance_minimum(&self, minutes: i32) -> Result<(), ApiError> {
+        if minutes < 0 {
+            return Err(ApiError::Invalid(format!(
+                "invalid rebalance duration {minutes}: must be >= 0 minutes"
+            )));
+        }
+        self.tell(Request::SetRebalanceMinimum(Duration::from_secs(
+            minutes as u64 * 60,
+        )))
+        .await
+    }
+
+    pub async fn set_rebalance_threshold(&self, threshold: i32) -> Result<(), ApiError> {
+        if threshold < 0 {
+            return Err(ApiError::Invalid(format!(
+                "invalid rebalance threshold {threshold}: must be >= 0"
+            )));
+        }
+        self.tell(Request::SetRebalanceThreshold(threshold)).await
+    }
+}

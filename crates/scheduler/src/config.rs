@@ -1,0 +1,355 @@
+//! Scheduler configuration: Scoot's JSON schema (`Cluster`, `Workers`, `SchedulerConfig`,
+//! `SagaLog`) and its built-in configs `default`, `local.local` and `local.memory`.
+//!
+//! `-config` takes one of those names, a path to a JSON file, or JSON text. A section left out (or
+//! with an empty `Type`) is taken whole from `default`, as in Scoot.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config {0:?} is not a built-in name (default, local.local, local.memory), a JSON file or JSON text"
+    )]
+    Unknown(String),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid duration {value:?} for {field}: {reason}")]
+    Duration {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How the scheduler finds its workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// Local `workerserver … -thrift_addr X` processes (Scoot's `local` and, in effect, `memory`).
+    LocalProcesses,
+    /// A file with one `host:port` per line, re-read when it changes (spans machines).
+    StaticFile(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaLogKind {
+    Memory {
+        /// Ended sagas older than this are forgotten; `None` keeps them forever.
+        retention: Option<Duration>,
+        gc_interval: Duration,
+    },
+    File {
+        directory: PathBuf,
+        retention: Option<Duration>,
+        gc_interval: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub cluster: ClusterSource,
+    /// How often a worker without the WaitRun long-poll is polled at first (doubling to 10 s).
+    pub polling_period: Duration,
+    /// Extra attempts for a task whose run failed for infrastructure reasons.
+    pub max_retries_per_task: u32,
+    pub max_requestors: usize,
+    pub max_jobs_per_requestor: usize,
+    /// Resume every unfinished saga at startup.
+    pub recover_jobs_on_startup: bool,
+    /// Used for tasks without a timeout of their own.
+    pub default_task_timeout: Duration,
+    pub saga_log: SagaLogKind,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "PascalCase", default)]
+struct JsonConfig {
+    cluster: Option<JsonCluster>,
+    workers: Option<JsonWorkers>,
+    scheduler_config: Option<JsonScheduler>,
+    saga_log: Option<JsonSagaLog>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+struct JsonCluster {
+    #[serde(rename = "Type")]
+    kind: String,
+    count: i64,
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+struct JsonWorkers {
+    #[serde(rename = "Type")]
+    kind: String,
+    polling_period: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+struct JsonScheduler {
+    #[serde(rename = "Type")]
+    kind: String,
+    max_retries_per_task: i64,
+    max_requestors: i64,
+    max_jobs_per_requestor: i64,
+    debug_mode: bool,
+    recover_jobs_on_startup: bool,
+    default_task_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+struct JsonSagaLog {
+    #[serde(rename = "Type")]
+    kind: String,
+    directory: Option<PathBuf>,
+    expiration_sec: i64,
+    #[serde(rename = "GCIntervalSec")]
+    gc_interval_sec: i64,
+}
+
+const DEFAULT: &str = r#"{
+  "Cluster": {"Type": "memory"},
+  "Workers": {"Type": "local"},
+  "SchedulerConfig": {"Type": "stateful", "MaxRetriesPerTask": 0, "DefaultTaskTimeout": "30m"},
+  "SagaLog": {"Type": "memory"}
+}"#;
+
+const LOCAL_LOCAL: &str = r#"{
+  "Cluster": {"Type": "local"},
+  "Workers": {"Type": "rpc", "PollingPeriod": "250ms"},
+  "SchedulerConfig": {"Type": "stateful", "MaxRetriesPerTask": 0, "DebugMode": false,
+                      "RecoverJobsOnStartup": true, "DefaultTaskTimeout": "30m"},
+  "SagaLog": {"Type": "file", "Directory": ".scootdata/filesagalog"}
+}"#;
+
+const LOCAL_MEMORY: &str = r#"{
+  "Cluster": {"Type": "memory", "Count": 10},
+  "SchedulerConfig": {"Type": "stateful", "MaxRetriesPerTask": 0, "DebugMode": false,
+                      "RecoverJobsOnStartup": false, "DefaultTaskTimeout": "30m"},
+  "SagaLog": {"Type": "memory", "ExpirationSec": 0, "GCIntervalSec": 1}
+}"#;
+
+impl SchedulerConfig {
+    /// Parses `-config`: a built-in name, a JSON file path or JSON text.
+    pub fn from_flag(value: &str) -> Result<SchedulerConfig, ConfigError> {
+        let text = match value {
+            "default" => DEFAULT.to_string(),
+            "local.local" => LOCAL_LOCAL.to_string(),
+            "local.memory" => LOCAL_MEMORY.to_string(),
+            v if v.trim_start().starts_with('{') => v.to_string(),
+            v if std::path::Path::new(v).is_file() => {
+                std::fs::read_to_string(v).map_err(|source| ConfigError::Read {
+                    path: v.to_string(),
+                    source,
+                })?
+            }
+            v => return Err(ConfigError::Unknown(v.to_string())),
+        };
+        SchedulerConfig::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<SchedulerConfig, ConfigError> {
+        let given: JsonConfig = serde_json::from_str(text)?;
+        let default: JsonConfig = serde_json::from_str(DEFAULT)?;
+        let pick = |g: Option<String>, d: Option<String>| g.or(d);
+        let cluster = given
+            .cluster
+            .filter(|c| !c.kind.is_empty())
+            .or(default.cluster)
+            .unwrap_or_default();
+        let workers = given
+            .workers
+            .filter(|w| !w.kind.is_empty())
+            .or(default.workers)
+            .unwrap_or_default();
+        let sched = given
+            .scheduler_config
+            .filter(|s| !s.kind.is_empty())
+            .or(default.scheduler_config)
+            .unwrap_or_default();
+        let saga = given
+            .saga_log
+            .filter(|s| !s.kind.is_empty())
+            .or(default.saga_log)
+            .unwrap_or_default();
+
+        if sched.debug_mode {
+            return Err(ConfigError::Invalid(
+                "SchedulerConfig.DebugMode (a stopped loop for Scoot's unit tests) is not supported".into(),
+            ));
+        }
+        let cluster = match cluster.kind.as_str() {
+            "local" | "memory" => ClusterSource::LocalProcesses,
+            "static" => ClusterSource::StaticFile(cluster.file.ok_or_else(|| {
+                ConfigError::Invalid("Cluster.Type \"static\" needs Cluster.File".into())
+            })?),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown Cluster.Type {other:?}"
+                )));
+            }
+        };
+        let polling_period = duration(
+            "Workers.PollingPeriod",
+            pick(workers.polling_period, None),
+            Duration::from_millis(250),
+        )?;
+        let default_task_timeout = duration(
+            "SchedulerConfig.DefaultTaskTimeout",
+            sched.default_task_timeout,
+            Duration::from_secs(30 * 60),
+        )?;
+        let seconds = |s: i64| (s > 0).then(|| Duration::from_secs(s as u64));
+        let gc_interval = seconds(saga.gc_interval_sec).unwrap_or(Duration::from_secs(60));
+        let saga_log = match saga.kind.as_str() {
+            "memory" => SagaLogKind::Memory {
+                retention: seconds(saga.expiration_sec),
+                gc_interval,
+            },
+            "file" => SagaLogKind::File {
+                directory: saga.directory.ok_or_else(|| {
+                    ConfigError::Invalid("SagaLog.Type \"file\" needs SagaLog.Directory".into())
+                })?,
+                // A file log keeps ended sagas a week unless told otherwise (Scoot kept them forever).
+                retention: seconds(saga.expiration_sec)
+                    .or(Some(Duration::from_secs(7 * 24 * 3600))),
+                gc_interval,
+            },
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown SagaLog.Type {other:?}"
+                )));
+            }
+        };
+        let positive_or = |v: i64, default: usize| if v > 0 { v as usize } else { default };
+        Ok(SchedulerConfig {
+            cluster,
+            polling_period,
+            max_retries_per_task: sched.max_retries_per_task.clamp(0, i64::from(u32::MAX)) as u32,
+            max_requestors: positive_or(sched.max_requestors, 10),
+            max_jobs_per_requestor: positive_or(sched.max_jobs_per_requestor, 100),
+            recover_jobs_on_startup: sched.recover_jobs_on_startup,
+            default_task_timeout,
+            saga_log,
+        })
+    }
+}
+
+fn duration(
+    field: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value.as_deref() {
+        None | Some("") | Some("0") => Ok(default),
+        Some(v) => humantime::parse_duration(v).map_err(|e| ConfigError::Duration {
+            field,
+            value: v.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_configs() {
+        let local = SchedulerConfig::from_flag("local.local").unwrap();
+        assert_eq!(local.cluster, ClusterSource::LocalProcesses);
+        assert!(local.recover_jobs_on_startup);
+        assert_eq!(local.polling_period, Duration::from_millis(250));
+        assert!(
+            matches!(local.saga_log, SagaLogKind::File { ref directory, .. } if directory.ends_with("filesagalog"))
+        );
+
+        let memory = SchedulerConfig::from_flag("local.memory").unwrap();
+        assert!(!memory.recover_jobs_on_startup);
+        assert!(matches!(
+            memory.saga_log,
+            SagaLogKind::Memory {
+                retention: None,
+                ..
+            }
+        ));
+
+        let default = SchedulerConfig::from_flag("default").unwrap();
+        assert_eq!(default.default_task_timeout, Duration::from_secs(1800));
+        assert_eq!(
+            (default.max_requestors, default.max_jobs_per_requestor),
+            (10, 100)
+        );
+        assert_eq!(default.max_retries_per_task, 0);
+    }
+
+    #[test]
+    fn json_text_with_missing_sections_falls_back_to_default() {
+        let cfg = SchedulerConfig::from_flag(
+            r#"{"Cluster": {"Type": "static", "File": "/tmp/workers"},
+                "SchedulerConfig": {"Type": "stateful", "MaxRetriesPerTask": 2, "DefaultTaskTimeout": "90s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.cluster,
+            ClusterSource::StaticFile("/tmp/workers".into())
+        );
+        assert_eq!(cfg.max_retries_per_task, 2);
+        assert_eq!(cfg.default_task_timeout, Duration::from_secs(90));
+        assert!(matches!(cfg.saga_log, SagaLogKind::Memory { .. }));
+    }
+
+    #[test]
+    fn json_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sched.json");
+        std::fs::write(
+            &path,
+            r#"{"SagaLog": {"Type": "file", "Directory": "/x", "ExpirationSec": 60}}"#,
+        )
+        .unwrap();
+        let cfg = SchedulerConfig::from_flag(path.to_str().unwrap()).unwrap();
+        assert!(matches!(
+            cfg.saga_log,
+            SagaLogKind::File { retention: Some(r), .. } if r == Duration::from_secs(60)
+        ));
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        for (value, needle) in [
+            ("local.nope", "not a built-in name"),
+            ("{not json", "invalid config JSON"),
+            (
+                r#"{"Cluster": {"Type": "zookeeper"}}"#,
+                "unknown Cluster.Type",
+            ),
+            (r#"{"Cluster": {"Type": "static"}}"#, "needs Cluster.File"),
+            (
+                r#"{"SagaLog": {"Type": "file"}}"#,
+                "needs SagaLog.Directory",
+            ),
+            (
+                r#"{"SchedulerConfig": {"Type": "stateful", "DefaultTaskTimeout": "soon"}}"#,
+                "invalid duration",
+            ),
+        ] {
+            let err = SchedulerConfig::from_flag(value).unwrap_err().to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The CloudScoot Thrift service over [`SchedulerApi`].
+//!
+//! Like Scoot, most failures go out as a TApplicationException INTERNAL_ERROR reading
+//! "Internal error processing <Method>: <message>"; GetStatus reports saga-log trouble as the
+//! declared ScootServerError.
+
+use std::collections::BTreeMap;
+
+use scoot_core::RunStatus;
+use scoot_thrift::scoot;
+use thrift::{ApplicationError, ApplicationErrorKind};
+use tokio::runtime::Handle;
+
+use crate::api::{ApiError, JobState, JobStatus, SchedulerApi};
+use crate::job;
+
+pub struct CloudScootHandler {
+    api: SchedulerApi,
+    runtime: Handle,
+}
+
+impl CloudScootHandler {
+    pub fn new(api: SchedulerApi, runtime: Handle) -> CloudScootHandler {
+        CloudScootHandler { api, runtime }
+    }
+
+    fn block_on<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> thrift::Result<T> {
+        self.runtime
+            .block_on(call)
+            .map_err(|err| internal(method, &err.to_string()))
+    }
+}
+
+fn internal(method: &str, message: &str) -> thrift::Error {
+    tracing::info!(method, error = message, "request failed");
+    thrift::Error::Application(ApplicationError::new(
+        ApplicationErrorKind::InternalError,
+        format!("Internal error processing {method}: {message}"),
+    ))
+}
+
+fn wire_state(state: JobState) -> scoot::Status {
+    match state {
+        JobState::NotStarted => scoot::Status::NOT_STARTED,
+        JobState::InProgress => scoot::Status::IN_PROGRESS,
+        JobState::Completed => scoot::Status::COMPLETED,
+        JobState::RollingBack => scoot::Status::ROLLING_BACK,
+        JobState::RolledBack => scoot::Status::ROLLED_BACK,
+    }
+}
+
+/// taskData carries the run's outcome but not its job/task/tag.
+fn wire_run_status(status: &RunStatus) -> scoot::RunStatus {
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    scoot::RunStatus::new(
+        scoot::RunStatusState(status.state as i32),
+        status.run_id.0.clone(),
+        text(&status.stdout_ref),
+        text(&status.stderr_ref),
+        text(&status.error),
+        Some(status.exit_code),
+        text(&status.snapshot_id),
+        None,
+        None,
+        None,
+    )
+}
+
+fn wire_job_status(status: JobStatus) -> scoot::JobStatus {
+    let mut task_status = BTreeMap::new();
+    let mut task_data = BTreeMap::new();
+    for (task_id, (state, run)) in status.tasks {
+        if let Some(run) = run {
+            task_data.insert(task_id.clone(), wire_run_status(&run));
+        }
+        task_status.insert(task_id, wire_state(state));
+    }
+    scoot::JobStatus::new(
+        status.id,
+        wire_state(status.state),
+        Some(task_status),
+        Some(task_data),
+    )
+}
+
+impl scoot::CloudScootSyncHandler for CloudScootHandler {
+    fn handle_run_job(&self, job: scoot::JobDefinition) -> thrift::Result<scoot::JobId> {
+        let def = job::validate(job).map_err(|e| internal("RunJob", &e.0))?;
+        let id = self.block_on("RunJob", self.api.run_job(def))?;
+        Ok(scoot::JobId::new(id))
+    }
+
+    fn handle_get_status(&self, job_id: String) -> thrift::Result<scoot::JobStatus> {
+        match self.runtime.block_on(self.api.job_status(&job_id)) {
+            Ok(status) => Ok(wire_job_status(status)),
+            Err(ApiError::SagaLog(message)) => {
+                tracing::warn!(job_id, error = %message, "GetStatus: saga log error");
+                Err(thrift::Error::User(Box::new(scoot::ScootServerError::new(
+                    None,
+                ))))
+            }
+            Err(err) => Err(internal("GetStatus", &err.to_string())),
+        }
+    }
+
+    fn handle_kill_job(&self, job_id: String) -> thrift::Result<scoot::JobStatus> {
+        self.block_on("KillJob", self.api.kill_job(&job_id))
+            .map(wire_job_status)
+    }
+
+    fn handle_offline_worker(&self, req: scoot::OfflineWorkerReq) -> thrift::Result<()> {
+        tracing::info!(node = %req.id, requestor = %req.requestor, "OfflineWorker");
+        self.block_on("OfflineWorker", self.api.offline_worker(&req.id))
+    }
+
+    fn handle_reinstate_worker(&self, req: scoot::ReinstateWorkerReq) -> thrift::Result<()> {
+        tracing::info!(node = %req.id, requestor = %req.requestor, "ReinstateWorker");
+        self.block_on("ReinstateWorker", self.api.reinstate_worker(&req.id))
+    }
+
+    fn handle_get_scheduler_status(&self) -> thrift::Result<scoot::SchedulerStatus> {
+        let (current, max) = self.block_on("GetSchedulerStatus", self.api.scheduler_status())?;
+        Ok(scoot::SchedulerStatus::new(current, max))
+    }
+
+    fn handle_set_scheduler_status(&self, max_tasks: i32) -> thrift::Result<()> {
+        self.block_on("SetSchedulerStatus", self.api.set_throttle(max_tasks))
+    }
+
+    fn handle_get_class_load_percents(&self) -> thrift::Result<BTreeMap<String, i32>> {
+        let config = self.block_on("GetClassLoadPercents", self.api.alg_config())?;
+        Ok(config.load_percents.into_iter().collect())
+    }
+
+    fn handle_set_class_load_percents(
+        &self,
+        load_percents: BTreeMap<String, i32>,
+    ) -> thrift::Result<()> {
+        self.block_on(
+            "SetClassLoadPercents",
+            self.api.set_load_percents(load_percents),
+        )
+    }
+
+    fn handle_get_requestor_to_class_map(&self) -> thrift::Result<BTreeMap<String, String>> {
+        let config = self.block_on("GetRequestorToClassMap", self.api.alg_config())?;
+        Ok(config.requestor_to_class.into_iter().collect())
+    }
+
+    fn handle_set_requestor_to_class_map(
+        &self,
+        map: BTreeMap<String, String>,
+    ) -> thrift::Result<()> {
+        self.block_on("SetRequestorToClassMap", self.api.set_requestor_map(map))
+    }
+
+    fn handle_get_rebalance_minimum_duration(&self) -> thrift::Result<i32> {
+        let config = self.block_on("GetRebalanceMinimumDuration", self.api.alg_config())?;
+        Ok((config.rebalance_min_duration.as_secs() / 60) as i32)
+    }
+
+    fn handle_set_rebalance_minimum_duration(&self, duration_min: i32) -> thrift::Result<()> {
+        self.block_on(
+            "SetRebalanceMinimumDuration",
+            self.api.set_rebalance_minimum(duration_min),
+        )
+    }
+
+    fn handle_get_rebalance_threshold(&self) -> thrift::Result<i32> {
+        let config = self.block_on("GetRebalanceThreshold", self.api.alg_config())?;
+        Ok(config.rebalance_threshold)
+    }
+
+    fn handle_set_rebalance_threshold(&self, threshold: i32) -> thrift::Result<()> {
+        self.block_on(
+            "SetRebalanceThreshold",
+            self.api.set_rebalance_threshold(threshold),
+        )
+    }
+}

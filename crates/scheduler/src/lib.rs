@@ -1,0 +1,22 @@
+//! The Scoot scheduler.
+//!
+//! * [`server::run`]: the whole scheduler given two bound listeners.
+//! * [`handler`]: the CloudScoot Thrift service; [`api`]: the same operations as async methods.
+//! * [`scheduler::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
+//! * [`task_runner`]: one attempt of one task on one worker.
+//! * [`job`]: validation and the saga encoding of jobs; [`config`]: `-config` parsing.
+//! * [`cluster`]: finding workers; [`worker_client`]: talking to them.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod handler;
+pub mod job;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod task_runner;
+pub mod worker_client;
+
+pub use config::SchedulerConfig;
+pub use server::run;

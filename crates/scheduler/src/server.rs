@@ -1,0 +1,171 @@
+//! Wires a scheduler together and runs it until shutdown.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaLog};
+use scoot_thrift::scoot::CloudScootSyncProcessor;
+use scoot_thrift::server::ServeOptions;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::SchedulerApi;
+use crate::cluster::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
+use crate::config::{ClusterSource, SagaLogKind, SchedulerConfig};
+use crate::handler::CloudScootHandler;
+use crate::job::Job;
+use crate::scheduler::Loop;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("cannot open the saga log: {0}")]
+    SagaLog(String),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("thrift server: {0}")]
+    Thrift(std::io::Error),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
+    Ok(match kind {
+        SagaLogKind::Memory {
+            retention,
+            gc_interval,
+        } => (Arc::new(MemorySagaLog::new(*retention)), *gc_interval),
+        SagaLogKind::File {
+            directory,
+            retention,
+            gc_interval,
+        } => {
+            let log = FileSagaLog::open(directory.clone(), *retention)
+                .map_err(|e| SchedulerError::SagaLog(format!("{}: {e}", directory.display())))?;
+            (Arc::new(log), *gc_interval)
+        }
+    })
+}
+
+/// Serves CloudScoot on `thrift` and `/health` on `http` until `shutdown` completes.
+pub async fn run(
+    thrift: TcpListener,
+    http: TcpListener,
+    config: SchedulerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SchedulerError> {
+    let (log, gc_interval) = open_saga_log(&config.saga_log)?;
+    let gc = scoot_saga::spawn_gc(log.clone(), gc_interval);
+    let sagas = SagaCoordinator::new(log);
+
+    let mut scheduling = Loop::new(config.clone());
+    if config.recover_jobs_on_startup {
+        recover(&sagas, &mut scheduling).await;
+    }
+
+    let (fetcher, period): (Box<dyn Fetcher>, Duration) = match &config.cluster {
+        ClusterSource::LocalProcesses => {
+            (Box::new(LocalProcessFetcher), Duration::from_millis(100))
+        }
+        ClusterSource::StaticFile(path) => (
+            Box::new(StaticFileFetcher(path.clone())),
+            Duration::from_millis(500),
+        ),
+    };
+    let (membership_tx, membership) = mpsc::channel(100);
+    let watcher = tokio::spawn(cluster::watch(fetcher, period, membership_tx));
+
+    let stop = CancellationToken::new();
+    let (requests_tx, requests) = mpsc::channel(1024);
+    let scheduler = tokio::spawn(scheduling.run(requests, membership, stop.clone()));
+    let api = SchedulerApi::new(requests_tx, sagas);
+
+    tracing::info!(
+        thrift = %thrift.local_addr().map_err(SchedulerError::Listener)?,
+        http = %http.local_addr().map_err(SchedulerError::Listener)?,
+        "scheduler serving"
+    );
+    let processor = Arc::new(CloudScootSyncProcessor::new(CloudScootHandler::new(
+        api,
+        tokio::runtime::Handle::current(),
+    )));
+    let thrift_server = tokio::spawn(scoot_thrift::server::serve(
+        thrift,
+        processor,
+        ServeOptions::default(),
+        stop.clone().cancelled_owned(),
+    ));
+    let app = Router::new().route("/health", get(|| async { "ok" }));
+    let http_server = tokio::spawn(
+        axum::serve(http, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    shutdown.await;
+    stop.cancel();
+    watcher.abort();
+    gc.abort();
+    let _ = scheduler.await;
+    thrift_server
+        .await
+        .map_err(|e| SchedulerError::Thrift(std::io::Error::other(e)))?
+        .map_err(SchedulerError::Thrift)?;
+    http_server
+        .await
+        .map_err(|e| SchedulerError::Http(std::io::Error::other(e)))?
+        .map_err(SchedulerError::Http)?;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+/// Puts every unfinished saga's job back in the loop under its original id.
+async fn recover(sagas: &SagaCoordinator, scheduling: &mut Loop) {
+    let mut delay = Duration::from_millis(500);
+    let ids = loop {
+        match sagas.active_sagas().await {
+            Ok(ids) => break ids,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list active sagas; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    let mut recovered = 0;
+    for id in ids {
+        let saga = match sagas.recover(&id).await {
+            Ok(Some(saga)) => saga,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::error!(job_id = %id, error = %err, "cannot recover saga; skipping it");
+                continue;
+            }
+        };
+        let state = saga.state();
+        if state.is_saga_completed() {
+            continue;
+        }
+        let job = match Job::from_bytes(state.job()) {
+            Ok(job) => job,
+            Err(err) => {
+                tracing::error!(job_id = %id, error = %err, "cannot decode recovered job; skipping it");
+                continue;
+            }
+        };
+        let done: Vec<String> = job
+            .def
+            .tasks
+            .iter()
+            .filter(|t| state.is_task_completed(&t.task_id))
+            .map(|t| t.task_id.clone())
+            .collect();
+        tracing::info!(job_id = %id, done = done.len(), tasks = job.def.tasks.len(), "recovered job");
+        scheduling.add_recovered(job, saga, done).await;
+        recovered += 1;
+    }
+    tracing::info!(recovered, "recovery finished");
+}

@@ -1,0 +1,123 @@
+//! Talks to one worker over the Worker Thrift API.
+//!
+//! The Thrift runtime is synchronous, so calls run on the blocking pool. Connections are pooled
+//! per worker: a long `WaitRun` on one connection does not hold up an `Abort` on another. A
+//! connection that saw a transport error is dropped; the next call reconnects.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use scoot_core::{Command, RunId, RunStatus, ServiceStatus, StateMask};
+use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
+use scoot_thrift::convert;
+use scoot_thrift::worker::{TWorkerSyncClient, WorkerSyncClient};
+
+type Connection = WorkerSyncClient<InputProtocol, OutputProtocol>;
+
+/// Connect and per-call I/O timeout. Longer than the longest WaitRun we ask for.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest WaitRun we ask a worker for.
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("worker {node}: {source}")]
+    Thrift { node: String, source: thrift::Error },
+    #[error("worker {node}: {message}")]
+    Internal { node: String, message: String },
+}
+
+impl RpcError {
+    fn is_unknown_method(&self) -> bool {
+        matches!(self, RpcError::Thrift { source: thrift::Error::Application(e), .. }
+            if e.kind == thrift::ApplicationErrorKind::UnknownMethod)
+    }
+}
+
+#[derive(Clone)]
+pub struct WorkerClient {
+    node: String,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl WorkerClient {
+    pub fn new(node: &str) -> WorkerClient {
+        WorkerClient {
+            node: node.to_string(),
+            idle: Arc::default(),
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        rpc: impl FnOnce(&mut Connection) -> thrift::Result<T> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let node = self.node.clone();
+        let idle = self.idle.clone();
+        let err_node = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let (input, output) = connect(&node, RPC_TIMEOUT)?;
+                    WorkerSyncClient::new(input, output)
+                }
+            };
+            let result = rpc(&mut conn);
+            // Application errors leave the connection in a clean state; anything else may not.
+            if matches!(result, Ok(_) | Err(thrift::Error::Application(_))) {
+                idle.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| RpcError::Internal {
+            node: err_node.clone(),
+            message: e.to_string(),
+        })?
+        .map_err(|source| RpcError::Thrift {
+            node: err_node,
+            source,
+        })
+    }
+
+    pub async fn query(&self) -> Result<(Vec<RunStatus>, ServiceStatus), RpcError> {
+        let status = self.call(|c| c.query_worker()).await?;
+        Ok(convert::worker_status_from_wire(status))
+    }
+
+    pub async fn run(&self, cmd: &Command) -> Result<RunStatus, RpcError> {
+        let wire = convert::command_to_wire(cmd);
+        let status = self.call(move |c| c.run(wire)).await?;
+        Ok(convert::status_from_wire(status))
+    }
+
+    pub async fn abort(&self, run_id: &RunId) -> Result<RunStatus, RpcError> {
+        let id = run_id.0.clone();
+        let status = self.call(move |c| c.abort(id)).await?;
+        Ok(convert::status_from_wire(status))
+    }
+
+    /// Waits (up to `wait`, at most [`MAX_WAIT`]) for the run to reach a state in `states`.
+    /// `Ok(None)` means the worker does not offer WaitRun: poll it instead.
+    pub async fn wait_run(
+        &self,
+        run_id: &RunId,
+        states: StateMask,
+        wait: Duration,
+    ) -> Result<Option<RunStatus>, RpcError> {
+        let id = run_id.0.clone();
+        let wait_ms = wait.min(MAX_WAIT).as_millis() as i32;
+        match self
+            .call(move |c| c.wait_run(id, states.0 as i64, wait_ms))
+            .await
+        {
+            Ok(status) => Ok(Some(convert::status_from_wire(status))),
+            Err(err) if err.is_unknown_method() => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
