@@ -3,6 +3,7 @@
 #   make test        every test (unit, end-to-end with real binaries, Python Thrift cross-client,
 #                    generated-code drift check); installs what it needs first
 #   make smoketest   builds and runs the main job (see README)
+#   make bench       measures (release build) and rewrites docs/benchmarks.md; not part of test
 #   make thrift      regenerates crates/thrift/src/gen from thrift/*.thrift
 #   make lint        rustfmt and clippy, as CI runs them
 
@@ -10,7 +11,7 @@ CARGO ?= cargo
 THRIFT_IDLS := scoot worker sched
 THRIFT_GEN := crates/thrift/src/gen
 
-.PHONY: all build test test-deps thrift thrift-check lint smoketest clean
+.PHONY: all build test test-deps thrift thrift-check lint smoketest bench clean
 
 all: build
 
@@ -45,6 +46,9 @@ lint:
 smoketest: test-deps
 	$(CARGO) build --release
 	scripts/worker-demo.sh target/release/workerserver
+
+bench: test-deps
+	$(CARGO) bench --bench scheduling
 
 clean:
 	$(CARGO) clean

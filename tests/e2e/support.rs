@@ -105,8 +105,10 @@ impl Worker {
             .arg(format!("127.0.0.1:{thrift_port}"))
             .arg("-http_addr")
             .arg(format!("127.0.0.1:{http_port}"))
-            .args(["-log_level", "debug"])
             .args(extra_args);
+        if !extra_args.contains(&"-log_level") {
+            cmd.args(["-log_level", "debug"]);
+        }
         cmd.stderr(log_file(&format!("workerserver-{thrift_port}")));
         let mut proc = Proc::spawn("workerserver", cmd);
         proc.wait_for_port(thrift_port);
@@ -345,7 +347,7 @@ impl Scheduler {
         Scheduler::start_with(dir, workers_file, saga_dir, config)
     }
 
-    fn start_with(
+    pub fn start_with(
         dir: tempfile::TempDir,
         workers_file: PathBuf,
         saga_dir: PathBuf,

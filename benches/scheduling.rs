@@ -1,0 +1,177 @@
+//! Scheduling latency of a real cluster (release build): one-task jobs of `true`, submitted one
+//! at a time to an idle scheduler with one worker, timed from RunJob to the first RUNNING status
+//! and to COMPLETED. Run by `make bench` (`cargo bench --bench scheduling`); under `cargo test`
+//! it only proves it still compiles and starts.
+//!
+//! The goal (../shared/DESIGN.md §6) is < 10 ms p50 from RunJob to COMPLETE; Scoot's 250 ms loop
+//! tick and 250 ms worker polling put it at 250 ms or more.
+
+// A benchmark reports an unexpected failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/e2e/support.rs"]
+#[allow(dead_code, clippy::unwrap_used)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use scoot_thrift::scoot::{self, TCloudScootSyncClient};
+use support::*;
+
+const JOBS: usize = 200;
+const WARMUP: usize = 10;
+
+struct Latencies {
+    running: Vec<Duration>,
+    complete: Vec<Duration>,
+}
+
+fn measure(saga_log: &str, jobs: usize) -> Latencies {
+    let worker = Worker::start(&["-log_level", "warn"]);
+    let sched = start_scheduler(&[&worker], saga_log);
+    let mut client = sched.client();
+    let mut lat = Latencies {
+        running: Vec::new(),
+        complete: Vec::new(),
+    };
+    for n in 0..WARMUP + jobs {
+        let started = Instant::now();
+        let id = client
+            .0
+            .run_job(job(vec![task("t", &["true"])]))
+            .unwrap()
+            .id;
+        let mut running = None;
+        loop {
+            let status = client.0.get_status(id.clone()).unwrap();
+            let task_state = status
+                .task_data
+                .as_ref()
+                .and_then(|d| d.get("t"))
+                .map(|d| d.status);
+            if running.is_none() && task_state.is_some() {
+                running = Some(started.elapsed());
+            }
+            if status.status == scoot::Status::COMPLETED {
+                if n >= WARMUP {
+                    lat.complete.push(started.elapsed());
+                    lat.running
+                        .push(running.unwrap_or_else(|| started.elapsed()));
+                }
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "job {id} did not complete");
+        }
+    }
+    lat
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let jobs = if benchmarking { JOBS } else { 1 };
+    let mut rows = Vec::new();
+    for saga_log in ["memory", "file"] {
+        let mut lat = measure(saga_log, jobs);
+        let p50 = percentile(&mut lat.complete, 0.5);
+        let row = format!(
+            "| RunJob → COMPLETE, `true`, {saga_log} saga log | {} | {} | {} | < 10 ms p50 | {} |",
+            ms(p50),
+            ms(percentile(&mut lat.complete, 0.99)),
+            ms(percentile(&mut lat.running, 0.5)),
+            if p50 < Duration::from_millis(10) {
+                "met"
+            } else {
+                "not met"
+            },
+        );
+        println!("{row}");
+        rows.push(row);
+    }
+    if benchmarking {
+        let table = format!(
+            "## Scheduling latency\n\n{} one-task jobs of `true`, one at a time, on an idle cluster \
+             (1 worker, release build); GetStatus polled in a loop.\n\n\
+             | measurement | p50 | p99 | RunJob → first task status, p50 | goal | |\n\
+             |---|---|---|---|---|---|\n{}\n",
+            JOBS,
+            rows.join("\n")
+        );
+        write_benchmark_section("Scheduling latency", &table);
+    }
+}
+
+/// Starts a scheduler for `workers` with a `memory` or `file` saga log and Scoot's defaults.
+fn start_scheduler(workers: &[&Worker], kind: &str) -> Scheduler {
+    let dir = tempfile::tempdir().unwrap();
+    let workers_file = dir.path().join("workers");
+    let saga_dir = dir.path().join("sagas");
+    write_workers(&workers_file, workers);
+    let config = serde_json::json!({
+        "Cluster": {"Type": "static", "File": workers_file},
+        "SagaLog": {"Type": kind, "Directory": saga_dir},
+    });
+    Scheduler::start_with(dir, workers_file, saga_dir, config)
+}
+
+/// Replaces (or appends) the `## <title>` section of docs/benchmarks.md, recording the machine.
+fn write_benchmark_section(title: &str, section: &str) {
+    let path = repo_root().join("docs/benchmarks.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nProduced by `make bench`; each section is rewritten when its benchmark runs.\n\n"
+            .to_string()
+    });
+    let machine = machine_description();
+    let section = format!("{}\n\nMachine: {machine}.\n\n", section.trim_end());
+    let heading = format!("## {title}\n");
+    let updated = match existing.find(&heading) {
+        Some(start) => {
+            let end = existing[start + heading.len()..]
+                .find("\n## ")
+                .map(|i| start + heading.len() + i + 1)
+                .unwrap_or(existing.len());
+            format!("{}{}{}", &existing[..start], section, &existing[end..])
+        }
+        None => format!("{existing}{section}"),
+    };
+    std::fs::write(&path, updated).unwrap();
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024 / 1024)
+        .unwrap_or(0);
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem_gib} GiB, measured {date}")
+}
