@@ -2,7 +2,7 @@
 #
 #   make test        every test (unit, end-to-end with real binaries, Python Thrift cross-client,
 #                    generated-code drift check); installs what it needs first
-#   make smoketest   builds and runs the main job (see README)
+#   make smoketest   builds everything and runs the smoke test on a local cluster
 #   make bench       measures (release build) and rewrites docs/benchmarks.md; not part of test
 #   make thrift      regenerates crates/thrift/src/gen from thrift/*.thrift
 #   make lint        rustfmt and clippy, as CI runs them
@@ -41,11 +41,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Until the scheduler and local cluster exist, the main job starts one worker and runs a
-# command on it through the Worker Thrift API (scripts/worker-demo.sh).
-smoketest: test-deps
+# The main job: a local cluster (scheduler + 5 workers) running Scoot's smoke test.
+smoketest:
 	$(CARGO) build --release
-	scripts/worker-demo.sh target/release/workerserver
+	target/release/setup-cloud-scoot --strategy local.local run scootcl smoketest --num_jobs 20
 
 bench: test-deps
 	$(CARGO) bench --bench scheduling

@@ -24,8 +24,11 @@ struct Args {
     log_level: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    scoot_bin_util::run_server(serve())?
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
     let config = scoot_scheduler::SchedulerConfig::from_flag(&args.config)

@@ -39,8 +39,11 @@ fn parse_bundlestore(value: &str) -> Result<String, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    scoot_bin_util::run_server(serve())?
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
     if let Some(store) = &args.bundlestore {

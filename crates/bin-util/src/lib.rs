@@ -66,6 +66,18 @@ pub fn init_logging(level: &str) -> Result<(), String> {
         .map_err(|err| err.to_string())
 }
 
+/// Runs a server's main future on a multi-threaded runtime and returns its result without
+/// waiting more than a second for blocking calls still in flight (a worker long-poll can block
+/// a thread for 25 s; the process must still exit promptly once the server has stopped).
+pub fn run_server<T>(server: impl std::future::Future<Output = T>) -> std::io::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(server);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(result)
+}
+
 /// Resolves when the process receives SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,154 @@
+//! A CloudScoot client over one connection that is re-opened after any error, as Scoot's
+//! clients did.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
+use scoot_thrift::scoot::{self, CloudScootSyncClient, TCloudScootSyncClient};
+
+type Connection = CloudScootSyncClient<InputProtocol, OutputProtocol>;
+
+/// Scoot's client timeout for connecting and for each call.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the scheduler at {addr}: {source}")]
+    Connect { addr: String, source: thrift::Error },
+    /// The scheduler answered with an error (e.g. an invalid job).
+    #[error("{0}")]
+    Refused(String),
+    #[error("call to the scheduler at {addr} failed: {source}")]
+    Call { addr: String, source: thrift::Error },
+}
+
+pub struct Client {
+    addr: String,
+    conn: Option<Connection>,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        Client {
+            addr: addr.to_string(),
+            conn: None,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn call<T>(
+        &mut self,
+        rpc: impl FnOnce(&mut Connection) -> thrift::Result<T>,
+    ) -> Result<T, ClientError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let (input, output) =
+                    connect(&self.addr, TIMEOUT).map_err(|source| ClientError::Connect {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                self.conn.insert(CloudScootSyncClient::new(input, output))
+            }
+        };
+        match rpc(conn) {
+            Ok(value) => Ok(value),
+            Err(thrift::Error::Application(e)) => Err(ClientError::Refused(e.message)),
+            Err(thrift::Error::User(e)) => {
+                Err(ClientError::Refused(describe_exception(e.as_ref())))
+            }
+            Err(source) => {
+                self.conn = None;
+                Err(ClientError::Call {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    pub fn run_job(&mut self, def: scoot::JobDefinition) -> Result<String, ClientError> {
+        self.call(|c| c.run_job(def)).map(|id| id.id)
+    }
+
+    pub fn get_status(&mut self, job_id: &str) -> Result<scoot::JobStatus, ClientError> {
+        self.call(|c| c.get_status(job_id.to_string()))
+    }
+
+    pub fn kill_job(&mut self, job_id: &str) -> Result<scoot::JobStatus, ClientError> {
+        self.call(|c| c.kill_job(job_id.to_string()))
+    }
+
+    pub fn offline_worker(&mut self, node: &str, requestor: &str) -> Result<(), ClientError> {
+        let req = scoot::OfflineWorkerReq::new(node.to_string(), requestor.to_string());
+        self.call(|c| c.offline_worker(req))
+    }
+
+    pub fn reinstate_worker(&mut self, node: &str, requestor: &str) -> Result<(), ClientError> {
+        let req = scoot::ReinstateWorkerReq::new(node.to_string(), requestor.to_string());
+        self.call(|c| c.reinstate_worker(req))
+    }
+
+    pub fn get_scheduler_status(&mut self) -> Result<scoot::SchedulerStatus, ClientError> {
+        self.call(|c| c.get_scheduler_status())
+    }
+
+    pub fn set_scheduler_status(&mut self, max_tasks: i32) -> Result<(), ClientError> {
+        self.call(|c| c.set_scheduler_status(max_tasks))
+    }
+
+    pub fn get_class_load_percents(&mut self) -> Result<BTreeMap<String, i32>, ClientError> {
+        self.call(|c| c.get_class_load_percents())
+    }
+
+    pub fn set_class_load_percents(&mut self, p: BTreeMap<String, i32>) -> Result<(), ClientError> {
+        self.call(|c| c.set_class_load_percents(p))
+    }
+
+    pub fn get_requestor_to_class_map(&mut self) -> Result<BTreeMap<String, String>, ClientError> {
+        self.call(|c| c.get_requestor_to_class_map())
+    }
+
+    pub fn set_requestor_to_class_map(
+        &mut self,
+        m: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        self.call(|c| c.set_requestor_to_class_map(m))
+    }
+
+    pub fn get_rebalance_minimum_duration(&mut self) -> Result<i32, ClientError> {
+        self.call(|c| c.get_rebalance_minimum_duration())
+    }
+
+    pub fn set_rebalance_minimum_duration(&mut self, minutes: i32) -> Result<(), ClientError> {
+        self.call(|c| c.set_rebalance_minimum_duration(minutes))
+    }
+
+    pub fn get_rebalance_threshold(&mut self) -> Result<i32, ClientError> {
+        self.call(|c| c.get_rebalance_threshold())
+    }
+
+    pub fn set_rebalance_threshold(&mut self, threshold: i32) -> Result<(), ClientError> {
+        self.call(|c| c.set_rebalance_threshold(threshold))
+    }
+}
+
+fn describe_exception(e: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    if let Some(ir) = e.downcast_ref::<scoot::InvalidRequest>() {
+        return format!(
+            "invalid request: {}",
+            ir.message.clone().unwrap_or_default()
+        );
+    }
+    if e.downcast_ref::<scoot::ScootServerError>().is_some() {
+        return "the scheduler had an internal error; try again".to_string();
+    }
+    if e.downcast_ref::<scoot::CanNotScheduleNow>().is_some() {
+        return "the scheduler cannot take the job now; try again later".to_string();
+    }
+    e.to_string()
+}

@@ -1,0 +1,528 @@
+//! Starting, supervising and tearing down a whole local cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::child::{ChildExit, Launch, Role, Supervised, port_open};
+use crate::error::ClusterError;
+use crate::procs::Tracker;
+use crate::spec::{self, ClusterSpec, PortLayout};
+
+pub const APISERVER_BIN: &str = "apiserver";
+pub const WORKERSERVER_BIN: &str = "workerserver";
+pub const SCHEDULER_BIN: &str = "scheduler";
+
+/// How often the process table is read to follow what the children start.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// After SIGKILL, how long to wait for the children to be reaped before giving up on them.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A process of the cluster, for callers that want to check on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub name: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+struct Binaries {
+    apiserver: Option<PathBuf>,
+    workerserver: PathBuf,
+    scheduler: PathBuf,
+}
+
+impl Binaries {
+    fn locate(bin_dir: &Path) -> Result<Binaries, ClusterError> {
+        let required = |name: &'static str| {
+            let path = bin_dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(ClusterError::MissingBinary { name, path })
+            }
+        };
+        let apiserver = bin_dir.join(APISERVER_BIN);
+        Ok(Binaries {
+            apiserver: apiserver.is_file().then_some(apiserver),
+            workerserver: required(WORKERSERVER_BIN)?,
+            scheduler: required(SCHEDULER_BIN)?,
+        })
+    }
+}
+
+/// A running local cluster: `apiserver`s (when that binary exists), `workerserver`s and a
+/// `scheduler`, each in its own process group with its output in `<state dir>/logs/<name>.log`.
+///
+/// Call [`Cluster::shutdown`] to stop it. Dropping a cluster that was not shut down SIGKILLs
+/// its processes without waiting for them.
+pub struct Cluster {
+    spec: ClusterSpec,
+    layout: PortLayout,
+    /// `None` once teardown has removed or kept it.
+    state: Option<TempDir>,
+    state_path: PathBuf,
+    children: Vec<Supervised>,
+    apiservers_started: usize,
+    exits_tx: mpsc::UnboundedSender<usize>,
+    exits_rx: mpsc::UnboundedReceiver<usize>,
+    tracker: Arc<Tracker>,
+    scanner: Option<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl Cluster {
+    /// Starts apiservers, then workers, then the scheduler, waiting for each one's ports. On
+    /// failure everything started so far is torn down and the error names the process.
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
+        Cluster::start_or_cancel(spec, std::future::pending()).await
+    }
+
+    /// [`Cluster::start`], unless `cancel` completes first: then whatever was started is
+    /// stopped as by [`Cluster::shutdown`] and the result is [`ClusterError::Cancelled`].
+    /// `cancel` is polled before anything else, so a signal future given here is listening
+    /// before the first child exists.
+    pub async fn start_or_cancel(
+        spec: ClusterSpec,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Cluster, ClusterError> {
+        let mut cancel = std::pin::pin!(cancel);
+        let (binaries, layout) = tokio::select! {
+            biased;
+            () = &mut cancel => return Err(ClusterError::Cancelled),
+            prepared = prepare(&spec) => prepared?,
+        };
+
+        let state = tempfile::Builder::new()
+            .prefix("scoot-cluster-")
+            .tempdir()
+            .map_err(ClusterError::StateDir)?;
+        let state_path = std::path::absolute(state.path()).map_err(ClusterError::StateDir)?;
+        let logs = state_path.join("logs");
+        std::fs::create_dir(&logs).map_err(|source| ClusterError::Write {
+            path: logs.clone(),
+            source,
+        })?;
+        tracing::info!("logs in {}", logs.display());
+
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let tracker = Arc::new(Tracker::default());
+        let scanner = tokio::spawn(scan_periodically(tracker.clone()));
+        let mut cluster = Cluster {
+            spec,
+            layout,
+            state: Some(state),
+            state_path,
+            children: Vec::new(),
+            apiservers_started: 0,
+            exits_tx,
+            exits_rx,
+            tracker,
+            scanner: Some(scanner),
+            stopped: false,
+        };
+        let outcome = tokio::select! {
+            biased;
+            () = &mut cancel => Err(ClusterError::Cancelled),
+            up = cluster.bring_up(&binaries) => up,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    scheduler = %cluster.scheduler_addr(),
+                    workers = cluster.layout.workers.len(),
+                    apiservers = cluster.apiservers_started,
+                    strategy = %cluster.spec.strategy,
+                    "cluster up"
+                );
+                Ok(cluster)
+            }
+            Err(err) => {
+                cluster.teardown().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn bring_up(&mut self, binaries: &Binaries) -> Result<(), ClusterError> {
+        let level = self.spec.log_level.clone();
+        let timeout = self.spec.ready_timeout;
+
+        if let Some(apiserver) = &binaries.apiserver
+            && !self.layout.apiservers.is_empty()
+        {
+            let bundles = self.state_path.join("common-bundles");
+            std::fs::create_dir(&bundles).map_err(|source| ClusterError::Write {
+                path: bundles.clone(),
+                source,
+            })?;
+            let first = self.children.len();
+            for (i, ports) in self.layout.apiservers.clone().iter().enumerate() {
+                self.spawn(Launch {
+                    name: format!("apiserver-{i}"),
+                    role: Role::ApiServer,
+                    program: apiserver.clone(),
+                    args: vec![
+                        "-http_addr".into(),
+                        spec::local_addr(ports.http),
+                        "-grpc_addr".into(),
+                        spec::local_addr(ports.grpc),
+                        "-log_level".into(),
+                        level.clone(),
+                    ],
+                    env: vec![("BUNDLESTORE_STORE_DIR", bundles.clone().into_os_string())],
+                    log: PathBuf::new(),
+                })?;
+            }
+            for (child, ports) in self.children[first..].iter().zip(&self.layout.apiservers) {
+                child.wait_ready(&[ports.http], timeout).await?;
+            }
+            self.apiservers_started = self.layout.apiservers.len();
+        }
+
+        let drain_grace = format!("{}ms", self.spec.worker_drain_grace.as_millis());
+        let first = self.children.len();
+        for (i, ports) in self.layout.workers.clone().iter().enumerate() {
+            self.spawn(Launch {
+                name: format!("workerserver-{i}"),
+                role: Role::Worker,
+                program: binaries.workerserver.clone(),
+                args: vec![
+                    "-thrift_addr".into(),
+                    spec::local_addr(ports.thrift),
+                    "-http_addr".into(),
+                    spec::local_addr(ports.http),
+                    "-log_level".into(),
+                    level.clone(),
+                    "-drain_grace".into(),
+                    drain_grace.clone(),
+                ],
+                env: Vec::new(),
+                log: PathBuf::new(),
+            })?;
+        }
+        for (child, ports) in self.children[first..].iter().zip(&self.layout.workers) {
+            child
+                .wait_ready(&[ports.thrift, ports.http], timeout)
+                .await?;
+        }
+
+        let workers_file = self.workers_file();
+        std::fs::write(&workers_file, spec::workers_file_contents(&self.layout)).map_err(
+            |source| ClusterError::Write {
+                path: workers_file.clone(),
+                source,
+            },
+        )?;
+        let config = spec::scheduler_config(self.spec.strategy, &workers_file)?;
+        let ports = self.layout.scheduler;
+        let scheduler = self.spawn(Launch {
+            name: "scheduler".into(),
+            role: Role::Scheduler,
+            program: binaries.scheduler.clone(),
+            args: vec![
+                "-thrift_addr".into(),
+                spec::local_addr(ports.thrift),
+                "-http_addr".into(),
+                spec::local_addr(ports.http),
+                "-grpc_addr".into(),
+                spec::local_addr(ports.grpc),
+                "-log_level".into(),
+                level,
+                "-config".into(),
+                config,
+            ],
+            env: Vec::new(),
+            log: PathBuf::new(),
+        })?;
+        self.children[scheduler]
+            .wait_ready(&[ports.thrift, ports.http], timeout)
+            .await?;
+
+        // A child that was ready but has died since is a failed start too.
+        if let Some(dead) = self.children.iter().find(|c| !c.is_running()) {
+            return Err(ClusterError::ExitedDuringStartup(dead.exit_report()));
+        }
+        Ok(())
+    }
+
+    /// Starts a child (its log path is derived from its name); returns its index.
+    fn spawn(&mut self, mut launch: Launch) -> Result<usize, ClusterError> {
+        launch.log = self.log_path(&launch.name);
+        let index = self.children.len();
+        let child = Supervised::spawn(launch, index, self.exits_tx.clone(), self.tracker.clone())?;
+        self.children.push(child);
+        Ok(index)
+    }
+
+    /// Resolves when a child of the cluster ends (which it never should while the cluster is
+    /// up), with its name, exit status and the end of its log. Cancel-safe.
+    pub async fn wait_for_failure(&mut self) -> ChildExit {
+        loop {
+            match self.exits_rx.recv().await {
+                Some(index) => {
+                    if let Some(child) = self.children.get(index) {
+                        return child.exit_report();
+                    }
+                }
+                // Cannot happen: the cluster holds a sender.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Stops the cluster: SIGTERM to every child's process group (scheduler, then workers, then
+    /// apiservers), up to the spec's `stop_grace` for them to end, then SIGKILL to whatever is
+    /// left, including processes the children started (workers' tasks). Removes the state
+    /// directory unless the spec says to keep it.
+    pub async fn shutdown(mut self) {
+        self.teardown().await;
+    }
+
+    async fn teardown(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // `stopped` is set only at the end: if this future is dropped half-way, `Drop` still
+        // kills what is left.
+        if let Some(scanner) = self.scanner.take() {
+            scanner.abort();
+        }
+        // Note what runs now (e.g. workers' tasks) before anything starts dying.
+        self.scan().await;
+
+        for role in [Role::Scheduler, Role::Worker, Role::ApiServer] {
+            for child in self.children.iter().filter(|c| c.role == role) {
+                child.signal_group(Signal::SIGTERM);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.spec.stop_grace;
+        for child in &self.children {
+            if tokio::time::timeout_at(deadline, child.ended())
+                .await
+                .is_err()
+            {
+                tracing::warn!(name = %child.name, pid = child.pid, "did not stop in time after SIGTERM; killing it");
+            }
+        }
+
+        self.scan().await;
+        for child in &self.children {
+            child.signal_group(Signal::SIGKILL);
+        }
+        self.kill_leftovers().await;
+        for child in &self.children {
+            if tokio::time::timeout(REAP_TIMEOUT, child.ended())
+                .await
+                .is_err()
+            {
+                tracing::error!(name = %child.name, pid = child.pid, "still running after SIGKILL");
+            }
+        }
+        // Anything the children started between the last look and their end.
+        self.kill_leftovers().await;
+        self.stopped = true;
+
+        if let Some(state) = self.state.take() {
+            if self.spec.keep_logs {
+                let path = state.keep();
+                tracing::info!(
+                    "cluster stopped; logs kept in {}",
+                    path.join("logs").display()
+                );
+            } else {
+                let path = state.path().to_path_buf();
+                if let Err(err) = state.close() {
+                    tracing::warn!(%err, "cannot remove {}", path.display());
+                }
+                tracing::info!("cluster stopped");
+            }
+        }
+    }
+
+    async fn scan(&self) {
+        let tracker = self.tracker.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || tracker.scan()).await {
+            tracing::warn!(%err, "process table scan failed");
+        }
+    }
+
+    async fn kill_leftovers(&self) {
+        let tracker = self.tracker.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || tracker.kill_all()).await {
+            tracing::warn!(%err, "cannot kill leftover processes");
+        }
+    }
+
+    /// The scheduler's CloudScoot Thrift address, `localhost:<port>`.
+    pub fn scheduler_addr(&self) -> String {
+        spec::local_addr(self.layout.scheduler.thrift)
+    }
+
+    pub fn scheduler_http_addr(&self) -> String {
+        spec::local_addr(self.layout.scheduler.http)
+    }
+
+    /// The workers' Thrift addresses, which are their node ids in the scheduler.
+    pub fn worker_addrs(&self) -> Vec<String> {
+        self.layout
+            .workers
+            .iter()
+            .map(|w| spec::local_addr(w.thrift))
+            .collect()
+    }
+
+    pub fn worker_http_addrs(&self) -> Vec<String> {
+        self.layout
+            .workers
+            .iter()
+            .map(|w| spec::local_addr(w.http))
+            .collect()
+    }
+
+    /// The HTTP addresses of the apiservers that were started (none without the binary).
+    pub fn apiserver_addrs(&self) -> Vec<String> {
+        self.layout.apiservers[..self.apiservers_started]
+            .iter()
+            .map(|a| spec::local_addr(a.http))
+            .collect()
+    }
+
+    /// The ports in use (apiserver ports only for apiservers that were started).
+    pub fn ports(&self) -> &PortLayout {
+        &self.layout
+    }
+
+    /// The temporary directory with `logs/`, the worker list and the apiservers' bundles.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_path
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_path.join("logs")
+    }
+
+    /// `<state dir>/logs/<name>.log`.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.log_dir().join(format!("{name}.log"))
+    }
+
+    /// The static worker list given to the scheduler.
+    pub fn workers_file(&self) -> PathBuf {
+        self.state_path.join("workers")
+    }
+
+    /// The cluster's processes in start order.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.children
+            .iter()
+            .map(|c| ProcessInfo {
+                name: c.name.clone(),
+                pid: c.pid.unsigned_abs(),
+                log: c.log.clone(),
+            })
+            .collect()
+    }
+
+    /// What `~/.cloudscootaddr` should hold for this cluster.
+    pub fn cloudscootaddr_contents(&self) -> String {
+        let api = self.apiserver_addrs().into_iter().next();
+        spec::cloudscootaddr_contents(&self.scheduler_addr(), api.as_deref())
+    }
+
+    /// Writes `<home>/.cloudscootaddr<scoot_id>` so that Scoot's clients find this cluster;
+    /// returns its path. The file is left in place at teardown, as Scoot did.
+    pub fn write_cloudscootaddr(
+        &self,
+        home: &Path,
+        scoot_id: &str,
+    ) -> Result<PathBuf, ClusterError> {
+        let path = spec::cloudscootaddr_path(home, scoot_id);
+        std::fs::write(&path, self.cloudscootaddr_contents()).map_err(|source| {
+            ClusterError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(path)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if let Some(scanner) = self.scanner.take() {
+            scanner.abort();
+        }
+        for child in &self.children {
+            child.signal_group(Signal::SIGKILL);
+        }
+        self.tracker.kill_all();
+        if self.spec.keep_logs
+            && let Some(state) = self.state.take()
+        {
+            let _ = state.keep();
+        }
+    }
+}
+
+/// Finds the binaries and checks the ports.
+async fn prepare(spec: &ClusterSpec) -> Result<(Binaries, PortLayout), ClusterError> {
+    let binaries = Binaries::locate(&spec.bin_dir)?;
+    let apiservers = if binaries.apiserver.is_some() {
+        spec.apiservers
+    } else {
+        if spec.apiservers > 0 {
+            tracing::warn!(
+                bin_dir = %spec.bin_dir.display(),
+                "apiserver not found next to setup-cloud-scoot: starting no apiservers; snapshot features will not work"
+            );
+        }
+        0
+    };
+    let layout = PortLayout::new(spec.port_offset, spec.workers, apiservers)?;
+    ensure_ports_free(&layout).await?;
+    Ok((binaries, layout))
+}
+
+async fn scan_periodically(tracker: Arc<Tracker>) {
+    let mut tick = tokio::time::interval(SCAN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tracker = tracker.clone();
+        // A failed scan (a panic in the blocking pool) is retried at the next tick.
+        let _ = tokio::task::spawn_blocking(move || tracker.scan()).await;
+    }
+}
+
+/// Fails if anything already listens on a port of `layout`: a child could not bind it, and
+/// the readiness check would mistake the other listener for the child.
+async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
+    let mut wanted: Vec<(u16, String)> = Vec::new();
+    for (i, a) in layout.apiservers.iter().enumerate() {
+        wanted.push((a.http, format!("apiserver-{i} http")));
+        wanted.push((a.grpc, format!("apiserver-{i} grpc")));
+    }
+    for (i, w) in layout.workers.iter().enumerate() {
+        wanted.push((w.thrift, format!("workerserver-{i} thrift")));
+        wanted.push((w.http, format!("workerserver-{i} http")));
+    }
+    let s = layout.scheduler;
+    wanted.push((s.thrift, "scheduler thrift".into()));
+    wanted.push((s.http, "scheduler http".into()));
+    wanted.push((s.grpc, "scheduler grpc".into()));
+    for (port, user) in wanted {
+        if port_open(port).await {
+            return Err(ClusterError::PortInUse { port, user });
+        }
+    }
+    Ok(())
+}

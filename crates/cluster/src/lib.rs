@@ -1,0 +1,25 @@
+//! A whole local Scoot cluster as supervised child processes: what `setup-cloud-scoot` runs.
+//!
+//! [`Cluster::start`] starts, from the binaries in [`ClusterSpec::bin_dir`], `apiserver`s (if
+//! that binary exists), `workerserver`s and a `scheduler` on Scoot's local port layout
+//! ([`PortLayout`], optionally shifted by an offset), each in its own process group with its
+//! output in `<state dir>/logs/<name>.log`, and waits for each one's ports. The scheduler is
+//! given the workers in a static file rather than discovering `workerserver` processes, so
+//! other clusters on the machine are never picked up.
+//!
+//! [`Cluster::wait_for_failure`] resolves when any child ends; [`Cluster::shutdown`] stops
+//! everything (SIGTERM, a grace, SIGKILL) including the processes the children started, which
+//! are followed through `/proc` (see `procs`). [`cli`] holds the command-line shape of the
+//! binary that clap cannot express (`run CMD ARGS…` after the flags).
+
+mod child;
+pub mod cli;
+mod cluster;
+mod error;
+mod procs;
+pub mod spec;
+
+pub use child::{ChildExit, ChildStatus, Role, stop_child};
+pub use cluster::{APISERVER_BIN, Cluster, ProcessInfo, SCHEDULER_BIN, WORKERSERVER_BIN};
+pub use error::ClusterError;
+pub use spec::{ClusterSpec, PortLayout, Strategy};

@@ -1,0 +1,76 @@
+//! Scoot's integration flows, runnable by hand (`recoverytest`, `scoot-integration`) and from the
+//! test suite. Both start real local clusters from the binaries next to the running executable.
+//!
+//! * [`recovery`]: jobs accepted by a cluster that is then torn down are finished by the next
+//!   cluster started from the same directory (file saga log, `local.local`).
+//! * [`integration`]: drives the `scootcl` command line end to end, including offlining and
+//!   reinstating a worker.
+
+pub mod integration;
+pub mod recovery;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("cluster: {0}")]
+    Cluster(#[from] scoot_cluster::ClusterError),
+    #[error("{0}")]
+    Smoke(#[from] scoot_client::smoketest::SmokeError),
+    #[error("{0}")]
+    Client(#[from] scoot_client::cloudscoot::ClientError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What both flows need to start clusters.
+#[derive(Clone, Debug)]
+pub struct HarnessOptions {
+    /// Where scheduler, workerserver, scootcl (and apiserver) are.
+    pub bin_dir: PathBuf,
+    pub log_level: String,
+    /// Shifts every port of Scoot's layout, so a run can coexist with another cluster.
+    pub port_offset: u16,
+    /// Bound on each wait for jobs.
+    pub timeout: Duration,
+}
+
+impl HarnessOptions {
+    /// Options for the binaries next to the running executable.
+    pub fn next_to_current_exe(
+        log_level: &str,
+        port_offset: u16,
+    ) -> Result<HarnessOptions, HarnessError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| HarnessError::Failed(format!("cannot locate this executable: {e}")))?;
+        let bin_dir = exe
+            .parent()
+            .ok_or_else(|| HarnessError::Failed("this executable has no parent directory".into()))?
+            .to_path_buf();
+        Ok(HarnessOptions {
+            bin_dir,
+            log_level: log_level.to_string(),
+            port_offset,
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn cluster_spec(&self, strategy: scoot_cluster::Strategy) -> scoot_cluster::ClusterSpec {
+        scoot_cluster::ClusterSpec {
+            strategy,
+            log_level: self.log_level.clone(),
+            port_offset: self.port_offset,
+            ..scoot_cluster::ClusterSpec::new(&self.bin_dir)
+        }
+    }
+}
+
+/// Runs blocking client code (scootcl subprocesses, the sync CloudScoot client) off the runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HarnessError> + Send + 'static,
+) -> Result<T, HarnessError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| HarnessError::Failed(format!("client thread failed: {e}")))?
+}
