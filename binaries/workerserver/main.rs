@@ -46,9 +46,6 @@ fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
-    if let Some(store) = &args.bundlestore {
-        tracing::warn!(bundlestore = %store, "snapshot checkouts are not supported by this build yet; tasks with a snapshot id will fail with exit code 210");
-    }
     let thrift = tokio::net::TcpListener::bind(&args.thrift_addr)
         .await
         .with_context(|| format!("cannot listen on -thrift_addr {}", args.thrift_addr))?;
@@ -57,6 +54,7 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on -http_addr {}", args.http_addr))?;
     let config = scoot_worker::WorkerConfig {
         memory_cap: (args.mem_cap > 0).then_some(args.mem_cap),
+        bundlestore: args.bundlestore.clone(),
         advertised_http_addr: Some(args.http_addr.clone()),
         drain_grace: args.drain_grace,
         ..scoot_worker::WorkerConfig::default()

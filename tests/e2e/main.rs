@@ -7,5 +7,6 @@
 mod cluster;
 mod scheduler;
 mod scootcl;
+mod snapshots;
 mod support;
 mod worker;

@@ -170,12 +170,16 @@ fn scheduler_settings_and_workers() {
 
 #[test]
 fn smoketest_passes_and_reads_the_address_file() {
-    let (w1, w2, w3) = (Worker::start(&[]), Worker::start(&[]), Worker::start(&[]));
-    let sched = Scheduler::start(&[&w1, &w2, &w3], json!({}));
+    let api = ApiServer::start();
+    let bundlestore = format!("127.0.0.1:{}", api.http_port);
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::start(&["-bundlestore", &bundlestore]))
+        .collect();
+    let sched = Scheduler::start(&workers.iter().collect::<Vec<_>>(), json!({}));
     let home = tempfile::tempdir().unwrap();
     std::fs::write(
         home.path().join(".cloudscootaddrtest"),
-        format!("127.0.0.1:{}\n127.0.0.1:1\n", sched.thrift_port),
+        format!("127.0.0.1:{}\n{bundlestore}\n", sched.thrift_port),
     )
     .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_scootcl"))

@@ -113,11 +113,16 @@ impl Worker {
         let mut proc = Proc::spawn("workerserver", cmd);
         proc.wait_for_port(thrift_port);
         proc.wait_for_port(http_port);
-        Worker {
+        let worker = Worker {
             proc,
             thrift_port,
             http_port,
-        }
+        };
+        // Initialisation (the snapshot data repository) finishes after the ports open.
+        poll("the worker to be initialised", || {
+            (worker.http_get("/health", &[]).status == 200).then_some(())
+        });
+        worker
     }
 
     pub fn http_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
@@ -156,10 +161,18 @@ pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("http response has a header block");
+    parse_http_response(&raw)
+}
+
+/// Status 0 means the server closed the connection without answering.
+fn parse_http_response(raw: &[u8]) -> HttpResponse {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return HttpResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
@@ -454,4 +467,66 @@ pub fn wait_job(client: &mut CloudScoot, job_id: &str) -> scoot_thrift::scoot::J
 /// Generates Python bindings for scoot.thrift and returns (python, bindings dir).
 pub fn python_with_bindings(idl: &str) -> (PathBuf, tempfile::TempDir) {
     (python(), generate_python(idl))
+}
+
+/// An apiserver on free ports with its own store directory.
+pub struct ApiServer {
+    _proc: Proc,
+    pub http_port: u16,
+    pub store_dir: tempfile::TempDir,
+}
+
+impl ApiServer {
+    pub fn start() -> ApiServer {
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let store_dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiserver"));
+        cmd.arg("-http_addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("-grpc_addr")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .args(["-log_level", "debug"])
+            .env("BUNDLESTORE_STORE_DIR", store_dir.path())
+            .stderr(log_file(&format!("apiserver-{http_port}")));
+        let mut proc = Proc::spawn("apiserver", cmd);
+        proc.wait_for_port(http_port);
+        ApiServer {
+            _proc: proc,
+            http_port,
+            store_dir,
+        }
+    }
+
+    pub fn bundle_url(&self) -> String {
+        format!("http://127.0.0.1:{}/bundle/", self.http_port)
+    }
+}
+
+/// A minimal HTTP/1.1 request with a body; `declared_len` may lie to simulate a truncated upload.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    declared_len: usize,
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to http port");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {declared_len}\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    if declared_len > body.len() {
+        // The client gives up mid-upload.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_http_response(&raw)
 }

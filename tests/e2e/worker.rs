@@ -191,10 +191,29 @@ fn garbage_on_the_thrift_port_does_not_stop_the_server() {
 }
 
 #[test]
-fn health_is_ok_when_ready() {
+fn health_is_ok_once_initialised() {
     let worker = Worker::start(&[]);
     let health = worker.http_get("/health", &[]);
     assert_eq!((health.status, health.text().as_str()), (200, "ok"));
+}
+
+#[test]
+fn an_unusable_bundlestore_stops_the_worker_with_a_clear_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_workerserver"))
+        .args([
+            "-thrift_addr",
+            "127.0.0.1:0",
+            "-http_addr",
+            "127.0.0.1:0",
+            "-bundlestore",
+            "/proc/no-such-dir/bundles",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("bundlestore /proc/no-such-dir/bundles")
+    );
 }
 
 #[test]

@@ -1,12 +1,12 @@
-//! `scootcl smoketest`: submits generated jobs of simulated tasks (`#! sim execer`, sleep 100 ms,
-//! complete 0) and waits for every task to complete successfully, showing progress.
-//!
-//! Scoot's smoke test also runs a job 0 of `cat file.txt` tasks over two ingested snapshots; that
-//! part needs snapshot support (scoot-snapshot-db, apiserver), which this build does not have yet,
-//! so it is skipped with a note.
+//! `scootcl smoketest`, Scoot's flow: job 0 runs six `cat file.txt` tasks over two snapshots
+//! ingested with `scoot-snapshot-db` (a file saying `first`, then `second`) and checks each task's
+//! output; the other jobs are generated simulated tasks (`#! sim execer`, sleep 100 ms,
+//! complete 0). Every task must complete with exit code 0.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use scoot_thrift::scoot;
@@ -23,6 +23,8 @@ pub struct SmokeTest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SmokeError {
+    #[error("snapshot job: {0}")]
+    Snapshot(String),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("job {job_id} task {task_id} did not succeed: {detail}")]
@@ -208,22 +210,171 @@ impl SmokeTest {
     ) -> Result<Summary, SmokeError> {
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let _ = writeln!(
-            progress,
-            "note: the snapshot job (cat file.txt over ingested snapshots) is skipped: snapshots are not supported by this build yet"
-        );
-        let jobs = submit_jobs(
-            client,
-            generate_jobs(self.num_jobs, self.num_tasks),
-            deadline,
-        )?;
-        wait_for_jobs(client, &jobs, deadline, progress)?;
+        let workdir = tempfile_dir()?;
+        let (snapshot_job, expected) = snapshot_job(workdir.path())?;
+        let snapshot_tasks = snapshot_job.tasks.len();
+        let first = submit(client, snapshot_job, deadline)?;
+        let generated = generate_jobs(self.num_jobs.saturating_sub(1), self.num_tasks);
+        let mut submitted = submit_jobs(client, generated, deadline)?;
+        submitted.insert(first.clone(), snapshot_tasks);
+        wait_for_jobs(client, &submitted, deadline, progress)?;
+        check_outputs(&client.get_status(&first)?, &expected)?;
         Ok(Summary {
-            jobs: jobs.len(),
-            tasks: jobs.values().sum(),
+            jobs: submitted.len(),
+            tasks: submitted.values().sum(),
             elapsed: started.elapsed(),
         })
     }
+}
+
+fn tempfile_dir() -> Result<TempDir, SmokeError> {
+    TempDir::new("scoot-smoketest")
+        .map_err(|e| SmokeError::Snapshot(format!("cannot create a work directory: {e}")))
+}
+
+/// A temporary directory removed when dropped (std only; the client has no async runtime).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> std::io::Result<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `scoot-snapshot-db` next to this executable, else the one on PATH.
+fn snapshot_db_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("scoot-snapshot-db")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("scoot-snapshot-db"))
+}
+
+fn command_output(cmd: &mut Command, what: &str) -> Result<String, SmokeError> {
+    let output = cmd
+        .output()
+        .map_err(|e| SmokeError::Snapshot(format!("cannot run {what}: {e}")))?;
+    if !output.status.success() {
+        return Err(SmokeError::Snapshot(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Ingests `file.txt` = "first" and then "second" and builds Scoot's job 0 over the two snapshots.
+/// Returns the job and, per task id, the content its output must end with.
+fn snapshot_job(
+    workdir: &Path,
+) -> Result<(scoot::JobDefinition, Vec<(String, String)>), SmokeError> {
+    // scoot-snapshot-db works from inside a git repository (its data repo).
+    let repo = workdir.join("repo");
+    let data = workdir.join("data");
+    for dir in [&repo, &data] {
+        std::fs::create_dir(dir)
+            .map_err(|e| SmokeError::Snapshot(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    command_output(
+        Command::new("git").args(["init", "-q"]).current_dir(&repo),
+        "git init",
+    )?;
+    let db = snapshot_db_binary();
+    let mut ids = Vec::new();
+    for content in ["first", "second"] {
+        std::fs::write(data.join("file.txt"), content)
+            .map_err(|e| SmokeError::Snapshot(format!("cannot write file.txt: {e}")))?;
+        let id = command_output(
+            Command::new(&db)
+                .args(["create", "ingest_dir", "--dir"])
+                .arg(&data)
+                .current_dir(&repo),
+            "scoot-snapshot-db create ingest_dir",
+        )?;
+        ids.push((id, content.to_string()));
+    }
+    let layout = [0, 1, 0, 0, 1, 1];
+    let mut expected = Vec::new();
+    let tasks = layout
+        .iter()
+        .enumerate()
+        .map(|(n, which)| {
+            let (snapshot, content) = &ids[*which];
+            let task_id = format!("id{}", n + 1);
+            expected.push((task_id.clone(), content.clone()));
+            let argv = ["cat", "file.txt"].map(str::to_string).to_vec();
+            scoot::TaskDefinition::new(
+                scoot::Command::new(argv, None),
+                Some(snapshot.clone()),
+                Some(task_id),
+                None,
+            )
+        })
+        .collect();
+    let job = scoot::JobDefinition::new(
+        tasks,
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some("smoketest".to_string()),
+        None,
+    );
+    Ok((job, expected))
+}
+
+/// Each task's stdout (the local file behind its outUri) must end with the expected content.
+fn check_outputs(
+    status: &scoot::JobStatus,
+    expected: &[(String, String)],
+) -> Result<(), SmokeError> {
+    let data = status.task_data.clone().unwrap_or_default();
+    for (task, content) in expected {
+        let uri = data
+            .get(task)
+            .and_then(|r| r.out_uri.clone())
+            .ok_or_else(|| SmokeError::Snapshot(format!("task {task} has no outUri")))?;
+        let path = local_path_of(&uri).ok_or_else(|| {
+            SmokeError::Snapshot(format!("task {task}: no file:// path in {uri}"))
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            SmokeError::Snapshot(format!("task {task}: cannot read {}: {e}", path.display()))
+        })?;
+        if !text.ends_with(content.as_str()) {
+            return Err(SmokeError::TaskFailed {
+                job_id: status.id.clone(),
+                task_id: task.clone(),
+                detail: format!(
+                    "output should end with {content:?}: {:?}",
+                    text.lines().last().unwrap_or("")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path in `…file://<host>/<path>` (the smoke test runs on the workers' machine).
+fn local_path_of(uri: &str) -> Option<PathBuf> {
+    let file_uri = &uri[uri.find("file://")? + "file://".len()..];
+    Some(PathBuf::from(&file_uri[file_uri.find('/')?..]))
 }
 
 fn bar(done: usize, total: usize) -> String {
@@ -300,6 +451,14 @@ mod tests {
             let n = random.between(1, 10);
             assert!((1..=10).contains(&n));
         }
+    }
+
+    #[test]
+    fn local_paths_come_from_file_uris() {
+        let uri = "http://localhost:10100/output/0-stdout?file=file://host/tmp/out/0-stdout";
+        assert_eq!(local_path_of(uri), Some(PathBuf::from("/tmp/out/0-stdout")));
+        assert_eq!(local_path_of("file://h/x"), Some(PathBuf::from("/x")));
+        assert_eq!(local_path_of("http://nothing"), None);
     }
 
     #[test]

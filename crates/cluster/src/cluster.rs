@@ -186,22 +186,33 @@ impl Cluster {
         }
 
         let drain_grace = format!("{}ms", self.spec.worker_drain_grace.as_millis());
+        // Each worker is pointed at one of this cluster's apiservers (round robin), so it never
+        // finds another cluster's by process discovery.
+        let bundlestores: Vec<String> = self.layout.apiservers[..self.apiservers_started]
+            .iter()
+            .map(|a| spec::local_addr(a.http))
+            .collect();
         let first = self.children.len();
         for (i, ports) in self.layout.workers.clone().iter().enumerate() {
+            let mut args = vec![
+                "-thrift_addr".into(),
+                spec::local_addr(ports.thrift),
+                "-http_addr".into(),
+                spec::local_addr(ports.http),
+                "-log_level".into(),
+                level.clone(),
+                "-drain_grace".into(),
+                drain_grace.clone(),
+            ];
+            if !bundlestores.is_empty() {
+                args.push("-bundlestore".into());
+                args.push(bundlestores[i % bundlestores.len()].clone());
+            }
             self.spawn(Launch {
                 name: format!("workerserver-{i}"),
                 role: Role::Worker,
                 program: binaries.workerserver.clone(),
-                args: vec![
-                    "-thrift_addr".into(),
-                    spec::local_addr(ports.thrift),
-                    "-http_addr".into(),
-                    spec::local_addr(ports.http),
-                    "-log_level".into(),
-                    level.clone(),
-                    "-drain_grace".into(),
-                    drain_grace.clone(),
-                ],
+                args,
                 env: Vec::new(),
                 log: PathBuf::new(),
             })?;

@@ -1,8 +1,6 @@
-//! Scoot's scoot-integration flow, driving the `scootcl` binary: run a job and poll its JSON
-//! status until it completes, offline a worker and run 10 jobs, reinstate it and run 10 more.
-//!
-//! Scoot's flow first ingests the repository as a snapshot with scoot-snapshot-db and runs the
-//! job on it; snapshots are not supported by this build yet, so the jobs run without one.
+//! Scoot's scoot-integration flow, driving the `scootcl` and `scoot-snapshot-db` binaries: ingest
+//! a directory as a snapshot, run a job on it and poll its JSON status until it completes, offline
+//! a worker and run 10 jobs, reinstate it and run 10 more.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,10 +20,26 @@ pub async fn run(options: &HarnessOptions) -> Result<(), HarnessError> {
         .first()
         .cloned()
         .ok_or_else(|| HarnessError::Failed("the cluster has no workers".into()))?;
+    let bundlestore = cluster
+        .apiserver_addrs()
+        .first()
+        .map(|a| format!("http://{a}/bundle/"))
+        .ok_or_else(|| {
+            HarnessError::Failed("the cluster has no apiserver to store snapshots".into())
+        })?;
+    let snapshot_db = options.bin_dir.join("scoot-snapshot-db");
     let timeout = options.timeout;
     let flow = blocking(move || {
         let cl = |args: &[&str]| scootcl_output(&scootcl, &addr, args);
-        let job = cl(&["run_job", "sleep", "1"])?;
+        let snapshot = ingest_sample_dir(&snapshot_db, &bundlestore)?;
+        let job = cl(&[
+            "run_job",
+            "--snapshot_id",
+            &snapshot,
+            "sh",
+            "-c",
+            "grep -q scoot sample.txt && sleep 1",
+        ])?;
         wait_completed(&cl, job.trim(), Duration::from_secs(10).max(timeout / 6))?;
         tracing::info!(node = %first_worker, "offlining a worker");
         cl(&["offline_worker", &first_worker])?;
@@ -39,6 +53,52 @@ pub async fn run(options: &HarnessOptions) -> Result<(), HarnessError> {
     flow?;
     tracing::info!("scoot-integration passed");
     Ok(())
+}
+
+/// Ingests a small directory (`sample.txt`) with scoot-snapshot-db, from a scratch git repo.
+fn ingest_sample_dir(snapshot_db: &Path, bundlestore: &str) -> Result<String, HarnessError> {
+    let scratch = std::env::temp_dir().join(format!("scoot-integration-{}", std::process::id()));
+    let (repo, data) = (scratch.join("repo"), scratch.join("data"));
+    let prepare = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&repo)?;
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join("sample.txt"), "ingested by scoot-integration\n")
+    };
+    prepare()
+        .map_err(|e| HarnessError::Failed(format!("cannot prepare {}: {e}", scratch.display())))?;
+    let run = |cmd: &mut Command, what: &str| -> Result<String, HarnessError> {
+        let output = cmd
+            .output()
+            .map_err(|e| HarnessError::Failed(format!("cannot run {what}: {e}")))?;
+        if !output.status.success() {
+            return Err(HarnessError::Failed(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let result = run(
+        Command::new("git").args(["init", "-q"]).current_dir(&repo),
+        "git init",
+    )
+    .and_then(|_| {
+        run(
+            Command::new(snapshot_db)
+                .args([
+                    "--bundlestore_url",
+                    bundlestore,
+                    "create",
+                    "ingest_dir",
+                    "--dir",
+                ])
+                .arg(&data)
+                .current_dir(&repo),
+            "scoot-snapshot-db create ingest_dir",
+        )
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
 fn scootcl_output(scootcl: &Path, addr: &str, args: &[&str]) -> Result<String, HarnessError> {

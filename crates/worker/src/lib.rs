@@ -3,9 +3,11 @@
 //! [`server::run`] is the whole program given two bound listeners: it builds the runner
 //! (`scoot-runner`), serves the Worker Thrift API on one listener ([`handler`]) and the HTTP
 //! endpoints on the other ([`http`]), and on shutdown drains the current run before closing.
+//! [`snapshots`] gives tasks their snapshot checkouts.
 
 pub mod handler;
 pub mod http;
 pub mod server;
+pub mod snapshots;
 
 pub use server::{WorkerConfig, run};

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::WorkerHandler;
 use crate::http::{HttpState, router};
+use crate::snapshots::{BundlestoreChoice, GitFiler};
+use scoot_runner::filer::Filer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -30,6 +32,8 @@ pub enum WorkerError {
     Thrift(std::io::Error),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Bundlestore(String),
 }
 
 /// Everything about a worker that is not a listener.
@@ -37,6 +41,8 @@ pub enum WorkerError {
 pub struct WorkerConfig {
     /// Kill a task whose processes' resident memory reaches this many bytes.
     pub memory_cap: Option<u64>,
+    /// `-bundlestore`: where snapshot bundles come from (see [`BundlestoreChoice`]).
+    pub bundlestore: Option<String>,
     /// The `host:port` put in output URIs; defaults to the HTTP listener's address.
     pub advertised_http_addr: Option<String>,
     /// Where output files go; a fresh temporary directory (removed at exit) by default.
@@ -53,6 +59,7 @@ impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
         WorkerConfig {
             memory_cap: None,
+            bundlestore: None,
             advertised_http_addr: None,
             output_dir: None,
             retained_outputs: 1000,
@@ -95,6 +102,10 @@ pub async fn run(
         Some(&http_addr),
         config.retained_outputs,
     ));
+    let filer: Arc<GitFiler> = Arc::new(
+        GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
+            .map_err(WorkerError::Bundlestore)?,
+    );
     let invoker = Invoker {
         execer: Arc::new(Dispatch {
             os: OsExecer {
@@ -103,12 +114,12 @@ pub async fn run(
             },
             sim: SimExecer,
         }),
-        filer: None,
+        filer: Some(filer.clone()),
         outputs: outputs.clone(),
         statuses: Arc::new(StatusManager::new(1)),
     };
-    // No snapshot filer to wait for yet, so the worker is ready at once.
-    let runner = QueueRunner::new(invoker, async { Ok(()) });
+    // The worker is initialised once its snapshot data repository exists.
+    let runner = QueueRunner::new(invoker, async move { filer.ready().await });
 
     tracing::info!(
         thrift = %thrift.local_addr().map_err(WorkerError::Listener)?,

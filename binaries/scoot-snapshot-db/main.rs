@@ -1,0 +1,32 @@
+//! `scoot-snapshot-db`: create, read and export snapshots. See `scoot_gitdb::cli`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args =
+        scoot_gitdb::cli::Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    if let Err(err) = scoot_bin_util::init_logging(&args.log_level) {
+        eprintln!("scoot-snapshot-db: {err}");
+        return ExitCode::FAILURE;
+    }
+    let result = match scoot_bin_util::run_server(scoot_gitdb::cli::run(args)) {
+        Ok(result) => result,
+        Err(err) => Err(anyhow::Error::new(err).context("cannot start the runtime")),
+    };
+    let output = match result {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("scoot-snapshot-db: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout.write_all(&output).and_then(|()| stdout.flush()) {
+        eprintln!("scoot-snapshot-db: cannot write the result: {err}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,59 @@
+//! The apiserver: Scoot's bundlestore over HTTP, the snapshot file viewer and `/health`.
+//!
+//! * [`server::run`]: serves the HTTP routes on a listener until shutdown.
+//! * [`http`]: the routes: `/bundle/<name>` (store and fetch git bundles), `/view/<snapshot>/<path>`
+//!   (one file of a snapshot, through [`SnapshotFiles`]) and `/health`.
+//! * [`setup`]: what the binary needs to build a server from its flags (the store directory,
+//!   the store stack, the `-config` check).
+//!
+//! The gRPC side of Scoot's apiserver (the Bazel CAS) is not served yet.
+
+pub mod http;
+pub mod server;
+pub mod setup;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use scoot_snapshot::store::Store;
+
+pub use server::{ApiServerError, run};
+
+/// Reads one file of a snapshot, for `/view/`. Implemented by the snapshot database.
+#[async_trait]
+pub trait SnapshotFiles: Send + Sync {
+    /// The bytes of `path` (relative, `/`-separated) in snapshot `snapshot_id`; `Ok(None)` when
+    /// the snapshot or the file does not exist; `Err` with a message for anything else.
+    async fn read_file(&self, snapshot_id: &str, path: &str) -> Result<Option<Bytes>, String>;
+}
+
+/// Largest accepted bundle upload unless configured otherwise: 2 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+
+/// Everything an apiserver serves from.
+#[derive(Clone)]
+pub struct ApiServerConfig {
+    /// Where bundles are kept.
+    pub store: Arc<dyn Store>,
+    /// The reader behind `/view/`; without one `/view/` answers 404.
+    pub view: Option<Arc<dyn SnapshotFiles>>,
+    /// How long an uploaded bundle is kept when the upload names no expiry (180 days).
+    pub default_ttl: Duration,
+    /// Larger bundle uploads are refused with 413.
+    pub max_upload_bytes: u64,
+}
+
+impl ApiServerConfig {
+    /// A configuration over `store` with no viewer and the default limits.
+    pub fn new(store: Arc<dyn Store>) -> ApiServerConfig {
+        ApiServerConfig {
+            store,
+            view: None,
+            default_ttl: scoot_snapshot::store::http::DEFAULT_TTL,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
+}
