@@ -1,0 +1,56 @@
+//! Content-addressed blob storage for the REAPI CAS and action cache.
+//!
+//! [`BlobStore`] is the contract the gRPC services are written against: reads and writes are
+//! streams of chunks, so large blobs are never held whole in memory; a write only becomes visible
+//! once its size and SHA-256 match the digest it was started for.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+pub use scoot_core::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(Digest),
+    /// What was written does not hash (or size) to the digest it was written for.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: String },
+    #[error("read offset {offset} is past the end of {digest}")]
+    OffsetOutOfRange { digest: Digest, offset: u64 },
+    /// The blob cannot fit in the store at all.
+    #[error("blob {0} is larger than the store")]
+    TooLarge(Digest),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Those of `digests` that are not stored. The empty blob is always present. Present blobs
+    /// count as used (they are the last to be evicted).
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError>;
+
+    /// The bytes `[offset, offset + limit)` of a blob (`limit` 0 = to the end) as a stream of
+    /// chunks. A blob being read is never evicted until the stream is dropped.
+    async fn read(&self, digest: &Digest, offset: u64, limit: u64)
+    -> Result<BlobStream, BlobError>;
+
+    /// Starts writing the blob `digest`. Several writers of the same digest may run at once; the
+    /// first to finish stores it and the others finish without storing it again.
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>, BlobError>;
+}
+
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends the next chunk.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError>;
+    /// Bytes accepted so far.
+    fn written(&self) -> u64;
+    /// Checks size and SHA-256 and makes the blob visible; on mismatch nothing is stored.
+    async fn finish(self: Box<Self>) -> Result<(), BlobError>;
+}
