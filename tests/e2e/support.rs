@@ -348,15 +348,7 @@ impl Scheduler {
         let workers_file = dir.path().join("workers");
         let saga_dir = dir.path().join("sagas");
         write_workers(&workers_file, workers);
-        let mut sched = serde_json::json!({"Type": "stateful", "RecoverJobsOnStartup": true});
-        if let (Some(base), Some(extra)) = (sched.as_object_mut(), scheduler_config.as_object()) {
-            base.extend(extra.clone());
-        }
-        let config = serde_json::json!({
-            "Cluster": {"Type": "static", "File": workers_file},
-            "SchedulerConfig": sched,
-            "SagaLog": {"Type": "file", "Directory": saga_dir},
-        });
+        let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
         Scheduler::start_with(dir, workers_file, saga_dir, config)
     }
 
@@ -399,21 +391,27 @@ impl Scheduler {
         } = self;
         let _ = killpg(proc.pid(), Signal::SIGKILL);
         let _ = proc.child.wait();
-        let mut sched = serde_json::json!({"Type": "stateful", "RecoverJobsOnStartup": true});
-        if let (Some(base), Some(extra)) = (sched.as_object_mut(), scheduler_config.as_object()) {
-            base.extend(extra.clone());
-        }
-        let config = serde_json::json!({
-            "Cluster": {"Type": "static", "File": workers_file},
-            "SchedulerConfig": sched,
-            "SagaLog": {"Type": "file", "Directory": saga_dir},
-        });
+        let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
         Scheduler::start_with(_dir, workers_file, saga_dir, config)
     }
 
     pub fn client(&self) -> CloudScoot {
         CloudScoot::connect(self.thrift_port)
     }
+}
+
+/// A scheduler config over a static worker list and a file saga log, with recovery on and
+/// `scheduler_config` merged into SchedulerConfig.
+fn file_log_config(workers_file: &Path, saga_dir: &Path, scheduler_config: Value) -> Value {
+    let mut sched = serde_json::json!({"Type": "stateful", "RecoverJobsOnStartup": true});
+    if let (Some(base), Some(extra)) = (sched.as_object_mut(), scheduler_config.as_object()) {
+        base.extend(extra.clone());
+    }
+    serde_json::json!({
+        "Cluster": {"Type": "static", "File": workers_file},
+        "SchedulerConfig": sched,
+        "SagaLog": {"Type": "file", "Directory": saga_dir},
+    })
 }
 
 pub fn write_workers(path: &Path, workers: &[&Worker]) {

@@ -9,6 +9,8 @@
 pub mod integration;
 pub mod recovery;
 
+use clap::Parser;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,4 +75,30 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| HarnessError::Failed(format!("client thread failed: {e}")))?
+}
+
+/// The flags both harness binaries take.
+#[derive(Parser, Debug)]
+pub struct HarnessArgs {
+    /// trace, debug, info, warn or error.
+    #[arg(long = "log_level", default_value = "info")]
+    pub log_level: String,
+    /// Shift every port of Scoot's local layout (so a run can coexist with another cluster).
+    #[arg(long = "port_offset", default_value_t = 0)]
+    pub port_offset: u16,
+}
+
+/// The whole of a harness binary: parse flags (Go style accepted), set up logging, run `flow`
+/// against clusters started from the binaries beside this one.
+pub fn main_of<F, Fut>(name: &str, flow: F) -> Result<(), HarnessError>
+where
+    F: FnOnce(HarnessOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<(), HarnessError>>,
+{
+    let args = HarnessArgs::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    scoot_bin_util::init_logging(&args.log_level).map_err(HarnessError::Failed)?;
+    let options = HarnessOptions::next_to_current_exe(&args.log_level, args.port_offset)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| HarnessError::Failed(format!("{name}: cannot start a runtime: {e}")))?;
+    runtime.block_on(flow(options))
 }
