@@ -20,6 +20,7 @@ build:
 
 test-deps:
 	scripts/ensure-test-deps.sh
+	scripts/ensure-bazel.sh
 
 test: test-deps thrift-check
 	$(CARGO) test --workspace --all-targets

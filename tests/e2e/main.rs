@@ -4,6 +4,8 @@
 // Test code panics on any unexpected failure: that is how a test reports it.
 #![allow(clippy::unwrap_used)]
 
+mod bazel;
+mod bzutil;
 mod cluster;
 mod scheduler;
 mod scootcl;

@@ -125,7 +125,7 @@ fn bad_snapshot_input_is_refused_and_nothing_is_stored() {
         std::fs::read_dir(api.store_dir.path())
             .unwrap()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bundle"))
             .count()
     };
 

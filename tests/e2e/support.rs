@@ -471,6 +471,7 @@ pub fn python_with_bindings(idl: &str) -> (PathBuf, tempfile::TempDir) {
 pub struct ApiServer {
     _proc: Proc,
     pub http_port: u16,
+    pub grpc_port: u16,
     pub store_dir: tempfile::TempDir,
 }
 
@@ -488,9 +489,11 @@ impl ApiServer {
             .stderr(log_file(&format!("apiserver-{http_port}")));
         let mut proc = Proc::spawn("apiserver", cmd);
         proc.wait_for_port(http_port);
+        proc.wait_for_port(grpc_port);
         ApiServer {
             _proc: proc,
             http_port,
+            grpc_port,
             store_dir,
         }
     }

@@ -1,12 +1,13 @@
-//! The apiserver: Scoot's bundlestore over HTTP, the snapshot file viewer and `/health`.
+//! The apiserver: Scoot's bundlestore over HTTP, the snapshot file viewer and `/health`, and
+//! the Bazel remote cache over gRPC.
 //!
-//! * [`server::run`]: serves the HTTP routes on a listener until shutdown.
+//! * [`server::run_with_grpc`]: serves the HTTP routes on one listener and, optionally, the
+//!   REAPI cache services of [`scoot_cas`] (Capabilities, ContentAddressableStorage, ByteStream,
+//!   ActionCache) on another, until shutdown; [`server::run`] is the HTTP side alone.
 //! * [`http`]: the routes: `/bundle/<name>` (store and fetch git bundles), `/view/<snapshot>/<path>`
 //!   (one file of a snapshot, through [`SnapshotFiles`]) and `/health`.
 //! * [`setup`]: what the binary needs to build a server from its flags (the store directory,
-//!   the store stack, the `-config` check).
-//!
-//! The gRPC side of Scoot's apiserver (the Bazel CAS) is not served yet.
+//!   the bundle store stack, the CAS and action-cache stores, the `-config` check).
 
 pub mod http;
 pub mod server;
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use scoot_snapshot::store::Store;
 
-pub use server::{ApiServerError, run};
+pub use server::{ApiServerError, GrpcSide, run, run_with_grpc};
 
 /// Reads one file of a snapshot, for `/view/`. Implemented by the snapshot database.
 #[async_trait]

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use scoot_blobstore::{BlobStore, FsBlobStore};
+use scoot_cas::{ActionCacheStore, FileActionCache};
 use scoot_snapshot::store::{CachingStore, FileStore, Store, StoreError};
 
 /// The environment variable naming the store directory when `-store_dir` is not given (Scoot's).
@@ -52,6 +54,79 @@ pub fn file_backed_store(dir: PathBuf, cache_bytes: u64) -> Result<Arc<dyn Store
     Ok(Arc::new(CachingStore::new(files, cache_bytes)))
 }
 
+/// Default bound of the CAS (`-cas_size`): 10 GiB.
+pub const DEFAULT_CAS_BYTES: u64 = 10 << 30;
+/// Default bound of the action cache (`-ac_size`): 1 GiB.
+pub const DEFAULT_AC_BYTES: u64 = 1 << 30;
+/// The action cache lives in this subdirectory of the CAS directory, so that it always goes
+/// with the CAS its entries refer to (the blob store ignores names that are not its own).
+pub const AC_SUBDIR: &str = "action-cache";
+/// How many CAS directories an apiserver tries under the store directory.
+const CAS_DIR_ATTEMPTS: usize = 16;
+
+/// The stores behind the gRPC services.
+pub struct CasStores {
+    pub cas: Arc<dyn BlobStore>,
+    pub action_cache: Arc<dyn ActionCacheStore>,
+    /// Where the blobs are; the action cache is in its [`AC_SUBDIR`].
+    pub dir: PathBuf,
+}
+
+/// Opens the CAS, a file store of at most `cas_bytes` in `dir`, and its action cache of at most
+/// `ac_bytes` in `dir/`[`AC_SUBDIR`]. Blocks while the stores index their directories.
+pub fn open_cas_stores(dir: PathBuf, cas_bytes: u64, ac_bytes: u64) -> Result<CasStores, String> {
+    let cas = FsBlobStore::open(dir.clone(), cas_bytes)
+        .map_err(|e| format!("cannot open the CAS in {}: {e}", dir.display()))?;
+    let action_cache = FileActionCache::open(dir.join(AC_SUBDIR), ac_bytes).map_err(|e| {
+        format!(
+            "cannot open the action cache in {}: {e}",
+            dir.join(AC_SUBDIR).display()
+        )
+    })?;
+    Ok(CasStores {
+        cas: Arc::new(cas),
+        action_cache: Arc::new(action_cache),
+        dir,
+    })
+}
+
+/// The apiserver's gRPC services over `stores` (no execution advertised).
+pub fn cas_services(stores: CasStores) -> scoot_cas::CasServices {
+    scoot_cas::server(
+        stores.cas,
+        stores.action_cache,
+        scoot_cas::CasConfig::default(),
+    )
+}
+
+/// The stores of an apiserver whose bundles are in `store_dir`: `store_dir/cas`, or, when
+/// another apiserver sharing the store directory holds that one (a blob store is used by one
+/// process at a time), the first free of `cas-1`, `cas-2`, ... So every apiserver of a local
+/// cluster has a CAS of its own, and gets the same one back after a restart.
+pub fn open_cas_stores_under(
+    store_dir: &Path,
+    cas_bytes: u64,
+    ac_bytes: u64,
+) -> Result<CasStores, String> {
+    let mut first_error = None;
+    for attempt in 0..CAS_DIR_ATTEMPTS {
+        let name = match attempt {
+            0 => "cas".to_string(),
+            n => format!("cas-{n}"),
+        };
+        match open_cas_stores(store_dir.join(name), cas_bytes, ac_bytes) {
+            Ok(stores) => return Ok(stores),
+            // The blob store's refusal of a directory another store has open.
+            Err(e) if e.contains("in use by another") => {
+                tracing::debug!("{e}; trying another CAS directory");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| "no CAS directory available".to_string()))
+}
+
 /// Checks `-config`: Scoot's apiserver took a JSON object (normally `{}`) and read nothing from
 /// it that this server supports, so any JSON object is accepted and its keys are ignored (with
 /// a warning); anything else is an error.
@@ -87,6 +162,36 @@ mod tests {
     fn a_given_store_dir_wins() {
         let dir = StoreDir::resolve(Some(PathBuf::from("/some/where"))).unwrap();
         assert_eq!(dir.path(), Path::new("/some/where"));
+    }
+
+    #[tokio::test]
+    async fn apiservers_sharing_a_store_directory_get_their_own_cas() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = open_cas_stores_under(tmp.path(), 1 << 20, 1 << 20).unwrap();
+        let second = open_cas_stores_under(tmp.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(first.dir, tmp.path().join("cas"));
+        assert_eq!(second.dir, tmp.path().join("cas-1"));
+
+        // The action cache inside the CAS directory survives the blob store reopening it.
+        let blob = Bytes::from_static(b"blob");
+        let digest = scoot_blobstore::sha256_digest(&blob);
+        scoot_blobstore::put(&*first.cas, &digest, blob)
+            .await
+            .unwrap();
+        let key = scoot_cas::AcKey::new("", digest.clone());
+        first
+            .action_cache
+            .put(&key, Bytes::from_static(b"result"))
+            .await
+            .unwrap();
+        drop(first);
+        let again = open_cas_stores_under(tmp.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(again.dir, tmp.path().join("cas"));
+        assert!(again.cas.find_missing(&[digest]).await.unwrap().is_empty());
+        assert_eq!(
+            again.action_cache.get(&key).await.unwrap().unwrap(),
+            "result"
+        );
     }
 
     #[tokio::test]

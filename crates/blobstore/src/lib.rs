@@ -3,6 +3,11 @@
 //! [`BlobStore`] is the contract the gRPC services are written against: reads and writes are
 //! streams of chunks, so large blobs are never held whole in memory; a write only becomes visible
 //! once its size and SHA-256 match the digest it was started for.
+//!
+//! Implementations: [`MemoryBlobStore`] and [`FsBlobStore`] (the default, kept across restarts;
+//! its module documents the on-disk layout). Both are bounded by total size and evict least
+//! recently used blobs first, never a blob with an open read stream. [`put`], [`get`] and
+//! [`sha256_digest`] are whole-blob helpers for small blobs.
 
 use std::pin::Pin;
 
@@ -10,6 +15,20 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::Stream;
 pub use scoot_core::Digest;
+
+mod chunks;
+pub mod fs;
+mod index;
+pub mod memory;
+pub mod util;
+mod verify;
+
+pub use fs::FsBlobStore;
+pub use memory::MemoryBlobStore;
+pub use util::{get, next_chunk, put, sha256_digest};
+
+#[cfg(test)]
+mod tests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {

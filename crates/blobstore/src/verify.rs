@@ -1,0 +1,154 @@
+//! Checking that written bytes are the blob they claim to be.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{BlobError, Digest};
+
+/// The size of a digest as a byte count, or `None` for a digest no blob can have: a negative size
+/// or a hash that is not 64 lowercase hex characters. (The fields of [`Digest`] are public, so
+/// the checks of `Digest::new` may have been bypassed; the file store builds paths from hashes,
+/// so it must not trust them.)
+pub(crate) fn checked_size(digest: &Digest) -> Option<u64> {
+    let hex_ok = digest.hash.len() == 64
+        && digest
+            .hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok {
+        return None;
+    }
+    u64::try_from(digest.size_bytes).ok()
+}
+
+/// The error for a digest `checked_size` refuses.
+pub(crate) fn invalid_digest(digest: &Digest) -> BlobError {
+    BlobError::DigestMismatch {
+        expected: digest.clone(),
+        actual: "not a valid SHA-256 digest".to_string(),
+    }
+}
+
+/// The error for a write of more than `size` bytes to `expected`.
+pub(crate) fn overflow_error(expected: &Digest, size: u64) -> BlobError {
+    BlobError::DigestMismatch {
+        expected: expected.clone(),
+        actual: format!("more than {size} bytes"),
+    }
+}
+
+/// Hashes a blob as it is written and checks it against the digest it was announced with.
+pub(crate) struct Verifier {
+    expected: Digest,
+    size: u64,
+    hasher: Sha256,
+    hashed: u64,
+}
+
+impl Verifier {
+    /// Fails for digests `checked_size` refuses.
+    pub(crate) fn new(expected: &Digest) -> Result<Verifier, BlobError> {
+        let size = checked_size(expected).ok_or_else(|| invalid_digest(expected))?;
+        Ok(Verifier {
+            expected: expected.clone(),
+            size,
+            hasher: Sha256::new(),
+            hashed: 0,
+        })
+    }
+
+    pub(crate) fn expected_size(&self) -> u64 {
+        self.size
+    }
+
+    /// Refuses a chunk that would take the blob past its announced size (so an oversized upload
+    /// is stopped at once rather than at `finish`). `accepted` counts the bytes taken so far.
+    pub(crate) fn check_room(&self, accepted: u64, chunk_len: usize) -> Result<(), BlobError> {
+        if accepted.saturating_add(chunk_len as u64) > self.size {
+            return Err(self.overflow_error());
+        }
+        Ok(())
+    }
+
+    /// The error for a write that went past the announced size.
+    pub(crate) fn overflow_error(&self) -> BlobError {
+        overflow_error(&self.expected, self.size)
+    }
+
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.hashed += chunk.len() as u64;
+    }
+
+    /// Succeeds only if exactly the announced size was hashed and the hash matches.
+    pub(crate) fn finish(self) -> Result<(), BlobError> {
+        let hash = hex::encode(self.hasher.finalize());
+        if self.hashed != self.size || hash != self.expected.hash {
+            return Err(BlobError::DigestMismatch {
+                expected: self.expected,
+                actual: format!("{hash}/{}", self.hashed),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The SHA-256 digest of `data`.
+pub fn sha256_digest(data: &[u8]) -> Digest {
+    Digest {
+        hash: hex::encode(Sha256::digest(data)),
+        size_bytes: data.len() as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_known_data() {
+        assert!(sha256_digest(b"").is_empty_blob());
+        assert_eq!(
+            sha256_digest(b"abc").hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn verifier_checks_size_and_hash() {
+        let digest = sha256_digest(b"hello");
+        let mut v = Verifier::new(&digest).unwrap();
+        v.check_room(0, 5).unwrap();
+        assert!(v.check_room(3, 3).is_err());
+        v.update(b"hel");
+        v.update(b"lo");
+        v.finish().unwrap();
+
+        let mut short = Verifier::new(&digest).unwrap();
+        short.update(b"hell");
+        assert!(matches!(
+            short.finish(),
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        let mut wrong = Verifier::new(&digest).unwrap();
+        wrong.update(b"HELLO");
+        assert!(wrong.finish().is_err());
+
+        for bad in [
+            Digest {
+                hash: "../../etc/passwd".into(),
+                size_bytes: 1,
+            },
+            Digest {
+                hash: digest.hash.to_uppercase(),
+                size_bytes: 5,
+            },
+            Digest {
+                hash: digest.hash.clone(),
+                size_bytes: -1,
+            },
+        ] {
+            assert!(checked_size(&bad).is_none());
+            assert!(Verifier::new(&bad).is_err());
+        }
+    }
+}
