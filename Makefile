@@ -49,6 +49,7 @@ smoketest:
 
 bench: test-deps
 	$(CARGO) bench --bench scheduling
+	$(CARGO) bench --bench cas
 
 clean:
 	$(CARGO) clean

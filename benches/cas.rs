@@ -1,0 +1,183 @@
+//! CAS throughput and latency against a real apiserver (release build): ByteStream upload and
+//! download of a 256 MiB blob (compared with SHA-256 on one core, measured in the same run, since
+//! every byte is verified), FindMissingBlobs of 10,000 digests, BatchUpdateBlobs of 1,000 small
+//! blobs. Run by `make bench`; under `cargo test` it runs on a tiny blob to prove it still works.
+//!
+//! Goals (../shared/DESIGN.md §6): ≥ 800 MB/s up and down for 256 MiB; FindMissingBlobs of 10,000
+//! digests < 10 ms.
+
+// A benchmark reports an unexpected failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)]
+mod common;
+#[path = "../tests/e2e/support.rs"]
+#[allow(dead_code, clippy::unwrap_used)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
+use scoot_proto::bytestream::{ReadRequest, WriteRequest};
+use scoot_proto::reapi::v2 as re;
+use sha2::{Digest as _, Sha256};
+use tonic::transport::Channel;
+
+const MIB: usize = 1024 * 1024;
+
+fn pseudo_random(len: usize) -> Bytes {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    Bytes::from(data)
+}
+
+fn digest(data: &[u8]) -> re::Digest {
+    re::Digest {
+        hash: hex::encode(Sha256::digest(data)),
+        size_bytes: data.len() as i64,
+    }
+}
+
+fn mb_per_s(bytes: usize, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+async fn upload(channel: Channel, d: &re::Digest, data: Bytes) -> Duration {
+    let name = format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        d.hash,
+        d.size_bytes
+    );
+    let chunks: Vec<WriteRequest> = (0..data.len().div_ceil(MIB))
+        .map(|i| {
+            let end = ((i + 1) * MIB).min(data.len());
+            WriteRequest {
+                resource_name: if i == 0 { name.clone() } else { String::new() },
+                write_offset: (i * MIB) as i64,
+                finish_write: end == data.len(),
+                data: data.slice(i * MIB..end),
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    ByteStreamClient::new(channel)
+        .max_decoding_message_size(64 * MIB)
+        .write(tokio_stream::iter(chunks))
+        .await
+        .unwrap();
+    started.elapsed()
+}
+
+async fn download(channel: Channel, d: &re::Digest) -> Duration {
+    let started = Instant::now();
+    let mut stream = ByteStreamClient::new(channel)
+        .max_decoding_message_size(64 * MIB)
+        .read(ReadRequest {
+            resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+            read_offset: 0,
+            read_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        received += chunk.data.len();
+    }
+    assert_eq!(received as i64, d.size_bytes);
+    started.elapsed()
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let blob_size = if benchmarking { 256 * MIB } else { MIB };
+    let (find_digests, find_runs, batch_blobs) = if benchmarking {
+        (10_000, 50, 1_000)
+    } else {
+        (100, 2, 10)
+    };
+    let api = support::ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rows = runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", api.grpc_port))
+            .unwrap()
+            .initial_stream_window_size(8 * MIB as u32)
+            .initial_connection_window_size(16 * MIB as u32)
+            .connect()
+            .await
+            .unwrap();
+        let data = pseudo_random(blob_size);
+        let started = Instant::now();
+        let d = digest(&data);
+        let sha = mb_per_s(blob_size, started.elapsed());
+        let up = mb_per_s(blob_size, upload(channel.clone(), &d, data).await);
+        let down = mb_per_s(blob_size, download(channel.clone(), &d).await);
+
+        let cas = re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
+            .max_decoding_message_size(64 * MIB);
+        let digests: Vec<re::Digest> = (0..find_digests).map(|i| digest(format!("absent {i}").as_bytes())).collect();
+        let mut find = Vec::new();
+        for _ in 0..find_runs {
+            let started = Instant::now();
+            let reply = cas
+                .clone()
+                .find_missing_blobs(re::FindMissingBlobsRequest { blob_digests: digests.clone(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            find.push(started.elapsed());
+            assert_eq!(reply.missing_blob_digests.len(), find_digests);
+        }
+        let blobs: Vec<Bytes> = (0..batch_blobs).map(|i| Bytes::from(format!("small blob {i} {}", "x".repeat(100)))).collect();
+        let started = Instant::now();
+        for chunk in blobs.chunks(500) {
+            let requests = chunk
+                .iter()
+                .map(|b| re::batch_update_blobs_request::Request { digest: Some(digest(b)), data: b.clone(), ..Default::default() })
+                .collect();
+            cas.clone()
+                .batch_update_blobs(re::BatchUpdateBlobsRequest { requests, ..Default::default() })
+                .await
+                .unwrap();
+        }
+        let batch = started.elapsed();
+        let met = |ok: bool| if ok { "met" } else { "not met" };
+        let (p50, p99) = (percentile(&mut find, 0.5), percentile(&mut find, 0.99));
+        vec![
+            format!("| ByteStream upload, {} MiB | {up:.0} MB/s | ≥ 800 MB/s; SHA-256 on one core: {sha:.0} MB/s | {} |", blob_size / MIB, met(up >= 800.0)),
+            format!("| ByteStream download, {} MiB | {down:.0} MB/s | ≥ 800 MB/s | {} |", blob_size / MIB, met(down >= 800.0)),
+            format!(
+                "| FindMissingBlobs, {find_digests} digests | p50 {:.2} ms, p99 {:.2} ms | < 10 ms | {} |",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                met(p50 < Duration::from_millis(10))
+            ),
+            format!("| BatchUpdateBlobs, {batch_blobs} blobs of ~110 B | {:.1} ms | (no goal) | |", batch.as_secs_f64() * 1e3),
+        ]
+    });
+    for row in &rows {
+        println!("{row}");
+    }
+    if benchmarking {
+        let table = format!(
+            "## CAS\n\nOne apiserver (filesystem CAS, release build) on loopback; one client connection.\n\n\
+             | measurement | result | compared with | goal |\n|---|---|---|---|\n{}\n",
+            rows.join("\n")
+        );
+        common::write_benchmark_section("CAS", &table);
+    }
+}
