@@ -17,10 +17,9 @@
 //! A writer streams its chunks into its own temporary file (batched to about a MiB per trip to
 //! the blocking thread pool, hashing on the way), so a blob is never held whole in memory. At
 //! `finish` it checks size and SHA-256, fsyncs the file and renames it to its final name, which
-//! is atomic: a blob file is either complete or absent, even after a crash. (The directory is not
-//! fsynced, so a crash can lose a blob that was just acknowledged, never expose a partial one;
-//! the store is a cache, and clients ask FindMissingBlobs before relying on a blob.) When several
-//! writers of one digest finish, the first renames its file and the others discard theirs.
+//! is atomic: a blob file is either complete or absent, even after a crash. The blob's directory
+//! is then fsynced, so an acknowledged write survives a crash too. When several writers of one
+//! digest finish, the first renames its file and the others discard theirs.
 //!
 //! # Index, recency and eviction
 //!
@@ -287,6 +286,13 @@ impl Shared {
             self.move_to_trash(evicted)
         };
         remove_files(&trash);
+        // Make the rename itself durable before the write is acknowledged. Done outside the
+        // index lock so that other writers are not queued behind the disk.
+        if let Some(dir) = target.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error(format!("syncing {}", dir.display()), e))?;
+        }
         Ok(())
     }
 
