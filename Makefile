@@ -50,6 +50,7 @@ smoketest:
 bench: test-deps
 	$(CARGO) bench --bench scheduling
 	$(CARGO) bench --bench cas
+	$(CARGO) bench --bench throughput
 
 clean:
 	$(CARGO) clean

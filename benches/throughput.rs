@@ -1,0 +1,141 @@
+//! Scheduler throughput and memory against real binaries (release build):
+//! * smoke-test-style jobs of simulated 100 ms tasks over 5 workers: tasks/s and the fraction of
+//!   worker time spent busy (goal ≥ 95 %, ../shared/DESIGN.md §6);
+//! * jobs of real `true` processes over 5 workers, against the machine's raw fork/exec rate of
+//!   `true` measured in the same run (the physical limit);
+//! * scheduler RSS with 100,000 queued tasks and no workers (goal < 500 MB).
+//!
+//! Run by `make bench`; under `cargo test` it runs tiny sizes to prove it still works.
+
+// A benchmark reports an unexpected failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)]
+mod common;
+#[path = "../tests/e2e/support.rs"]
+#[allow(dead_code, clippy::unwrap_used)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use scoot_thrift::scoot::{self, TCloudScootSyncClient};
+use serde_json::json;
+use support::*;
+
+/// Submits `jobs` jobs of `tasks` tasks running `argv` and returns the wall time until all are done.
+fn run_jobs(client: &mut CloudScoot, jobs: usize, tasks: usize, argv: &[&str]) -> Duration {
+    let started = Instant::now();
+    let ids: Vec<String> = (0..jobs)
+        .map(|j| {
+            let defs = (0..tasks)
+                .map(|t| task(&format!("j{j}t{t}"), argv))
+                .collect();
+            client.0.run_job(job(defs)).unwrap().id
+        })
+        .collect();
+    for id in &ids {
+        loop {
+            let status = client.0.get_status(id.clone()).unwrap();
+            if status.status == scoot::Status::COMPLETED {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "job {id} did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    started.elapsed()
+}
+
+fn rss_mb(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (jobs, tasks) = if benchmarking { (10, 50) } else { (1, 5) };
+    let queued_jobs = if benchmarking { 100 } else { 2 };
+    let queued_tasks_per_job = if benchmarking { 1000 } else { 10 };
+    let mut rows = Vec::new();
+
+    let workers: Vec<Worker> = (0..5)
+        .map(|_| Worker::start(&["-log_level", "warn"]))
+        .collect();
+    let sched = Scheduler::start(&workers.iter().collect::<Vec<_>>(), json!({}));
+    let mut client = sched.client();
+    // Warm up: every worker ready and used once.
+    run_jobs(&mut client, 1, 5, &["true"]);
+
+    let n = jobs * tasks;
+    let took = run_jobs(
+        &mut client,
+        jobs,
+        tasks,
+        &["#! sim execer", "sleep 100", "complete 0"],
+    );
+    let busy = (n as f64 * 0.1) / (5.0 * took.as_secs_f64()) * 100.0;
+    rows.push(format!(
+        "| {n} simulated 100 ms tasks, 5 workers | {:.1} tasks/s, workers {busy:.1} % busy | ideal 50 tasks/s; goal ≥ 95 % busy | {} |",
+        n as f64 / took.as_secs_f64(),
+        if busy >= 95.0 { "met" } else { "not met" }
+    ));
+
+    let took = run_jobs(&mut client, jobs, tasks, &["true"]);
+    let spawn_count = if benchmarking { 500 } else { 10 };
+    let started = Instant::now();
+    for _ in 0..spawn_count {
+        std::process::Command::new("true").status().unwrap();
+    }
+    let fork_exec = spawn_count as f64 / started.elapsed().as_secs_f64();
+    rows.push(format!(
+        "| {n} tasks of `true`, 5 workers | {:.0} tasks/s | fork/exec of `true` on this machine, one at a time: {fork_exec:.0}/s | |",
+        n as f64 / took.as_secs_f64()
+    ));
+    drop(client);
+    drop(sched);
+    drop(workers);
+
+    // Queue without workers: every task stays waiting in the scheduler.
+    let idle = Scheduler::start(&[], json!({}));
+    let mut client = idle.client();
+    let before = rss_mb(idle.proc.pid().as_raw());
+    for j in 0..queued_jobs {
+        let defs = (0..queued_tasks_per_job)
+            .map(|t| {
+                task(
+                    &format!("queued-{j}-{t}"),
+                    &["sh", "-c", "echo a typical command line"],
+                )
+            })
+            .collect();
+        client.0.run_job(job(defs)).unwrap();
+    }
+    let queued = queued_jobs * queued_tasks_per_job;
+    let status = client.0.get_scheduler_status().unwrap();
+    assert_eq!(status.current_tasks as usize, queued);
+    let after = rss_mb(idle.proc.pid().as_raw());
+    rows.push(format!(
+        "| scheduler RSS, {queued} queued tasks ({queued_jobs} jobs) | {after:.0} MB (idle: {before:.0} MB) | goal < 500 MB | {} |",
+        if after < 500.0 { "met" } else { "not met" }
+    ));
+
+    for row in &rows {
+        println!("{row}");
+    }
+    if benchmarking {
+        let table = format!(
+            "## Throughput and scheduler memory\n\nReal scheduler and workers (release build), file saga log.\n\n\
+             | measurement | result | compared with | goal |\n|---|---|---|---|\n{}\n",
+            rows.join("\n")
+        );
+        common::write_benchmark_section("Throughput and scheduler memory", &table);
+    }
+}
