@@ -19,6 +19,9 @@ struct Args {
     /// Bundlestore for snapshot checkouts: `host:port` or an absolute directory.
     #[arg(long = "bundlestore", value_parser = parse_bundlestore)]
     bundlestore: Option<String>,
+    /// When a task is stopped, how long after SIGTERM its process group gets SIGKILL.
+    #[arg(long = "kill_grace", default_value = "10s", value_parser = humantime::parse_duration)]
+    kill_grace: std::time::Duration,
     /// On SIGTERM/SIGINT, how long the running task may continue before it is aborted.
     #[arg(long = "drain_grace", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: std::time::Duration,
@@ -57,6 +60,7 @@ async fn serve() -> anyhow::Result<()> {
         bundlestore: args.bundlestore.clone(),
         advertised_http_addr: Some(args.http_addr.clone()),
         drain_grace: args.drain_grace,
+        kill_grace: args.kill_grace,
         ..scoot_worker::WorkerConfig::default()
     };
     scoot_worker::run(thrift, http, config, scoot_bin_util::shutdown_signal())

@@ -203,6 +203,9 @@ impl Cluster {
                 level.clone(),
                 "-drain_grace".into(),
                 drain_grace.clone(),
+                // Tasks that ignore SIGTERM are killed well within the cluster's stop grace.
+                "-kill_grace".into(),
+                "1s".into(),
             ];
             if !bundlestores.is_empty() {
                 args.push("-bundlestore".into());
