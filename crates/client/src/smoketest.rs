@@ -75,6 +75,20 @@ impl Random {
     }
 }
 
+/// A job of the smoke test's requestor.
+fn smoketest_job(tasks: Vec<scoot::TaskDefinition>) -> scoot::JobDefinition {
+    scoot::JobDefinition::new(
+        tasks,
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some("smoketest".to_string()),
+        None,
+    )
+}
+
 fn generated_job(index: usize, tasks: usize, random: &mut Random) -> scoot::JobDefinition {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let tasks = (0..tasks)
@@ -93,16 +107,7 @@ fn generated_job(index: usize, tasks: usize, random: &mut Random) -> scoot::JobD
             )
         })
         .collect();
-    scoot::JobDefinition::new(
-        tasks,
-        None,
-        None,
-        None,
-        None,
-        None,
-        Some("smoketest".to_string()),
-        None,
-    )
+    smoketest_job(tasks)
 }
 
 /// Jobs of simulated tasks like Scoot's generated ones: task ids `<job><task><random>`, each
@@ -327,16 +332,7 @@ fn snapshot_job(
             )
         })
         .collect();
-    let job = scoot::JobDefinition::new(
-        tasks,
-        None,
-        None,
-        None,
-        None,
-        None,
-        Some("smoketest".to_string()),
-        None,
-    );
+    let job = smoketest_job(tasks);
     Ok((job, expected))
 }
 

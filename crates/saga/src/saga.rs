@@ -230,29 +230,6 @@ impl Saga {
         self.log(vec![msg]).await
     }
 
-    pub async fn abort_saga(&self) -> Result<(), SagaError> {
-        let msg = SagaMessage::abort_saga(self.id());
-        self.log(vec![msg]).await
-    }
-
-    pub async fn start_comp_task(
-        &self,
-        task_id: impl Into<String>,
-        data: impl Into<Vec<u8>>,
-    ) -> Result<(), SagaError> {
-        let msg = SagaMessage::start_comp_task(self.id(), task_id, data);
-        self.log(vec![msg]).await
-    }
-
-    pub async fn end_comp_task(
-        &self,
-        task_id: impl Into<String>,
-        data: impl Into<Vec<u8>>,
-    ) -> Result<(), SagaError> {
-        let msg = SagaMessage::end_comp_task(self.id(), task_id, data);
-        self.log(vec![msg]).await
-    }
-
     pub async fn end_saga(&self) -> Result<(), SagaError> {
         let msg = SagaMessage::end_saga(self.id());
         self.log(vec![msg]).await

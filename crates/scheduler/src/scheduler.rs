@@ -353,10 +353,7 @@ impl Loop {
         let events = self.events_tx.clone();
         let job_id = job_id.to_string();
         tokio::spawn(async move {
-            let result = saga
-                .log(vec![SagaMessage::end_saga(&job_id)])
-                .await
-                .map_err(|e| e.to_string());
+            let result = saga.end_saga().await.map_err(|e| e.to_string());
             let _ = events.send(Event::SagaEnded(job_id, result));
         });
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use scoot_core::{Command, RunId, RunState, RunStatus, StateMask};
-use scoot_saga::{Saga, SagaMessage};
+use scoot_saga::Saga;
 use scoot_thrift::{codec, convert};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -134,10 +134,10 @@ fn status_bytes(status: &RunStatus) -> Vec<u8> {
 }
 
 async fn record_end(attempt: &TaskAttempt, status: &RunStatus) -> Result<(), String> {
-    let message = SagaMessage::end_task(&attempt.job_id, &attempt.task_id, status_bytes(status));
+    let data = status_bytes(status);
     let mut last_error = String::new();
     for _ in 0..10 {
-        match attempt.saga.log(vec![message.clone()]).await {
+        match attempt.saga.end_task(&attempt.task_id, data.clone()).await {
             Ok(()) => return Ok(()),
             Err(err) => {
                 last_error = err.to_string();
@@ -150,8 +150,7 @@ async fn record_end(attempt: &TaskAttempt, status: &RunStatus) -> Result<(), Str
 }
 
 async fn execute(attempt: &TaskAttempt) -> Outcome {
-    let start = SagaMessage::start_task(&attempt.job_id, &attempt.task_id, Vec::new());
-    if let Err(err) = attempt.saga.log(vec![start]).await {
+    if let Err(err) = attempt.saga.start_task(&attempt.task_id, Vec::new()).await {
         return Outcome {
             status: failed(
                 attempt,
@@ -327,9 +326,11 @@ async fn follow_run(
         }
         if status.state == RunState::Running && !reported_running {
             reported_running = true;
-            let message =
-                SagaMessage::start_task(&attempt.job_id, &attempt.task_id, status_bytes(&status));
-            if let Err(err) = attempt.saga.log(vec![message]).await {
+            if let Err(err) = attempt
+                .saga
+                .start_task(&attempt.task_id, status_bytes(&status))
+                .await
+            {
                 tracing::warn!(error = %err, "cannot log the RUNNING status");
             }
             poll_interval = attempt.polling_period;
