@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{DEADLINE, Proc, free_port, log_file, repo_root};
+use crate::support::{ApiServer, DEADLINE, Proc, repo_root};
 
 /// How long one Bazel command may take before it is killed and the test fails.
 const BAZEL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,45 +41,6 @@ fn bazel_binary() -> PathBuf {
         "scripts/ensure-bazel.sh printed {stdout:?}, not the path of the Bazel binary"
     );
     path
-}
-
-/// The apiserver with its REAPI gRPC endpoint on a free port.
-struct CacheServer {
-    proc: Proc,
-    grpc_port: u16,
-    _store_dir: tempfile::TempDir,
-}
-
-impl CacheServer {
-    fn start() -> CacheServer {
-        let (http_port, grpc_port) = (free_port(), free_port());
-        let store_dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiserver"));
-        cmd.arg("-http_addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("-grpc_addr")
-            .arg(format!("127.0.0.1:{grpc_port}"))
-            .args(["-log_level", "debug"])
-            .env("BUNDLESTORE_STORE_DIR", store_dir.path())
-            .stderr(log_file(&format!("apiserver-bazel-{grpc_port}")));
-        let mut proc = Proc::spawn("apiserver", cmd);
-        proc.wait_for_port(http_port);
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
-            proc.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "the apiserver does not listen on -grpc_addr 127.0.0.1:{grpc_port}: \
-                 it must serve the REAPI (see target/e2e-logs/apiserver-bazel-{grpc_port}.log)"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        CacheServer {
-            proc,
-            grpc_port,
-            _store_dir: store_dir,
-        }
-    }
 }
 
 /// One Bazel server for one copy of the workspace. Dropping it shuts the server down.
@@ -387,7 +348,7 @@ impl Drop for WritableOnDrop {
 fn bazel_2_1_builds_tests_and_rebuilds_from_the_remote_cache() {
     let started = Instant::now();
     let bin = bazel_binary();
-    let mut server = CacheServer::start();
+    let mut server = ApiServer::start();
 
     let tmp = tempfile::tempdir().unwrap();
     let _writable = WritableOnDrop(tmp.path().to_path_buf());

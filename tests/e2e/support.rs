@@ -66,6 +66,25 @@ impl Proc {
         }
     }
 
+    /// Waits for `port` to accept connections; `Err` if the process exits first.
+    fn try_wait_for_port(&mut self, port: u16) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(status);
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {} to listen on {port}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn wait_for_port(&mut self, port: u16) {
         poll(&format!("{} to listen on {port}", self.name), || {
             self.assert_running();
@@ -91,6 +110,24 @@ pub fn log_file(name: &str) -> Stdio {
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
 }
 
+/// Starts a server on `count` free ports (as built by `command`) and waits until it listens on
+/// all of them. A free port can be taken by someone else between choosing and binding it; a
+/// server that exits before listening is therefore started again on fresh ports.
+pub fn spawn_listening(
+    name: &str,
+    count: usize,
+    command: impl Fn(&[u16]) -> Command,
+) -> (Proc, Vec<u16>) {
+    for _ in 0..5 {
+        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let mut proc = Proc::spawn(name, command(&ports));
+        if ports.iter().all(|p| proc.try_wait_for_port(*p).is_ok()) {
+            return (proc, ports);
+        }
+    }
+    panic!("{name} could not start on free ports five times (see target/e2e-logs)");
+}
+
 pub struct Worker {
     pub proc: Proc,
     pub thrift_port: u16,
@@ -99,20 +136,20 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(extra_args: &[&str]) -> Worker {
-        let (thrift_port, http_port) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
-        cmd.arg("-thrift_addr")
-            .arg(format!("127.0.0.1:{thrift_port}"))
-            .arg("-http_addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .args(extra_args);
-        if !extra_args.contains(&"-log_level") {
-            cmd.args(["-log_level", "debug"]);
-        }
-        cmd.stderr(log_file(&format!("workerserver-{thrift_port}")));
-        let mut proc = Proc::spawn("workerserver", cmd);
-        proc.wait_for_port(thrift_port);
-        proc.wait_for_port(http_port);
+        let (proc, ports) = spawn_listening("workerserver", 2, |ports| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
+            cmd.arg("-thrift_addr")
+                .arg(format!("127.0.0.1:{}", ports[0]))
+                .arg("-http_addr")
+                .arg(format!("127.0.0.1:{}", ports[1]))
+                .args(extra_args);
+            if !extra_args.contains(&"-log_level") {
+                cmd.args(["-log_level", "debug"]);
+            }
+            cmd.stderr(log_file(&format!("workerserver-{}", ports[0])));
+            cmd
+        });
+        let (thrift_port, http_port) = (ports[0], ports[1]);
         let worker = Worker {
             proc,
             thrift_port,
@@ -358,18 +395,18 @@ impl Scheduler {
         saga_dir: PathBuf,
         config: Value,
     ) -> Scheduler {
-        let (thrift_port, http_port) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
-        cmd.arg("-thrift_addr")
-            .arg(format!("127.0.0.1:{thrift_port}"))
-            .arg("-http_addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .args(["-log_level", "debug", "-config"])
-            .arg(config.to_string())
-            .stderr(log_file(&format!("scheduler-{thrift_port}")));
-        let mut proc = Proc::spawn("scheduler", cmd);
-        proc.wait_for_port(thrift_port);
-        proc.wait_for_port(http_port);
+        let (proc, ports) = spawn_listening("scheduler", 2, |ports| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
+            cmd.arg("-thrift_addr")
+                .arg(format!("127.0.0.1:{}", ports[0]))
+                .arg("-http_addr")
+                .arg(format!("127.0.0.1:{}", ports[1]))
+                .args(["-log_level", "debug", "-config"])
+                .arg(config.to_string())
+                .stderr(log_file(&format!("scheduler-{}", ports[0])));
+            cmd
+        });
+        let (thrift_port, http_port) = (ports[0], ports[1]);
         Scheduler {
             proc,
             thrift_port,
@@ -469,7 +506,7 @@ pub fn python_with_bindings(idl: &str) -> (PathBuf, tempfile::TempDir) {
 
 /// An apiserver on free ports with its own store directory.
 pub struct ApiServer {
-    _proc: Proc,
+    pub proc: Proc,
     pub http_port: u16,
     pub grpc_port: u16,
     pub store_dir: tempfile::TempDir,
@@ -477,21 +514,21 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start() -> ApiServer {
-        let (http_port, grpc_port) = (free_port(), free_port());
         let store_dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiserver"));
-        cmd.arg("-http_addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("-grpc_addr")
-            .arg(format!("127.0.0.1:{grpc_port}"))
-            .args(["-log_level", "debug"])
-            .env("BUNDLESTORE_STORE_DIR", store_dir.path())
-            .stderr(log_file(&format!("apiserver-{http_port}")));
-        let mut proc = Proc::spawn("apiserver", cmd);
-        proc.wait_for_port(http_port);
-        proc.wait_for_port(grpc_port);
+        let (proc, ports) = spawn_listening("apiserver", 2, |ports| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiserver"));
+            cmd.arg("-http_addr")
+                .arg(format!("127.0.0.1:{}", ports[0]))
+                .arg("-grpc_addr")
+                .arg(format!("127.0.0.1:{}", ports[1]))
+                .args(["-log_level", "debug"])
+                .env("BUNDLESTORE_STORE_DIR", store_dir.path())
+                .stderr(log_file(&format!("apiserver-{}", ports[0])));
+            cmd
+        });
+        let (http_port, grpc_port) = (ports[0], ports[1]);
         ApiServer {
-            _proc: proc,
+            proc,
             http_port,
             grpc_port,
             store_dir,
