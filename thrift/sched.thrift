@@ -8,6 +8,8 @@ struct Command {
   # Nanoseconds.
   3: optional i64 timeout
   4: required string snapshotId
+  # scoot-rs: the encoded REAPI ExecuteRequest of a job made by the Execution service.
+  21: optional binary reapiRequest
 }
 
 struct TaskDefinition {

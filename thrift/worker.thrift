@@ -26,6 +26,9 @@ struct RunStatus {
   8: optional string jobId
   9: optional string taskId
   10: optional string tag
+  # scoot-rs: for a REAPI action, the encoded build.bazel.remote.execution.v2.ExecuteResponse the
+  # worker produced. Field 11 is skipped because Scoot's Bazel-era workers used it for a struct.
+  21: optional binary reapiResponse
 }
 
 struct WorkerStatus {
@@ -48,6 +51,9 @@ struct RunCommand {
   5: optional string jobId
   6: optional string taskId
   7: optional string tag
+  # scoot-rs: set when the command is a REAPI action: the encoded ExecuteRequest. The worker runs
+  # the action's own Command in its input root and ignores argv and env.
+  21: optional binary reapiRequest
 }
 
 service Worker {

@@ -21,4 +21,7 @@ pub struct Command {
     /// The snapshot to run in; empty means a fresh empty directory.
     pub snapshot_id: String,
     pub tags: LogTags,
+    /// Set when the command is a REAPI action: the encoded `ExecuteRequest`. The worker then runs
+    /// the action's own Command in its materialised input root and ignores `argv` and `env`.
+    pub reapi_request: Option<Vec<u8>>,
 }

@@ -33,6 +33,9 @@ pub struct RunStatus {
     pub exit_code: i32,
     /// Meaningful when COMPLETE, FAILED or ABORTED.
     pub error: String,
+    /// For a REAPI action: the encoded `ExecuteResponse` (with the ActionResult) the worker
+    /// produced, when it got far enough to produce one.
+    pub reapi_response: Option<Vec<u8>>,
 }
 
 impl RunStatus {

@@ -6,11 +6,13 @@
 //! * [`invoker::Invoker`]: runs one command to a final status by driving the
 //!   [`lifecycle`] state machine.
 //! * [`execer`]: execution engines (real processes, simulated scripts) behind one trait.
+//! * [`action`]: runs that are REAPI actions (the worker crate plugs in the implementation).
 //! * [`filer`]: where a run's file tree comes from; [`output`]: where its output goes.
 //! * [`status::StatusManager`]: the record of run statuses, with blocking queries.
 //!
 //! Architecture invariant: nothing here knows about Thrift or HTTP; the worker crate adapts.
 
+pub mod action;
 pub mod execer;
 pub mod filer;
 pub mod invoker;

@@ -81,6 +81,7 @@ pub fn validate(def: scoot::JobDefinition) -> Result<JobDefinition, InvalidJob> 
                     task_id: task_id.clone(),
                     tag: String::new(),
                 },
+                reapi_request: None,
             },
             task_id,
         });
@@ -133,6 +134,7 @@ impl Job {
                         Some(t.command.env.clone()),
                         timeout_ns,
                         t.command.snapshot_id.clone(),
+                        t.command.reapi_request.clone(),
                     ),
                     Some(t.task_id.clone()),
                 )
@@ -174,6 +176,7 @@ impl Job {
                         .map(|ns| Duration::from_nanos(ns as u64)),
                     snapshot_id: t.command.snapshot_id,
                     tags: LogTags::default(),
+                    reapi_request: t.command.reapi_request,
                 },
             })
             .collect();

@@ -27,6 +27,7 @@ pub fn command_from_wire(cmd: worker::RunCommand) -> Command {
             task_id: cmd.task_id.unwrap_or_default(),
             tag: cmd.tag.unwrap_or_default(),
         },
+        reapi_request: cmd.reapi_request,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn command_to_wire(cmd: &Command) -> worker::RunCommand {
         job_id: Some(cmd.tags.job_id.clone()),
         task_id: Some(cmd.tags.task_id.clone()),
         tag: Some(cmd.tags.tag.clone()),
+        reapi_request: cmd.reapi_request.clone(),
     }
 }
 
@@ -59,6 +61,7 @@ pub fn status_to_wire(status: &RunStatus) -> worker::RunStatus {
         job_id: non_empty(&status.tags.job_id),
         task_id: non_empty(&status.tags.task_id),
         tag: non_empty(&status.tags.tag),
+        reapi_response: status.reapi_response.clone(),
     }
 }
 
@@ -76,6 +79,7 @@ pub fn status_from_wire(status: worker::RunStatus) -> RunStatus {
         snapshot_id: status.snapshot_id.unwrap_or_default(),
         exit_code: status.exit_code.unwrap_or_default(),
         error: status.error.unwrap_or_default(),
+        reapi_response: status.reapi_response,
     }
 }
 
@@ -121,6 +125,7 @@ mod tests {
             timeout: Some(Duration::from_millis(1500)),
             snapshot_id: "snap".into(),
             tags: tags(),
+            reapi_request: Some(vec![0x0a, 0x00]),
         };
         let wire = command_to_wire(&cmd);
         assert_eq!(wire.timeout_ms, Some(1500));
@@ -130,8 +135,16 @@ mod tests {
     #[test]
     fn non_positive_timeout_means_none() {
         for ms in [None, Some(0), Some(-5)] {
-            let wire =
-                worker::RunCommand::new(vec!["true".into()], None, None, ms, None, None, None);
+            let wire = worker::RunCommand::new(
+                vec!["true".into()],
+                None,
+                None,
+                ms,
+                None,
+                None,
+                None,
+                None,
+            );
             assert_eq!(command_from_wire(wire).timeout, None);
         }
     }
@@ -149,6 +162,7 @@ mod tests {
         let status = RunStatus {
             stdout_ref: "out".into(),
             stderr_ref: "err".into(),
+            reapi_response: Some(vec![1, 2, 3]),
             ..RunStatus::failed(RunId::from("7"), 240, "could not exec: nope", tags())
         };
         assert_eq!(status_from_wire(status_to_wire(&status)), status);
@@ -159,6 +173,7 @@ mod tests {
         let wire = worker::RunStatus::new(
             worker::Status(42),
             "1".into(),
+            None,
             None,
             None,
             None,

@@ -35,15 +35,17 @@ pub struct Command {
   pub env_vars: Option<BTreeMap<String, String>>,
   pub timeout: Option<i64>,
   pub snapshot_id: String,
+  pub reapi_request: Option<Vec<u8>>,
 }
 
 impl Command {
-  pub fn new<F2, F3>(argv: Vec<String>, env_vars: F2, timeout: F3, snapshot_id: String) -> Command where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<i64>> {
+  pub fn new<F2, F3, F21>(argv: Vec<String>, env_vars: F2, timeout: F3, snapshot_id: String, reapi_request: F21) -> Command where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<i64>>, F21: Into<Option<Vec<u8>>> {
     Command {
       argv,
       env_vars: env_vars.into(),
       timeout: timeout.into(),
       snapshot_id,
+      reapi_request: reapi_request.into(),
     }
   }
 }
@@ -55,6 +57,7 @@ impl TSerializable for Command {
     let mut f_2: Option<BTreeMap<String, String>> = None;
     let mut f_3: Option<i64> = None;
     let mut f_4: Option<String> = None;
+    let mut f_21: Option<Vec<u8>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -91,6 +94,10 @@ impl TSerializable for Command {
           let val = i_prot.read_string()?;
           f_4 = Some(val);
         },
+        21 => {
+          let val = i_prot.read_bytes()?;
+          f_21 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -105,6 +112,7 @@ impl TSerializable for Command {
       env_vars: f_2,
       timeout: f_3,
       snapshot_id: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      reapi_request: f_21,
     };
     Ok(ret)
   }
@@ -136,6 +144,11 @@ impl TSerializable for Command {
     o_prot.write_field_begin(&TFieldIdentifier::new("snapshotId", TType::String, 4))?;
     o_prot.write_string(&self.snapshot_id)?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.reapi_request {
+      o_prot.write_field_begin(&TFieldIdentifier::new("reapiRequest", TType::String, 21))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

@@ -107,10 +107,11 @@ pub struct RunStatus {
   pub job_id: Option<String>,
   pub task_id: Option<String>,
   pub tag: Option<String>,
+  pub reapi_response: Option<Vec<u8>>,
 }
 
 impl RunStatus {
-  pub fn new<F3, F4, F5, F6, F7, F8, F9, F10>(status: Status, run_id: String, out_uri: F3, err_uri: F4, error: F5, exit_code: F6, snapshot_id: F7, job_id: F8, task_id: F9, tag: F10) -> RunStatus where F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>> {
+  pub fn new<F3, F4, F5, F6, F7, F8, F9, F10, F21>(status: Status, run_id: String, out_uri: F3, err_uri: F4, error: F5, exit_code: F6, snapshot_id: F7, job_id: F8, task_id: F9, tag: F10, reapi_response: F21) -> RunStatus where F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>>, F21: Into<Option<Vec<u8>>> {
     RunStatus {
       status,
       run_id,
@@ -122,6 +123,7 @@ impl RunStatus {
       job_id: job_id.into(),
       task_id: task_id.into(),
       tag: tag.into(),
+      reapi_response: reapi_response.into(),
     }
   }
 }
@@ -139,6 +141,7 @@ impl TSerializable for RunStatus {
     let mut f_8: Option<String> = None;
     let mut f_9: Option<String> = None;
     let mut f_10: Option<String> = None;
+    let mut f_21: Option<Vec<u8>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -186,6 +189,10 @@ impl TSerializable for RunStatus {
           let val = i_prot.read_string()?;
           f_10 = Some(val);
         },
+        21 => {
+          let val = i_prot.read_bytes()?;
+          f_21 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -206,6 +213,7 @@ impl TSerializable for RunStatus {
       job_id: f_8,
       task_id: f_9,
       tag: f_10,
+      reapi_response: f_21,
     };
     Ok(ret)
   }
@@ -256,6 +264,11 @@ impl TSerializable for RunStatus {
     if let Some(ref fld_var) = self.tag {
       o_prot.write_field_begin(&TFieldIdentifier::new("tag", TType::String, 10))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.reapi_response {
+      o_prot.write_field_begin(&TFieldIdentifier::new("reapiResponse", TType::String, 21))?;
+      o_prot.write_bytes(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -378,10 +391,11 @@ pub struct RunCommand {
   pub job_id: Option<String>,
   pub task_id: Option<String>,
   pub tag: Option<String>,
+  pub reapi_request: Option<Vec<u8>>,
 }
 
 impl RunCommand {
-  pub fn new<F2, F3, F4, F5, F6, F7>(argv: Vec<String>, env: F2, snapshot_id: F3, timeout_ms: F4, job_id: F5, task_id: F6, tag: F7) -> RunCommand where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<String>>, F4: Into<Option<i32>>, F5: Into<Option<String>>, F6: Into<Option<String>>, F7: Into<Option<String>> {
+  pub fn new<F2, F3, F4, F5, F6, F7, F21>(argv: Vec<String>, env: F2, snapshot_id: F3, timeout_ms: F4, job_id: F5, task_id: F6, tag: F7, reapi_request: F21) -> RunCommand where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<String>>, F4: Into<Option<i32>>, F5: Into<Option<String>>, F6: Into<Option<String>>, F7: Into<Option<String>>, F21: Into<Option<Vec<u8>>> {
     RunCommand {
       argv,
       env: env.into(),
@@ -390,6 +404,7 @@ impl RunCommand {
       job_id: job_id.into(),
       task_id: task_id.into(),
       tag: tag.into(),
+      reapi_request: reapi_request.into(),
     }
   }
 }
@@ -404,6 +419,7 @@ impl TSerializable for RunCommand {
     let mut f_5: Option<String> = None;
     let mut f_6: Option<String> = None;
     let mut f_7: Option<String> = None;
+    let mut f_21: Option<Vec<u8>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -452,6 +468,10 @@ impl TSerializable for RunCommand {
           let val = i_prot.read_string()?;
           f_7 = Some(val);
         },
+        21 => {
+          let val = i_prot.read_bytes()?;
+          f_21 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -468,6 +488,7 @@ impl TSerializable for RunCommand {
       job_id: f_5,
       task_id: f_6,
       tag: f_7,
+      reapi_request: f_21,
     };
     Ok(ret)
   }
@@ -514,6 +535,11 @@ impl TSerializable for RunCommand {
     if let Some(ref fld_var) = self.tag {
       o_prot.write_field_begin(&TFieldIdentifier::new("tag", TType::String, 7))?;
       o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.reapi_request {
+      o_prot.write_field_begin(&TFieldIdentifier::new("reapiRequest", TType::String, 21))?;
+      o_prot.write_bytes(fld_var)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
