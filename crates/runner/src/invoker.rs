@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use scoot_core::{Command, RunId, RunStatus, exit_code};
+use scoot_core::{Command, RunId, RunState, RunStatus, exit_code};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::action::{ActionFailure, ActionRunner, PreparedAction};
 use crate::execer::{ExecSpec, Execer, Process};
 use crate::filer::{Checkout, CheckoutError, EmptyCheckout, Filer};
 use crate::lifecycle::{Action, Event, Outcome, Phase, transition};
@@ -21,6 +22,8 @@ pub struct Invoker {
     pub execer: Arc<dyn Execer>,
     /// Serves non-empty snapshot ids; without one, only the empty snapshot can be run.
     pub filer: Option<Arc<dyn Filer>>,
+    /// Runs REAPI actions; without one, commands carrying an ExecuteRequest fail.
+    pub actions: Option<Arc<dyn ActionRunner>>,
     pub outputs: Arc<OutputStore>,
     pub statuses: Arc<StatusManager>,
 }
@@ -29,8 +32,18 @@ pub struct Invoker {
 #[derive(Default)]
 struct Resources {
     checkout: Option<Box<dyn Checkout>>,
+    action: Option<Box<dyn PreparedAction>>,
     outputs: Option<Arc<RunOutputs>>,
     process: Option<Box<dyn Process>>,
+}
+
+/// What a run reports besides its outcome, gathered before its resources are released.
+#[derive(Default)]
+struct Reports {
+    stdout_ref: String,
+    stderr_ref: String,
+    /// A REAPI action's ExecuteResponse, or why there is none.
+    reapi: Option<Result<Vec<u8>, ActionFailure>>,
 }
 
 impl Invoker {
@@ -50,7 +63,7 @@ impl Invoker {
         // The timeout counts from here, so checkout time is included (as in Scoot).
         let deadline = cmd.timeout.map(|t| Instant::now() + t);
         let mut held = Resources::default();
-        let mut refs = (String::new(), String::new());
+        let mut reports = Reports::default();
         let mut phase = Phase::Pending;
         let mut event = Event::Start;
         loop {
@@ -63,7 +76,7 @@ impl Invoker {
             event = match &phase {
                 Phase::Pending => Event::Start,
                 Phase::Preparing => tokio::select! {
-                    prepared = self.prepare(&run_id, &cmd, &mut held) => prepared,
+                    prepared = self.prepare(&run_id, &cmd, &mut held, &mut reports) => prepared,
                     _ = abort.cancelled() => Event::AbortRequested,
                     _ = expiry(deadline) => Event::TimeoutElapsed,
                 },
@@ -78,16 +91,26 @@ impl Invoker {
                         error: "worker bug: running without a process".to_string(),
                     },
                 },
-                Phase::CleaningUp(_) => {
+                Phase::CleaningUp(outcome) => {
                     if let Some(outputs) = &held.outputs {
-                        refs = (outputs.stdout_uri.clone(), outputs.stderr_uri.clone());
+                        reports.stdout_ref = outputs.stdout_uri.clone();
+                        reports.stderr_ref = outputs.stderr_uri.clone();
+                        if let (Some(action), Outcome::Complete { exit_code, .. }) =
+                            (held.action.as_mut(), outcome)
+                        {
+                            reports.reapi = Some(
+                                action
+                                    .finish(*exit_code, &outputs.stdout_path, &outputs.stderr_path)
+                                    .await,
+                            );
+                        }
                     }
                     release(held).await;
                     held = Resources::default();
                     Event::CleanedUp
                 }
                 Phase::Done(outcome) => {
-                    let status = final_status(run_id, &cmd, outcome, refs);
+                    let status = final_status(run_id, &cmd, outcome, reports);
                     tracing::info!(state = %status.state, exit_code = status.exit_code, error = %status.error, "run ended");
                     return status;
                 }
@@ -95,15 +118,37 @@ impl Invoker {
         }
     }
 
-    async fn prepare(&self, run_id: &RunId, cmd: &Command, held: &mut Resources) -> Event {
-        let checkout = match self.checkout(&cmd.snapshot_id).await {
-            Ok(checkout) => held.checkout.insert(checkout),
-            Err(err) => {
-                return Event::PrepareFailed {
-                    exit_code: err.exit_code,
-                    error: err.message,
-                };
-            }
+    async fn prepare(
+        &self,
+        run_id: &RunId,
+        cmd: &Command,
+        held: &mut Resources,
+        reports: &mut Reports,
+    ) -> Event {
+        let (argv, env, dir, clear_env) = match &cmd.reapi_request {
+            Some(request) => match self.prepare_action(request, cmd, held).await {
+                Ok(spec) => (spec.argv, spec.env, spec.dir, true),
+                Err(failure) => {
+                    let event = Event::PrepareFailed {
+                        exit_code: failure.exit_code,
+                        error: failure.message.clone(),
+                    };
+                    reports.reapi = Some(Err(failure));
+                    return event;
+                }
+            },
+            None => match self.checkout(&cmd.snapshot_id).await {
+                Ok(checkout) => {
+                    let dir = held.checkout.insert(checkout).path().to_path_buf();
+                    (cmd.argv.clone(), cmd.env.clone(), dir, false)
+                }
+                Err(err) => {
+                    return Event::PrepareFailed {
+                        exit_code: err.exit_code,
+                        error: err.message,
+                    };
+                }
+            },
         };
         let outputs = match self.outputs.create(run_id, cmd) {
             Ok(outputs) => held.outputs.insert(Arc::new(outputs)).clone(),
@@ -115,9 +160,10 @@ impl Invoker {
             }
         };
         let spec = ExecSpec {
-            argv: cmd.argv.clone(),
-            env: cmd.env.clone(),
-            dir: checkout.path().to_path_buf(),
+            argv,
+            env,
+            dir,
+            clear_env,
             outputs: outputs.clone(),
         };
         match self.execer.start(spec).await {
@@ -139,6 +185,26 @@ impl Invoker {
             tracing::warn!(error = %err, "cannot record RUNNING status");
         }
         Event::Prepared
+    }
+
+    async fn prepare_action(
+        &self,
+        request: &[u8],
+        cmd: &Command,
+        held: &mut Resources,
+    ) -> Result<crate::action::ActionSpec, ActionFailure> {
+        let Some(actions) = &self.actions else {
+            return Err(ActionFailure {
+                exit_code: exit_code::CHECKOUT_FAILURE,
+                message: "this worker cannot run REAPI actions: it has no CAS (-cas_addr)"
+                    .to_string(),
+                response: Vec::new(),
+            });
+        };
+        let action = held
+            .action
+            .insert(actions.prepare(request, &cmd.tags).await?);
+        Ok(action.spec().clone())
     }
 
     async fn checkout(&self, snapshot_id: &str) -> Result<Box<dyn Checkout>, CheckoutError> {
@@ -184,6 +250,9 @@ async fn release(held: Resources) {
     // run was aborted while the process was being started.
     drop(held.process);
     drop(held.outputs);
+    if let Some(action) = held.action {
+        action.release().await;
+    }
     if let Some(checkout) = held.checkout
         && let Err(err) = checkout.release().await
     {
@@ -191,12 +260,7 @@ async fn release(held: Resources) {
     }
 }
 
-fn final_status(
-    run_id: RunId,
-    cmd: &Command,
-    outcome: &Outcome,
-    (stdout_ref, stderr_ref): (String, String),
-) -> RunStatus {
+fn final_status(run_id: RunId, cmd: &Command, outcome: &Outcome, reports: Reports) -> RunStatus {
     let tags = cmd.tags.clone();
     let status = match outcome {
         Outcome::Complete { exit_code, error } => RunStatus {
@@ -209,9 +273,162 @@ fn final_status(
         Outcome::Aborted => RunStatus::aborted(run_id, tags),
         Outcome::TimedOut => RunStatus::timed_out(run_id, tags),
     };
+    // A REAPI action whose outputs could not be collected did not complete.
+    let (status, reapi_response) = match reports.reapi {
+        Some(Ok(response)) => (status, Some(response)),
+        Some(Err(failure)) => {
+            let status = if status.state == RunState::Complete {
+                RunStatus::failed(
+                    status.run_id,
+                    failure.exit_code,
+                    failure.message,
+                    status.tags,
+                )
+            } else {
+                status
+            };
+            (status, Some(failure.response).filter(|r| !r.is_empty()))
+        }
+        None => (status, None),
+    };
     RunStatus {
-        stdout_ref,
-        stderr_ref,
+        stdout_ref: reports.stdout_ref,
+        stderr_ref: reports.stderr_ref,
+        reapi_response,
         ..status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use async_trait::async_trait;
+    use scoot_core::LogTags;
+
+    use super::*;
+    use crate::action::ActionSpec;
+    use crate::execer::os::OsExecer;
+
+    /// Runs `sh -c <request>` in a temporary directory; finish answers with the action's stdout,
+    /// so a test sees exactly what the process wrote.
+    struct ShellActions;
+
+    struct ShellAction {
+        spec: ActionSpec,
+        _dir: tempfile::TempDir,
+    }
+
+    #[async_trait]
+    impl ActionRunner for ShellActions {
+        async fn prepare(
+            &self,
+            request: &[u8],
+            _tags: &LogTags,
+        ) -> Result<Box<dyn PreparedAction>, ActionFailure> {
+            let script = String::from_utf8_lossy(request).into_owned();
+            if script == "missing" {
+                return Err(ActionFailure {
+                    exit_code: exit_code::CHECKOUT_FAILURE,
+                    message: "input missing".into(),
+                    response: b"precondition".to_vec(),
+                });
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let spec = ActionSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), script],
+                env: BTreeMap::from([("ONLY".to_string(), "this".to_string())]),
+                dir: dir.path().to_path_buf(),
+            };
+            Ok(Box::new(ShellAction { spec, _dir: dir }))
+        }
+    }
+
+    #[async_trait]
+    impl PreparedAction for ShellAction {
+        fn spec(&self) -> &ActionSpec {
+            &self.spec
+        }
+
+        async fn finish(
+            &mut self,
+            exit_code: i32,
+            stdout: &Path,
+            _stderr: &Path,
+        ) -> Result<Vec<u8>, ActionFailure> {
+            let mut response = std::fs::read(stdout).unwrap();
+            response.extend_from_slice(format!("exit={exit_code}").as_bytes());
+            Ok(response)
+        }
+
+        async fn release(self: Box<Self>) {}
+    }
+
+    fn invoker(outputs: &Path) -> Invoker {
+        Invoker {
+            execer: Arc::new(OsExecer::default()),
+            filer: None,
+            actions: Some(Arc::new(ShellActions)),
+            outputs: Arc::new(OutputStore::new(PathBuf::from(outputs), None, 8)),
+            statuses: Arc::new(StatusManager::new(1)),
+        }
+    }
+
+    fn action(script: &str) -> Command {
+        Command {
+            argv: vec!["BZ_PLACEHOLDER".into()],
+            env: BTreeMap::from([("SCOOT_ONLY".to_string(), "x".to_string())]),
+            reapi_request: Some(script.as_bytes().to_vec()),
+            ..Command::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn actions_run_their_own_command_with_exactly_their_environment() {
+        let outputs = tempfile::tempdir().unwrap();
+        let status = invoker(outputs.path())
+            .run(
+                RunId::from("0"),
+                action("env | sort; exit 3"),
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(status.state, RunState::Complete);
+        assert_eq!(status.exit_code, 3);
+        let response = String::from_utf8(status.reapi_response.unwrap()).unwrap();
+        // The worker's environment (HOME, PATH, ...) and the Scoot env are not passed.
+        assert!(response.starts_with("ONLY=this\n"), "{response}");
+        assert!(!response.contains("SCOOT_ONLY") && !response.contains("HOME="));
+        assert!(response.ends_with("exit=3"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_preparation_fails_the_run_with_the_action_response() {
+        let outputs = tempfile::tempdir().unwrap();
+        let status = invoker(outputs.path())
+            .run(
+                RunId::from("0"),
+                action("missing"),
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(status.state, RunState::Failed);
+        assert_eq!(status.exit_code, exit_code::CHECKOUT_FAILURE);
+        assert_eq!(status.error, "input missing");
+        assert_eq!(status.reapi_response.as_deref(), Some(&b"precondition"[..]));
+    }
+
+    #[tokio::test]
+    async fn without_an_action_runner_actions_fail_clearly() {
+        let outputs = tempfile::tempdir().unwrap();
+        let status = Invoker {
+            actions: None,
+            ..invoker(outputs.path())
+        }
+        .run(RunId::from("0"), action("true"), CancellationToken::new())
+        .await;
+        assert_eq!(status.state, RunState::Failed);
+        assert!(status.error.contains("-cas_addr"), "{}", status.error);
     }
 }

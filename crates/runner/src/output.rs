@@ -86,11 +86,15 @@ impl OutputStore {
             .collect()
     }
 
-    /// Creates the three output files of a run and writes their headers.
+    /// Creates the three output files of a run and writes their headers. REAPI actions get no
+    /// header: their stdout and stderr go back to the client as the action's, byte for byte.
     pub fn create(&self, run_id: &RunId, cmd: &Command) -> io::Result<RunOutputs> {
         let names = STREAMS.map(|stream| format!("{run_id}-{stream}"));
         let uris = names.clone().map(|name| self.uri(&name));
-        let header = header(&uris, cmd);
+        let header = match cmd.reapi_request {
+            Some(_) => String::new(),
+            None => header(&uris, cmd),
+        };
         let mut files = Vec::with_capacity(3);
         for name in &names {
             let mut file = File::create(self.dir.join(name))?;
@@ -102,12 +106,15 @@ impl OutputStore {
             .try_into()
             .map_err(|_| io::Error::other("three output files expected"))?;
         let [stdout_uri, stderr_uri, _] = uris;
+        let [stdout_path, stderr_path, _] = names.map(|name| self.dir.join(name));
         Ok(RunOutputs {
             stdout,
             stderr,
             stdlog,
             stdout_uri,
             stderr_uri,
+            stdout_path,
+            stderr_path,
         })
     }
 
@@ -173,6 +180,8 @@ pub struct RunOutputs {
     stdlog: File,
     pub stdout_uri: String,
     pub stderr_uri: String,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
 }
 
 impl RunOutputs {
@@ -237,6 +246,20 @@ mod tests {
             outputs.stdout_uri,
             format!("http://localhost:9093/output/0-stdout?file={file_uri}")
         );
+    }
+
+    #[test]
+    fn reapi_actions_get_no_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::new(dir.path().to_path_buf(), None, 10);
+        let cmd = Command {
+            reapi_request: Some(Vec::new()),
+            ..Command::default()
+        };
+        let outputs = store.create(&RunId::from("0"), &cmd).unwrap();
+        outputs.write_stdout(b"out\n");
+        assert_eq!(std::fs::read(&outputs.stdout_path).unwrap(), b"out\n");
+        assert_eq!(std::fs::read(&outputs.stderr_path).unwrap(), b"");
     }
 
     #[test]

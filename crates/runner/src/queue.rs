@@ -322,6 +322,7 @@ mod tests {
                 sim: SimExecer,
             }),
             filer: None,
+            actions: None,
             outputs: Arc::new(OutputStore::new(outputs.path().to_path_buf(), None, 8)),
             statuses,
         };
@@ -601,6 +602,7 @@ mod tests {
             let invoker = Invoker {
                 execer: Arc::new(SimExecer),
                 filer: None,
+                actions: None,
                 outputs: Arc::new(OutputStore::new(outputs.path().to_path_buf(), None, 8)),
                 statuses: Arc::new(StatusManager::new(1)),
             };

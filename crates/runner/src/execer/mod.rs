@@ -20,8 +20,10 @@ use crate::output::RunOutputs;
 /// Everything an engine needs to start one command.
 pub struct ExecSpec {
     pub argv: Vec<String>,
-    /// Set on top of the worker's own environment.
+    /// Set on top of the worker's own environment, or alone when `clear_env`.
     pub env: BTreeMap<String, String>,
+    /// Start from an empty environment (REAPI actions get exactly the environment they name).
+    pub clear_env: bool,
     pub dir: PathBuf,
     pub outputs: Arc<RunOutputs>,
 }

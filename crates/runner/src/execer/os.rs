@@ -46,7 +46,19 @@ impl Execer for OsExecer {
         let Some(program) = spec.argv.first() else {
             return Err(ExecError("empty argv".to_string()));
         };
-        let mut child = Command::new(program)
+        // A relative program path with a slash names a file under the run's directory (as in Go's
+        // os/exec, which Scoot used); argv[0] stays as given.
+        let mut command = if program.contains('/') && !program.starts_with('/') {
+            let mut command = Command::new(spec.dir.join(program));
+            command.arg0(program);
+            command
+        } else {
+            Command::new(program)
+        };
+        if spec.clear_env {
+            command.env_clear();
+        }
+        let mut child = command
             .args(&spec.argv[1..])
             .envs(&spec.env)
             .current_dir(&spec.dir)
