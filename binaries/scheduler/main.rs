@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use scoot_cas::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
 
 /// Scoot scheduler: accepts jobs over CloudScoot and runs their tasks on workers.
 #[derive(Parser, Debug)]
@@ -13,9 +14,20 @@ struct Args {
     /// Address for HTTP (/health).
     #[arg(long = "http_addr", default_value = "localhost:9091")]
     http_addr: String,
-    /// Address for the Bazel Remote Execution API (not served by this build yet).
+    /// Address for the Bazel Remote Execution API (Execution, Operations, CAS, ByteStream,
+    /// ActionCache, Capabilities); empty to serve none.
     #[arg(long = "grpc_addr", default_value = "localhost:9099")]
     grpc_addr: String,
+    /// Directory of the CAS served on -grpc_addr (the action cache goes in its action-cache/
+    /// subdirectory); a temporary directory, removed at exit, when not given.
+    #[arg(long = "cas_dir")]
+    cas_dir: Option<std::path::PathBuf>,
+    /// Bound of the CAS in bytes (least recently used blobs are evicted).
+    #[arg(long = "cas_size", default_value_t = DEFAULT_CAS_BYTES)]
+    cas_size: u64,
+    /// Bound of the action cache in bytes.
+    #[arg(long = "ac_size", default_value_t = DEFAULT_AC_BYTES)]
+    ac_size: u64,
     /// default, local.local, local.memory, a JSON file or JSON text.
     #[arg(long = "config", default_value = "local.memory")]
     config: String,
@@ -33,14 +45,47 @@ async fn serve() -> anyhow::Result<()> {
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
     let config = scoot_scheduler::SchedulerConfig::from_flag(&args.config)
         .with_context(|| format!("bad -config {:?}", args.config))?;
-    tracing::debug!(grpc_addr = %args.grpc_addr, "remote execution is not served by this build");
     let thrift = tokio::net::TcpListener::bind(&args.thrift_addr)
         .await
         .with_context(|| format!("cannot listen on -thrift_addr {}", args.thrift_addr))?;
     let http = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot listen on -http_addr {}", args.http_addr))?;
-    scoot_scheduler::run(thrift, http, config, scoot_bin_util::shutdown_signal())
-        .await
-        .context("scheduler failed")
+    // Kept until exit: a temporary CAS directory is removed when this is dropped.
+    let mut temporary_cas = None;
+    let reapi = if args.grpc_addr.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&args.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on -grpc_addr {}", args.grpc_addr))?;
+        let dir = match args.cas_dir {
+            Some(dir) => dir,
+            None => temporary_cas
+                .insert(
+                    tempfile::Builder::new()
+                        .prefix("scoot-scheduler-cas")
+                        .tempdir()
+                        .context("cannot create a temporary CAS directory")?,
+                )
+                .path()
+                .to_path_buf(),
+        };
+        let (cas_size, ac_size) = (args.cas_size, args.ac_size);
+        let stores = tokio::task::spawn_blocking(move || open_cas_stores(dir, cas_size, ac_size))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        Some(scoot_scheduler::server::ReapiEndpoint { listener, stores })
+    };
+    let served = scoot_scheduler::run(
+        thrift,
+        http,
+        reapi,
+        config,
+        scoot_bin_util::shutdown_signal(),
+    )
+    .await
+    .context("scheduler failed");
+    drop(temporary_cas);
+    served
 }

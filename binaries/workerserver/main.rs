@@ -25,6 +25,17 @@ struct Args {
     /// On SIGTERM/SIGINT, how long the running task may continue before it is aborted.
     #[arg(long = "drain_grace", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: std::time::Duration,
+    /// REAPI endpoint (a scheduler's -grpc_addr) for running Bazel actions: inputs come from and
+    /// outputs go to its CAS.
+    #[arg(long = "cas_addr")]
+    cas_addr: Option<String>,
+    /// Directory for actions' input roots and the local CAS cache (a temporary directory when
+    /// not given).
+    #[arg(long = "action_dir")]
+    action_dir: Option<std::path::PathBuf>,
+    /// Bound of the local CAS cache in bytes.
+    #[arg(long = "cas_cache_size", default_value_t = 4 << 30)]
+    cas_cache_size: u64,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
@@ -61,6 +72,9 @@ async fn serve() -> anyhow::Result<()> {
         advertised_http_addr: Some(args.http_addr.clone()),
         drain_grace: args.drain_grace,
         kill_grace: args.kill_grace,
+        cas_addr: args.cas_addr.clone(),
+        action_dir: args.action_dir.clone(),
+        cas_cache_bytes: args.cas_cache_size,
         ..scoot_worker::WorkerConfig::default()
     };
     scoot_worker::run(thrift, http, config, scoot_bin_util::shutdown_signal())

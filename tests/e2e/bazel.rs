@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{ApiServer, DEADLINE, Proc, repo_root};
+use crate::support::{ApiServer, DEADLINE, LocalCluster, Proc, repo_root};
 
 /// How long one Bazel command may take before it is killed and the test fails.
 const BAZEL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -281,6 +281,10 @@ fn copy_tree(from: &Path, to: &Path) {
 /// symlinks (Bazel makes them locally, they are not action outputs) and test.cache_status (it
 /// records whether the result came from the cache).
 fn outputs(workspace: &Path) -> BTreeMap<String, Vec<u8>> {
+    outputs_under(workspace, &["bazel-bin", "bazel-testlogs"])
+}
+
+fn outputs_under(workspace: &Path, roots: &[&str]) -> BTreeMap<String, Vec<u8>> {
     fn walk(dir: &Path, name: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
         entries.sort_by_key(|e| e.file_name());
@@ -296,7 +300,7 @@ fn outputs(workspace: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     let mut out = BTreeMap::new();
-    for root in ["bazel-bin", "bazel-testlogs"] {
+    for root in roots {
         // The convenience symlink itself is followed.
         walk(&workspace.join(root), root, &mut out);
     }
@@ -304,6 +308,7 @@ fn outputs(workspace: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn assert_same_outputs(first: &BTreeMap<String, Vec<u8>>, again: &BTreeMap<String, Vec<u8>>) {
+    assert!(!first.is_empty(), "no outputs to compare");
     let missing: Vec<&String> = first.keys().filter(|k| !again.contains_key(*k)).collect();
     let extra: Vec<&String> = again.keys().filter(|k| !first.contains_key(*k)).collect();
     let differ: Vec<&String> = first
@@ -313,8 +318,8 @@ fn assert_same_outputs(first: &BTreeMap<String, Vec<u8>>, again: &BTreeMap<Strin
         .collect();
     assert!(
         missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "the outputs after the clean differ from the first build's: missing {missing:?}, \
-         new {extra:?}, different bytes {differ:?}"
+        "the outputs differ from the first build's: missing {missing:?}, new {extra:?}, \
+         different bytes {differ:?}"
     );
 }
 
@@ -336,11 +341,33 @@ fn make_writable(dir: &Path) {
     }
 }
 
-struct WritableOnDrop(PathBuf);
+/// A copy of tests/bazel (the sample workspace and the stand-ins it refers to as ../standins)
+/// in a temp dir that is made writable again before it is removed.
+struct Sample {
+    workspace: PathBuf,
+    tmp: tempfile::TempDir,
+}
 
-impl Drop for WritableOnDrop {
+impl Sample {
+    fn new() -> Sample {
+        let tmp = tempfile::tempdir().unwrap();
+        let sources = repo_root().join("tests/bazel");
+        copy_tree(&sources.join("workspace"), &tmp.path().join("workspace"));
+        copy_tree(&sources.join("standins"), &tmp.path().join("standins"));
+        Sample {
+            workspace: tmp.path().join("workspace"),
+            tmp,
+        }
+    }
+
+    fn bazel(&self, bin: PathBuf) -> Bazel {
+        Bazel::new(bin, self.workspace.clone(), self.tmp.path().join("root"))
+    }
+}
+
+impl Drop for Sample {
     fn drop(&mut self) {
-        make_writable(&self.0);
+        make_writable(self.tmp.path());
     }
 }
 
@@ -350,14 +377,9 @@ fn bazel_2_1_builds_tests_and_rebuilds_from_the_remote_cache() {
     let bin = bazel_binary();
     let mut server = ApiServer::start();
 
-    let tmp = tempfile::tempdir().unwrap();
-    let _writable = WritableOnDrop(tmp.path().to_path_buf());
-    let sources = repo_root().join("tests/bazel");
-    // The WORKSPACE finds the stand-ins at ../standins.
-    copy_tree(&sources.join("workspace"), &tmp.path().join("workspace"));
-    copy_tree(&sources.join("standins"), &tmp.path().join("standins"));
-    let workspace = tmp.path().join("workspace");
-    let bazel = Bazel::new(bin, workspace.clone(), tmp.path().join("root"));
+    let sample = Sample::new();
+    let workspace = sample.workspace.clone();
+    let bazel = sample.bazel(bin);
 
     let remote = format!("--remote_cache=grpc://127.0.0.1:{}", server.grpc_port);
     let common = [
@@ -416,6 +438,125 @@ fn bazel_2_1_builds_tests_and_rebuilds_from_the_remote_cache() {
         test_hits.total,
         first.len(),
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// Bazel's error lines for a failed build, without what only a local spawn adds after
+/// `(Exit N)` (the command line it ran).
+fn error_lines(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("ERROR:"))
+        .map(|l| match l.find(" failed (Exit ") {
+            Some(at) => match l[at..].find(')') {
+                Some(close) => l[..at + close + 1].to_string(),
+                None => l.to_string(),
+            },
+            None => l.to_string(),
+        })
+        .collect()
+}
+
+fn assert_all_remote(step: &str, output: &str) -> ProcessSummary {
+    let summary = process_summary(step, output);
+    assert!(
+        summary.real() > 0 && summary.count("remote") == summary.real(),
+        "bazel {step}: not every action ran remotely: {summary:?}; its output:\n{}",
+        tail(output)
+    );
+    summary
+}
+
+#[test]
+fn bazel_2_1_runs_every_action_on_a_local_cluster() {
+    let started = Instant::now();
+    let bin = bazel_binary();
+    let sample = Sample::new();
+    let workspace = sample.workspace.clone();
+    let bazel = sample.bazel(bin);
+    let quiet = ["--color=no", "--curses=no", "--show_progress_rate_limit=5"];
+    let args = |command: &str, extra: &[&str], target: &str| -> Vec<String> {
+        let mut args = vec![command.to_string()];
+        args.extend(quiet.iter().chain(extra).map(|s| s.to_string()));
+        args.push(target.to_string());
+        args
+    };
+    let run = |step: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bazel.run(step, &args)
+    };
+    let run_failing = |step: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, output, log, _) = bazel.run_unchecked(step, &args, BAZEL_TIMEOUT);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "bazel {step} should have failed ({status:?}, see {})",
+            log.display()
+        );
+        output
+    };
+    const FAILING: [&str; 2] = ["//fail:exits_nonzero", "//fail:misses_output"];
+
+    // The reference: everything built locally, and the failures as Bazel reports them locally.
+    run("local-build", args("build", &["--jobs=2"], "//..."));
+    let local = outputs_under(&workspace, &["bazel-bin"]);
+    let local_errors: Vec<Vec<String>> = FAILING
+        .iter()
+        .map(|t| error_lines(&run_failing("local-fail", args("build", &[], t))))
+        .collect();
+    bazel.run("clean", &["clean"]);
+
+    // The same build with only --remote_executor, against a setup-cloud-scoot cluster.
+    let cluster = LocalCluster::start(800);
+    let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
+    let remote_args = [remote.as_str(), "--jobs=8"];
+    let output = run("remote-build", args("build", &remote_args, "//..."));
+    let built = assert_all_remote("remote-build", &output);
+    assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
+    let output = run(
+        "remote-test",
+        args("test", &[remote.as_str(), "--test_output=errors"], "//..."),
+    );
+    assert_all_remote("remote-test", &output);
+    assert!(
+        output.contains(&format!("{TEST_TARGETS} tests pass")),
+        "bazel remote-test: expected {TEST_TARGETS} passing tests; its output:\n{}",
+        tail(&output)
+    );
+    for (target, local_error) in FAILING.iter().zip(&local_errors) {
+        let output = run_failing("remote-fail", args("build", &remote_args, target));
+        assert!(
+            !local_error.is_empty(),
+            "{target} failed locally without an ERROR line"
+        );
+        assert_eq!(
+            &error_lines(&output),
+            local_error,
+            "bazel reports {target} differently when it runs remotely; output:\n{}",
+            tail(&output)
+        );
+    }
+
+    // After a clean, every action comes back from the cluster's action cache.
+    bazel.run("clean", &["clean"]);
+    let output = run("remote-rebuild", args("build", &remote_args, "//..."));
+    assert_all_remote_cache_hits("remote-rebuild", &output);
+    assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
+    eprintln!(
+        "bazel: {} actions run remotely, {} outputs identical to the local build; {:.1}s in all",
+        built.total,
+        local.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn error_lines_drop_what_only_local_spawns_add() {
+    let local = "ERROR: /w/fail/BUILD:3:1: Executing genrule //fail:x failed (Exit 3) bash failed: \
+                 error executing command /bin/bash -c 'exit 3'\nabout to fail\nINFO: done";
+    assert_eq!(
+        error_lines(local),
+        vec!["ERROR: /w/fail/BUILD:3:1: Executing genrule //fail:x failed (Exit 3)"]
     );
 }
 

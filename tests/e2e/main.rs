@@ -7,6 +7,7 @@
 mod bazel;
 mod bzutil;
 mod cluster;
+mod reapi;
 mod scheduler;
 mod scootcl;
 mod snapshots;

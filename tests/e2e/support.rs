@@ -372,6 +372,8 @@ pub struct Scheduler {
     pub proc: Proc,
     pub thrift_port: u16,
     pub http_port: u16,
+    /// The Remote Execution API (and its CAS, kept in the scheduler's temp dir).
+    pub grpc_port: u16,
     pub workers_file: PathBuf,
     pub saga_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -395,22 +397,28 @@ impl Scheduler {
         saga_dir: PathBuf,
         config: Value,
     ) -> Scheduler {
-        let (proc, ports) = spawn_listening("scheduler", 2, |ports| {
+        let cas_dir = dir.path().join("cas");
+        let (proc, ports) = spawn_listening("scheduler", 3, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
             cmd.arg("-thrift_addr")
                 .arg(format!("127.0.0.1:{}", ports[0]))
                 .arg("-http_addr")
                 .arg(format!("127.0.0.1:{}", ports[1]))
+                .arg("-grpc_addr")
+                .arg(format!("127.0.0.1:{}", ports[2]))
+                .arg("-cas_dir")
+                .arg(&cas_dir)
                 .args(["-log_level", "debug", "-config"])
                 .arg(config.to_string())
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
             cmd
         });
-        let (thrift_port, http_port) = (ports[0], ports[1]);
+        let (thrift_port, http_port, grpc_port) = (ports[0], ports[1], ports[2]);
         Scheduler {
             proc,
             thrift_port,
             http_port,
+            grpc_port,
             workers_file,
             saga_dir,
             _dir: dir,
@@ -567,4 +575,58 @@ pub fn http_request(
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     parse_http_response(&raw)
+}
+
+/// A `setup-cloud-scoot --strategy local.local` cluster at a port offset, in a directory that is
+/// also its HOME. Dropping it stops it with SIGTERM (its children live in process groups of
+/// their own, so only setup-cloud-scoot can take them down) and waits for it.
+pub struct LocalCluster {
+    pub proc: Proc,
+    pub offset: u16,
+    _home: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    pub fn start(offset: u16) -> LocalCluster {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_setup-cloud-scoot"));
+        cmd.current_dir(home.path())
+            .env("HOME", home.path())
+            .env_remove("SCOOT_ID")
+            .args(["--strategy", "local.local", "--port_offset"])
+            .arg(offset.to_string())
+            .stdout(Stdio::null())
+            .stderr(log_file(&format!("setup-cloud-scoot-{offset}")));
+        let mut proc = Proc::spawn("setup-cloud-scoot", cmd);
+        // The scheduler starts last and opens its gRPC port last.
+        proc.wait_for_port(9099 + offset);
+        LocalCluster {
+            proc,
+            offset,
+            _home: home,
+        }
+    }
+
+    /// The scheduler's Remote Execution API address.
+    pub fn grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", 9099 + self.offset)
+    }
+
+    /// The first apiserver's gRPC (CAS) address.
+    pub fn apiserver_grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", 12100 + self.offset)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.proc.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

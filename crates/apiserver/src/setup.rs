@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use scoot_blobstore::{BlobStore, FsBlobStore};
-use scoot_cas::{ActionCacheStore, FileActionCache};
+pub use scoot_cas::stores::{
+    AC_SUBDIR, CasStores, DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores,
+};
 use scoot_snapshot::store::{CachingStore, FileStore, Store, StoreError};
 
 /// The environment variable naming the store directory when `-store_dir` is not given (Scoot's).
@@ -54,41 +55,8 @@ pub fn file_backed_store(dir: PathBuf, cache_bytes: u64) -> Result<Arc<dyn Store
     Ok(Arc::new(CachingStore::new(files, cache_bytes)))
 }
 
-/// Default bound of the CAS (`-cas_size`): 10 GiB.
-pub const DEFAULT_CAS_BYTES: u64 = 10 << 30;
-/// Default bound of the action cache (`-ac_size`): 1 GiB.
-pub const DEFAULT_AC_BYTES: u64 = 1 << 30;
-/// The action cache lives in this subdirectory of the CAS directory, so that it always goes
-/// with the CAS its entries refer to (the blob store ignores names that are not its own).
-pub const AC_SUBDIR: &str = "action-cache";
 /// How many CAS directories an apiserver tries under the store directory.
 const CAS_DIR_ATTEMPTS: usize = 16;
-
-/// The stores behind the gRPC services.
-pub struct CasStores {
-    pub cas: Arc<dyn BlobStore>,
-    pub action_cache: Arc<dyn ActionCacheStore>,
-    /// Where the blobs are; the action cache is in its [`AC_SUBDIR`].
-    pub dir: PathBuf,
-}
-
-/// Opens the CAS, a file store of at most `cas_bytes` in `dir`, and its action cache of at most
-/// `ac_bytes` in `dir/`[`AC_SUBDIR`]. Blocks while the stores index their directories.
-pub fn open_cas_stores(dir: PathBuf, cas_bytes: u64, ac_bytes: u64) -> Result<CasStores, String> {
-    let cas = FsBlobStore::open(dir.clone(), cas_bytes)
-        .map_err(|e| format!("cannot open the CAS in {}: {e}", dir.display()))?;
-    let action_cache = FileActionCache::open(dir.join(AC_SUBDIR), ac_bytes).map_err(|e| {
-        format!(
-            "cannot open the action cache in {}: {e}",
-            dir.join(AC_SUBDIR).display()
-        )
-    })?;
-    Ok(CasStores {
-        cas: Arc::new(cas),
-        action_cache: Arc::new(action_cache),
-        dir,
-    })
-}
 
 /// The apiserver's gRPC services over `stores` (no execution advertised).
 pub fn cas_services(stores: CasStores) -> scoot_cas::CasServices {

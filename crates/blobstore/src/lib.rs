@@ -5,7 +5,7 @@
 //! once its size and SHA-256 match the digest it was started for.
 //!
 //! Implementations: [`MemoryBlobStore`] and [`FsBlobStore`] (the default, kept across restarts;
-//! its module documents the on-disk layout). Both are bounded by total size and evict least
+//! its module documents the on-disk layout), and [`TieredBlobStore`] puts one in front of another. Both are bounded by total size and evict least
 //! recently used blobs first, never a blob with an open read stream. [`put`], [`get`] and
 //! [`sha256_digest`] are whole-blob helpers for small blobs.
 
@@ -20,11 +20,13 @@ mod chunks;
 pub mod fs;
 mod index;
 pub mod memory;
+pub mod tiered;
 pub mod util;
 mod verify;
 
 pub use fs::FsBlobStore;
 pub use memory::MemoryBlobStore;
+pub use tiered::TieredBlobStore;
 pub use util::{get, next_chunk, put, sha256_digest};
 
 #[cfg(test)]

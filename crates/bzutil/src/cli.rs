@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use scoot_cas_client::{CasClient, digest_of, encode, read_tree, to_proto};
+
+use crate::exec;
 use scoot_core::Digest;
 use scoot_proto::reapi::v2 as re;
 use serde_json::json;
-
-use crate::{Cas, digest_of, encode, to_proto, tree};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +36,36 @@ pub struct CasArgs {
     /// Print JSON instead of plain digests.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// The Execution service (a scheduler's gRPC address).
+    #[arg(long = "grpc_addr", default_value = "localhost:9099")]
+    pub grpc_addr: String,
+    /// REAPI instance name.
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// Print JSON instead of Scoot's text layout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ExecArgs {
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(CasClient::connect(&self.grpc_addr, &self.instance)
+            .await?
+            .channel()
+            .clone())
+    }
+}
+
+fn print_operation(op: &scoot_proto::longrunning::Operation, json: bool, full: bool) {
+    if json || full {
+        println!("{}", exec::to_json(op, full));
+    } else {
+        print!("{}", exec::describe(op));
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +128,40 @@ pub enum Cmd {
         digests: Vec<Digest>,
         #[arg(long, default_value = "./bazel_batch_downloads")]
         dir: PathBuf,
+    },
+    /// Ask the scheduler to execute an uploaded Action; print its operation (the first state,
+    /// or the final one with --wait).
+    Execute {
+        #[command(flatten)]
+        exec: ExecArgs,
+        /// The Action's digest, <hash>/<size>.
+        #[arg(long)]
+        action: Digest,
+        /// Run it even if the action cache has a result.
+        #[arg(long = "skip_cache")]
+        skip_cache: bool,
+        /// Wait until the execution is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print an operation's current state.
+    #[command(name = "get_operation")]
+    GetOperation {
+        #[command(flatten)]
+        exec: ExecArgs,
+        #[arg(long)]
+        name: String,
+        /// JSON with every ActionResult field (--json gives a summary).
+        #[arg(long = "json_full")]
+        json_full: bool,
+    },
+    /// Cancel an operation (its job is killed).
+    #[command(name = "cancel_operation")]
+    CancelOperation {
+        #[command(flatten)]
+        exec: ExecArgs,
+        #[arg(long)]
+        name: String,
     },
     /// Print which of the digests the CAS lacks.
     #[command(name = "find_missing_blobs")]
@@ -191,9 +256,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let command =
                 command_message(argv, &env, &output_files, &output_dirs, &platform_props)?;
             let (digest, data) = encode(&command);
-            Cas::connect(&cas.cas_addr, &cas.instance)
+            CasClient::connect(&cas.cas_addr, &cas.instance)
                 .await?
-                .upload(vec![(digest.clone(), data)])
+                .upload_blobs(vec![(digest.clone(), data)])
                 .await?;
             tracing::info!("wrote the command to the CAS");
             print_digest(&digest, cas.json);
@@ -212,7 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let (digest, data) = encode(&action);
-            let client = Cas::connect(&cas.cas_addr, &cas.instance).await?;
+            let client = CasClient::connect(&cas.cas_addr, &cas.instance).await?;
             let missing = client
                 .find_missing(&[command.clone(), root.clone()])
                 .await?;
@@ -220,17 +285,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let list: Vec<String> = missing.iter().map(Digest::to_string).collect();
                 anyhow::bail!("the CAS lacks {} (upload them first)", list.join(", "));
             }
-            client.upload(vec![(digest.clone(), data)]).await?;
+            client.upload_blobs(vec![(digest.clone(), data)]).await?;
             tracing::info!("wrote the action to the CAS");
             print_digest(&digest, cas.json);
         }
         Cmd::UploadDir { cas, dir } => {
-            let (root, blobs) = tree::directory_blobs(&dir)?;
-            Cas::connect(&cas.cas_addr, &cas.instance)
-                .await?
-                .upload(blobs)
-                .await?;
-            print_digest(&root, cas.json);
+            let tree = tokio::task::spawn_blocking(move || read_tree(&dir)).await??;
+            let client = CasClient::connect(&cas.cas_addr, &cas.instance).await?;
+            // Files before the Directory messages that name them.
+            client.upload_files(tree.files.clone()).await?;
+            client.upload_blobs(tree.directory_blobs()).await?;
+            print_digest(&tree.root_digest, cas.json);
         }
         Cmd::BatchUpload { cas, dir } => {
             let mut files = Vec::new();
@@ -239,18 +304,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|(_, data)| (digest_of(data), data.clone()))
                 .collect();
-            Cas::connect(&cas.cas_addr, &cas.instance)
+            CasClient::connect(&cas.cas_addr, &cas.instance)
                 .await?
-                .upload(blobs)
+                .upload_blobs(blobs)
                 .await?;
             for (path, data) in files {
                 println!("{} {path}", digest_of(&data));
             }
         }
         Cmd::BatchDownload { cas, digests, dir } => {
-            let blobs = Cas::connect(&cas.cas_addr, &cas.instance)
+            let blobs = CasClient::connect(&cas.cas_addr, &cas.instance)
                 .await?
-                .batch_read(&digests)
+                .read_blobs(&digests)
                 .await?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -261,8 +326,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{digest} {}", path.display());
             }
         }
+        Cmd::Execute {
+            exec: args,
+            action,
+            skip_cache,
+            wait,
+        } => {
+            let op = exec::execute(
+                args.channel().await?,
+                &args.instance,
+                &action,
+                skip_cache,
+                wait,
+            )
+            .await?;
+            print_operation(&op, args.json, false);
+        }
+        Cmd::GetOperation {
+            exec: args,
+            name,
+            json_full,
+        } => {
+            let op = exec::get_operation(args.channel().await?, &name).await?;
+            print_operation(&op, args.json, json_full);
+        }
+        Cmd::CancelOperation { exec: args, name } => {
+            exec::cancel_operation(args.channel().await?, &name).await?;
+            tracing::info!(operation = %name, "cancelled");
+        }
         Cmd::FindMissingBlobs { cas, digests } => {
-            let missing = Cas::connect(&cas.cas_addr, &cas.instance)
+            let missing = CasClient::connect(&cas.cas_addr, &cas.instance)
                 .await?
                 .find_missing(&digests)
                 .await?;
@@ -335,6 +428,78 @@ mod tests {
         assert_eq!(
             encode(&plain).0.to_string(),
             "1833d7c57656d2b7ee97e2068ce742f80e61357fba12a8b8d627782da3a58c29/11"
+        );
+    }
+
+    /// upload_dir, batch_upload and batch_download through the shared client, with blobs that
+    /// together exceed one batch (the large one travels through ByteStream).
+    #[tokio::test]
+    async fn uploaded_files_download_by_digest() {
+        let server = scoot_cas_client::testing::TestServer::start()
+            .await
+            .unwrap();
+        let cas = CasArgs {
+            cas_addr: server.address(),
+            instance: String::new(),
+            json: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let large: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("large"), &large).unwrap();
+        std::fs::write(dir.path().join("small"), "small").unwrap();
+        let run_cmd = |command| {
+            run(Cli {
+                log_level: "info".into(),
+                command,
+            })
+        };
+        run_cmd(Cmd::UploadDir {
+            cas: cas.clone(),
+            dir: dir.path().to_path_buf(),
+        })
+        .await
+        .unwrap();
+        let tree = read_tree(dir.path()).unwrap();
+        let mut stored: Vec<Digest> = tree.files.iter().map(|(d, _)| d.clone()).collect();
+        stored.push(tree.root_digest.clone());
+        let client = server.client("").await.unwrap();
+        assert!(client.find_missing(&stored).await.unwrap().is_empty());
+
+        run_cmd(Cmd::BatchUpload {
+            cas: cas.clone(),
+            dir: dir.path().to_path_buf(),
+        })
+        .await
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let digests = vec![digest_of(&large), digest_of(b"small")];
+        run_cmd(Cmd::BatchDownload {
+            cas: cas.clone(),
+            digests: digests.clone(),
+            dir: out.path().to_path_buf(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read(out.path().join(&digests[0].hash)).unwrap(),
+            large
+        );
+        assert_eq!(
+            std::fs::read(out.path().join(&digests[1].hash)).unwrap(),
+            b"small"
+        );
+        let absent: Digest = format!("{}/5", "0".repeat(64)).parse().unwrap();
+        let e = run_cmd(Cmd::BatchDownload {
+            cas,
+            digests: vec![absent],
+            dir: out.path().to_path_buf(),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("blobs/{}/5", "0".repeat(64))),
+            "{e}"
         );
     }
 }

@@ -136,7 +136,37 @@ impl Core {
             .map(|d| d.to_string()))
     }
 
-    async fn missing_of(&self, mut digests: Vec<Digest>) -> Result<Vec<Digest>, CasError> {
+    /// The stored result for `key` if it is usable: decodable and complete; NOT_FOUND
+    /// (saying why) otherwise, so a client runs the action again.
+    pub(crate) async fn complete_result(&self, key: &AcKey) -> Result<bytes::Bytes, CasError> {
+        let Some(bytes) = self.ac.get(key).await? else {
+            return Err(CasError::not_found(format!(
+                "no cached result for action {}",
+                key.action_digest
+            )));
+        };
+        let Ok(result) = v2::ActionResult::decode(bytes.clone()) else {
+            tracing::warn!(action = %key.action_digest, "undecodable action cache entry");
+            return Err(CasError::not_found(format!(
+                "no usable cached result for action {}",
+                key.action_digest
+            )));
+        };
+        if let Some(missing) = self.first_missing_blob(&result).await? {
+            tracing::debug!(action = %key.action_digest, %missing, "incomplete cached result");
+            return Err(CasError::not_found(format!(
+                "the cached result for action {} refers to {missing}, which is no longer stored",
+                key.action_digest
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Which of `digests` the CAS lacks, each once; the empty blob is never missing.
+    pub(crate) async fn missing_of(
+        &self,
+        mut digests: Vec<Digest>,
+    ) -> Result<Vec<Digest>, CasError> {
         digests.retain(|d| !d.is_empty_blob());
         digests.sort();
         digests.dedup();
@@ -157,29 +187,7 @@ impl ActionCache for ActionCacheService {
         check_function(request.digest_function)?;
         let action = required(&request.action_digest, "action_digest")?;
         let key = AcKey::new(request.instance_name, action);
-        let Some(bytes) = self.core.ac.get(&key).await? else {
-            return Err(CasError::not_found(format!(
-                "no cached result for action {}",
-                key.action_digest
-            ))
-            .into());
-        };
-        let Ok(result) = v2::ActionResult::decode(bytes.clone()) else {
-            tracing::warn!(action = %key.action_digest, "undecodable action cache entry");
-            return Err(CasError::not_found(format!(
-                "no usable cached result for action {}",
-                key.action_digest
-            ))
-            .into());
-        };
-        if let Some(missing) = self.core.first_missing_blob(&result).await? {
-            tracing::debug!(action = %key.action_digest, %missing, "incomplete cached result");
-            return Err(CasError::not_found(format!(
-                "the cached result for action {} refers to {missing}, which is no longer stored",
-                key.action_digest
-            ))
-            .into());
-        }
+        let bytes = self.core.complete_result(&key).await?;
         Ok(Response::new(RawMessage(bytes)))
     }
 

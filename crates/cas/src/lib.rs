@@ -12,6 +12,7 @@
 //! * [`action_cache`]: GetActionResult (hits only when every referenced blob still exists) and
 //!   UpdateActionResult, over an [`ActionCacheStore`] ([`MemoryActionCache`],
 //!   [`FileActionCache`]).
+//! * [`stores`]: opening the file-backed CAS and action cache in a directory.
 //! * [`resource`]: ByteStream resource names; [`digest`]: wire digests; [`error`]: [`CasError`],
 //!   the one error type, carrying the gRPC code it is reported with.
 //!
@@ -28,11 +29,13 @@ pub mod digest;
 pub mod error;
 mod lru;
 pub mod resource;
+pub mod stores;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use scoot_blobstore::BlobStore;
 use scoot_core::Digest;
 use scoot_proto::bytestream::byte_stream_server::ByteStreamServer;
@@ -145,6 +148,27 @@ impl CasServices {
     /// What GetCapabilities answers.
     pub fn capabilities(&self) -> &v2::ServerCapabilities {
         &self.capabilities
+    }
+
+    /// The action cache's usable result for `key` (see [`action_cache`]): `Ok(None)` on a miss.
+    pub async fn cached_result(&self, key: &AcKey) -> Result<Option<v2::ActionResult>, CasError> {
+        match self.core.complete_result(key).await {
+            Ok(bytes) => v2::ActionResult::decode(bytes)
+                .map(Some)
+                .map_err(|e| CasError::internal(format!("undecodable action result: {e}"))),
+            Err(e) if e.code == tonic::Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A whole blob of at most `max` bytes from the CAS (NOT_FOUND when absent).
+    pub async fn read_blob(&self, digest: &Digest, max: u64) -> Result<bytes::Bytes, CasError> {
+        cas::read_small_blob(&self.core, digest, max).await
+    }
+
+    /// Which of `digests` the CAS lacks (the empty blob is never missing).
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        self.core.missing_of(digests.to_vec()).await
     }
 
     /// Number of ByteStream uploads in progress or kept for resumption.

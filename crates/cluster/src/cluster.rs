@@ -211,6 +211,17 @@ impl Cluster {
                 args.push("-bundlestore".into());
                 args.push(bundlestores[i % bundlestores.len()].clone());
             }
+            // REAPI actions: inputs from and outputs to the scheduler's CAS, laid out under the
+            // cluster's own directory (the scheduler starts later; workers connect when needed).
+            args.extend([
+                "-cas_addr".into(),
+                spec::local_addr(self.layout.scheduler.grpc),
+                "-action_dir".into(),
+                self.state_path
+                    .join(format!("workerserver-{i}-actions"))
+                    .display()
+                    .to_string(),
+            ]);
             self.spawn(Launch {
                 name: format!("workerserver-{i}"),
                 role: Role::Worker,
@@ -246,6 +257,8 @@ impl Cluster {
                 spec::local_addr(ports.http),
                 "-grpc_addr".into(),
                 spec::local_addr(ports.grpc),
+                "-cas_dir".into(),
+                self.state_path.join("scheduler-cas").display().to_string(),
                 "-log_level".into(),
                 level,
                 "-config".into(),
@@ -255,7 +268,7 @@ impl Cluster {
             log: PathBuf::new(),
         })?;
         self.children[scheduler]
-            .wait_ready(&[ports.thrift, ports.http], timeout)
+            .wait_ready(&[ports.thrift, ports.http, ports.grpc], timeout)
             .await?;
 
         // A child that was ready but has died since is a failed start too.

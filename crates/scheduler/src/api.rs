@@ -78,7 +78,11 @@ impl SchedulerApi {
     }
 
     pub async fn run_job(&self, def: JobDefinition) -> Result<String, ApiError> {
-        let job = Job::new(def);
+        self.run(Job::new(def)).await
+    }
+
+    /// Runs a job whose id the caller chose (a fresh UUID, as [`Job::new`] makes).
+    pub async fn run(&self, job: Job) -> Result<String, ApiError> {
         self.ask(|tx| Request::Admit(job.clone(), tx)).await??;
         match self.sagas.make_saga(&job.id, job.to_bytes()).await {
             Ok(saga) => {
@@ -91,6 +95,18 @@ impl SchedulerApi {
                 Err(ApiError::SagaLog(err.to_string()))
             }
         }
+    }
+
+    /// The job as it was accepted, if the saga log has it.
+    pub async fn job(&self, job_id: &str) -> Result<Option<Job>, ApiError> {
+        let state = self
+            .sagas
+            .get_state(job_id)
+            .await
+            .map_err(|e| ApiError::SagaLog(e.to_string()))?;
+        state
+            .map(|state| Job::from_bytes(state.job()).map_err(ApiError::SagaLog))
+            .transpose()
     }
 
     pub async fn job_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {

@@ -106,7 +106,7 @@ impl Job {
         Job::with_id(id, def)
     }
 
-    fn with_id(id: String, mut def: JobDefinition) -> Job {
+    pub fn with_id(id: String, mut def: JobDefinition) -> Job {
         for task in &mut def.tasks {
             task.command.tags = LogTags {
                 job_id: id.clone(),

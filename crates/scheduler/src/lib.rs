@@ -5,6 +5,7 @@
 //! * [`scheduler::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
 //! * [`task_runner`]: one attempt of one task on one worker.
 //! * [`job`]: validation and the saga encoding of jobs; [`config`]: `-config` parsing.
+//! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
 //! * [`cluster`]: finding workers; [`worker_client`]: talking to them.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod handler;
 pub mod job;
+pub mod reapi;
 pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -52,6 +52,16 @@ pub enum Request {
     SetRebalanceThreshold(i32),
 }
 
+/// What the loop tells the REAPI operation tracker about jobs, so Execute streams move on as soon
+/// as a task starts or a job ends instead of polling the saga log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobEvent {
+    /// A task of the job was handed to a worker.
+    TaskStarted(String),
+    /// The job's saga has ended: its final statuses are in the log.
+    Ended(String),
+}
+
 /// Results of work the loop spawned.
 enum Event {
     NodeReady(String),
@@ -74,6 +84,7 @@ pub struct Loop {
     epoch: Instant,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
+    job_events: Option<mpsc::UnboundedSender<JobEvent>>,
 }
 
 impl Loop {
@@ -92,6 +103,19 @@ impl Loop {
             epoch: Instant::now(),
             events_tx,
             events,
+            job_events: None,
+        }
+    }
+
+    /// Reports task starts and job ends to `events`.
+    pub fn with_job_events(mut self, events: mpsc::UnboundedSender<JobEvent>) -> Loop {
+        self.job_events = Some(events);
+        self
+    }
+
+    fn notify(&self, event: JobEvent) {
+        if let Some(events) = &self.job_events {
+            let _ = events.send(event);
         }
     }
 
@@ -374,6 +398,7 @@ impl Loop {
                 tracing::info!(job_id = %job_id, "job completed");
                 self.jobs.remove(&job_id);
                 self.order.retain(|id| id != &job_id);
+                self.notify(JobEvent::Ended(job_id));
             }
             Event::SagaEnded(job_id, Err(error)) => {
                 tracing::warn!(job_id = %job_id, %error, "cannot end saga; will retry");
@@ -644,6 +669,7 @@ impl Loop {
             may_retry,
             polling_period: self.config.polling_period,
         };
+        self.notify(JobEvent::TaskStarted(job_id.to_string()));
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             let finished = task_runner::run(attempt).await;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use scoot_cas::CasConfig;
+use scoot_cas::stores::CasStores;
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaLog};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use scoot_thrift::server::ServeOptions;
@@ -18,6 +20,7 @@ use crate::cluster::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
 use crate::config::{ClusterSource, SagaLogKind, SchedulerConfig};
 use crate::handler::CloudScootHandler;
 use crate::job::Job;
+use crate::reapi::{self, operations::Tracker};
 use crate::scheduler::Loop;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,14 @@ pub enum SchedulerError {
     Thrift(std::io::Error),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("grpc server: {0}")]
+    Grpc(String),
+}
+
+/// Where the Remote Execution API is served, and the stores of the CAS it serves.
+pub struct ReapiEndpoint {
+    pub listener: TcpListener,
+    pub stores: CasStores,
 }
 
 fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
@@ -50,10 +61,12 @@ fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), Sch
     })
 }
 
-/// Serves CloudScoot on `thrift` and `/health` on `http` until `shutdown` completes.
+/// Serves CloudScoot on `thrift`, `/health` on `http` and, when given, the Remote Execution API
+/// until `shutdown` completes.
 pub async fn run(
     thrift: TcpListener,
     http: TcpListener,
+    reapi: Option<ReapiEndpoint>,
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SchedulerError> {
@@ -61,7 +74,8 @@ pub async fn run(
     let gc = scoot_saga::spawn_gc(log.clone(), gc_interval);
     let sagas = SagaCoordinator::new(log);
 
-    let mut scheduling = Loop::new(config.clone());
+    let (job_events_tx, job_events) = mpsc::unbounded_channel();
+    let mut scheduling = Loop::new(config.clone()).with_job_events(job_events_tx);
     if config.recover_jobs_on_startup {
         recover(&sagas, &mut scheduling).await;
     }
@@ -82,6 +96,31 @@ pub async fn run(
     let (requests_tx, requests) = mpsc::channel(1024);
     let scheduler = tokio::spawn(scheduling.run(requests, membership, stop.clone()));
     let api = SchedulerApi::new(requests_tx, sagas);
+    let tracker = Tracker::new(api.clone(), stop.clone());
+    let follower = tokio::spawn(tracker.clone().follow(job_events));
+    let grpc_server = match reapi {
+        Some(endpoint) => {
+            tracing::info!(
+                grpc = %endpoint.listener.local_addr().map_err(SchedulerError::Listener)?,
+                cas = %endpoint.stores.dir.display(),
+                "remote execution serving"
+            );
+            let cas = scoot_cas::server(
+                endpoint.stores.cas,
+                endpoint.stores.action_cache,
+                CasConfig {
+                    exec_enabled: true,
+                    ..CasConfig::default()
+                },
+            );
+            Some(tokio::spawn(scoot_cas::serve(
+                endpoint.listener,
+                reapi::routes(cas, tracker),
+                stop.clone().cancelled_owned(),
+            )))
+        }
+        None => None,
+    };
 
     tracing::info!(
         thrift = %thrift.local_addr().map_err(SchedulerError::Listener)?,
@@ -110,6 +149,13 @@ pub async fn run(
     watcher.abort();
     gc.abort();
     let _ = scheduler.await;
+    follower.abort();
+    if let Some(grpc_server) = grpc_server {
+        grpc_server
+            .await
+            .map_err(|e| SchedulerError::Grpc(e.to_string()))?
+            .map_err(|e| SchedulerError::Grpc(e.to_string()))?;
+    }
     thrift_server
         .await
         .map_err(|e| SchedulerError::Thrift(std::io::Error::other(e)))?

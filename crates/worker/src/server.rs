@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scoot_action::{ActionConfig, ReapiActions};
+use scoot_runner::action::ActionRunner;
 use scoot_runner::execer::Dispatch;
 use scoot_runner::execer::os::OsExecer;
 use scoot_runner::execer::sim::SimExecer;
@@ -34,6 +36,8 @@ pub enum WorkerError {
     Http(std::io::Error),
     #[error("{0}")]
     Bundlestore(String),
+    #[error("cannot set up REAPI actions: {0}")]
+    Actions(#[from] scoot_action::ActionError),
 }
 
 /// Everything about a worker that is not a listener.
@@ -53,6 +57,14 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     /// On shutdown, how long the current run may go on before it is aborted.
     pub drain_grace: Duration,
+    /// `-cas_addr`: the REAPI endpoint (the scheduler's gRPC address) REAPI actions fetch their
+    /// inputs from and upload their outputs to; without it, actions are refused.
+    pub cas_addr: Option<String>,
+    /// Where actions' input roots and the local CAS cache go (one filesystem, so inputs are
+    /// hard links); a fresh temporary directory (removed at exit) by default.
+    pub action_dir: Option<PathBuf>,
+    /// Bound of the local CAS cache in bytes.
+    pub cas_cache_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +77,9 @@ impl Default for WorkerConfig {
             retained_outputs: 1000,
             kill_grace: Duration::from_secs(10),
             drain_grace: Duration::from_secs(10),
+            cas_addr: None,
+            action_dir: None,
+            cas_cache_bytes: 4 << 30,
         }
     }
 }
@@ -106,6 +121,34 @@ pub async fn run(
         GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
             .map_err(WorkerError::Bundlestore)?,
     );
+    // Kept until exit: a temporary action directory is removed when this is dropped.
+    let mut temporary_actions = None;
+    let actions: Option<Arc<dyn ActionRunner>> = match &config.cas_addr {
+        Some(cas_addr) => {
+            let dir = match &config.action_dir {
+                Some(dir) => dir.clone(),
+                None => temporary_actions
+                    .insert(
+                        tempfile::Builder::new()
+                            .prefix("scoot-worker-actions")
+                            .tempdir()
+                            .map_err(WorkerError::OutputDir)?,
+                    )
+                    .path()
+                    .to_path_buf(),
+            };
+            let actions = ReapiActions::open(ActionConfig {
+                cas_addr: cas_addr.clone(),
+                work_dir: dir.join("work"),
+                cache_dir: dir.join("cache"),
+                cache_max_bytes: config.cas_cache_bytes,
+                worker_name: http_addr.clone(),
+            })
+            .await?;
+            Some(Arc::new(actions))
+        }
+        None => None,
+    };
     let invoker = Invoker {
         execer: Arc::new(Dispatch {
             os: OsExecer {
@@ -115,6 +158,7 @@ pub async fn run(
             sim: SimExecer,
         }),
         filer: Some(filer.clone()),
+        actions,
         outputs: outputs.clone(),
         statuses: Arc::new(StatusManager::new(1)),
     };
@@ -160,6 +204,7 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Http(std::io::Error::other(e)))?
         .map_err(WorkerError::Http)?;
+    drop(temporary_actions);
     tracing::info!("workerserver stopped");
     Ok(())
 }

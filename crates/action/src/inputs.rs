@@ -1,0 +1,509 @@
+//! Before an action runs: fetching its Action, Command and input tree, checking that every
+//! blob exists, and laying the input root out in a directory of its own.
+//!
+//! Files come from the local [`Cache`] by hard link; blobs the cache lacks are fetched into it
+//! first (small ones in batches written from memory, large ones streamed to disk), each distinct
+//! digest once, a bounded number of fetches at a time.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use prost::Message;
+use scoot_cas_client::{CasClient, MAX_BATCH_BLOB_BYTES, batch_groups};
+use scoot_core::Digest;
+use scoot_proto::reapi::v2;
+use tonic::Code;
+
+use crate::cache::{Cache, Key, link_all};
+use crate::failure::Failure;
+use crate::rules::{self, CommandLayout, OutputKind};
+use crate::under;
+
+/// Largest Action, Command or Directory accepted: these are read whole into memory, and the
+/// size comes from the client.
+const MAX_MESSAGE_BLOB_BYTES: i64 = 64 << 20;
+/// Batch reads and streamed downloads in flight at once.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// An action's messages, fetched and validated.
+pub(crate) struct Inputs {
+    pub action: v2::Action,
+    pub command: v2::Command,
+    pub layout: CommandLayout,
+    pub root: Digest,
+    pub directories: Arc<HashMap<Digest, v2::Directory>>,
+    /// Distinct non-empty file digests in the input tree.
+    pub file_count: usize,
+}
+
+/// Fetches the Action, the Command and every Directory of the input root and checks that each
+/// file is in the local cache or the CAS. Everything missing is reported at once.
+pub(crate) async fn fetch(
+    client: &CasClient,
+    action_digest: &Digest,
+    cache: &Cache,
+) -> Result<Inputs, Failure> {
+    let action: v2::Action = read_message(client, action_digest, "the Action")
+        .await?
+        .ok_or_else(|| Failure::missing(vec![(action_digest.clone(), "the Action")]))?;
+    let command_digest =
+        rules::digest_field(action.command_digest.as_ref(), "Action.command_digest")?;
+    // An absent input root is the empty Directory, whose encoding is the empty blob.
+    let root = match action.input_root_digest.as_ref() {
+        Some(digest) => rules::digest_field(Some(digest), "Action.input_root_digest")?,
+        None => Digest::empty(),
+    };
+    let (command, directories) = tokio::join!(
+        read_message::<v2::Command>(client, &command_digest, "the Command"),
+        fetch_tree(client, &root),
+    );
+    let (command, directories) = (command?, directories?);
+    let layout = command.as_ref().map(rules::validate_command).transpose()?;
+    let summary = rules::validate_tree(&root, &directories)?;
+
+    let mut missing = Vec::new();
+    if command.is_none() {
+        missing.push((command_digest, "the Command"));
+    }
+    missing.extend(
+        summary
+            .missing_directories
+            .into_iter()
+            .map(|d| (d, "an input directory")),
+    );
+    let uncached: Vec<Digest> = summary
+        .files
+        .iter()
+        .filter(|d| !cache.contains(d))
+        .cloned()
+        .collect();
+    let absent = client
+        .find_missing(&uncached)
+        .await
+        .map_err(|e| Failure::cas(e, "checking the input files"))?;
+    missing.extend(absent.into_iter().map(|d| (d, "an input file")));
+    match (command, layout) {
+        (Some(command), Some(layout)) if missing.is_empty() => Ok(Inputs {
+            action,
+            command,
+            layout,
+            root,
+            directories: Arc::new(directories),
+            file_count: summary.files.len(),
+        }),
+        _ => Err(Failure::missing(missing)),
+    }
+}
+
+/// Reads and decodes one message; `None` when the CAS lacks it.
+async fn read_message<M: Message + Default>(
+    client: &CasClient,
+    digest: &Digest,
+    what: &str,
+) -> Result<Option<M>, Failure> {
+    check_message_size(digest, what)?;
+    let read = client
+        .try_read_blobs(std::slice::from_ref(digest))
+        .await
+        .map_err(|e| Failure::cas(e, &format!("reading {what}")))?;
+    let Some((_, data)) = read.blobs.into_iter().next() else {
+        return Ok(None);
+    };
+    M::decode(data)
+        .map(Some)
+        .map_err(|e| Failure::invalid(format!("{what} blobs/{digest} cannot be decoded: {e}")))
+}
+
+fn check_message_size(digest: &Digest, what: &str) -> Result<(), Failure> {
+    if digest.size_bytes > MAX_MESSAGE_BLOB_BYTES {
+        return Err(Failure::invalid(format!(
+            "{what} blobs/{digest} is larger than {MAX_MESSAGE_BLOB_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Every Directory under `root` the CAS has, read level by level (each level in batches);
+/// absent ones are simply not in the map, for [`rules::validate_tree`] to report.
+async fn fetch_tree(
+    client: &CasClient,
+    root: &Digest,
+) -> Result<HashMap<Digest, v2::Directory>, Failure> {
+    let mut directories = HashMap::new();
+    let mut seen = HashSet::from([root.clone()]);
+    let mut level = vec![root.clone()];
+    while !level.is_empty() {
+        for digest in &level {
+            check_message_size(digest, "input directory")?;
+        }
+        let read = client
+            .try_read_blobs(&level)
+            .await
+            .map_err(|e| Failure::cas(e, "reading the input directories"))?;
+        let mut next = Vec::new();
+        for (digest, data) in read.blobs {
+            let directory = v2::Directory::decode(data).map_err(|e| {
+                Failure::invalid(format!(
+                    "input directory blobs/{digest} cannot be decoded: {e}"
+                ))
+            })?;
+            let refs = rules::validate_directory(&directory)
+                .map_err(|e| Failure::invalid(format!("input directory {digest}: {e}")))?;
+            next.extend(
+                refs.directories
+                    .into_iter()
+                    .filter(|child| seen.insert(child.clone())),
+            );
+            directories.insert(digest, directory);
+        }
+        level = next;
+    }
+    Ok(directories)
+}
+
+/// Where one blob goes in the input root.
+struct Wanted {
+    digest: Digest,
+    plain: Vec<PathBuf>,
+    executable: Vec<PathBuf>,
+}
+
+impl Wanted {
+    fn is_done(&self) -> bool {
+        self.plain.is_empty() && self.executable.is_empty()
+    }
+
+    fn destinations(&self, executable: bool) -> &[PathBuf] {
+        if executable {
+            &self.executable
+        } else {
+            &self.plain
+        }
+    }
+}
+
+/// Lays the input tree out under `root_dir` (which exists and is empty), then creates the
+/// working directory and the parents of the outputs.
+pub(crate) async fn materialise(
+    client: &CasClient,
+    cache: &Arc<Cache>,
+    inputs: &Inputs,
+    root_dir: &Path,
+) -> Result<(), Failure> {
+    let (dir, root, directories) = (
+        root_dir.to_path_buf(),
+        inputs.root.clone(),
+        inputs.directories.clone(),
+    );
+    let wanted = tokio::task::spawn_blocking(move || lay_out(&dir, &root, &directories)).await??;
+    let from_cache = cache.clone();
+    let to_fetch = tokio::task::spawn_blocking(move || link_cached(&from_cache, wanted)).await??;
+    fetch_into_cache(client, cache, to_fetch).await?;
+    let (dir, layout) = (root_dir.to_path_buf(), inputs.layout.clone());
+    tokio::task::spawn_blocking(move || prepare_outputs(&dir, &layout)).await?
+}
+
+/// Creates the directories, symlinks and empty files of the tree and returns the files still to
+/// place, by digest. Blocking.
+fn lay_out(
+    root_dir: &Path,
+    root: &Digest,
+    directories: &HashMap<Digest, v2::Directory>,
+) -> Result<Vec<Wanted>, Failure> {
+    let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
+    let mut stack = vec![(root_dir.to_path_buf(), root.clone())];
+    while let Some((path, digest)) = stack.pop() {
+        let directory = directories.get(&digest).ok_or_else(|| {
+            Failure::internal(format!("input directory {digest} was not fetched"))
+        })?;
+        // Identical repeated entries are allowed (rules::validate_directory); the first wins.
+        let mut names = HashSet::new();
+        for file in &directory.files {
+            if !names.insert(file.name.as_str()) {
+                continue;
+            }
+            let digest = rules::digest_field(file.digest.as_ref(), "file")?;
+            let target = path.join(&file.name);
+            if digest.is_empty_blob() {
+                create_empty(&target, file.is_executable)
+                    .map_err(|e| Failure::io(&e, format!("creating {}", target.display())))?;
+                continue;
+            }
+            let entry = wanted.entry(digest.clone()).or_insert_with(|| Wanted {
+                digest,
+                plain: Vec::new(),
+                executable: Vec::new(),
+            });
+            if file.is_executable {
+                entry.executable.push(target);
+            } else {
+                entry.plain.push(target);
+            }
+        }
+        for link in &directory.symlinks {
+            if names.insert(link.name.as_str()) {
+                let target = path.join(&link.name);
+                std::os::unix::fs::symlink(&link.target, &target)
+                    .map_err(|e| Failure::io(&e, format!("creating {}", target.display())))?;
+            }
+        }
+        for child in &directory.directories {
+            if names.insert(child.name.as_str()) {
+                let child_path = path.join(&child.name);
+                fs::create_dir(&child_path)
+                    .map_err(|e| Failure::io(&e, format!("creating {}", child_path.display())))?;
+                stack.push((
+                    child_path,
+                    rules::digest_field(child.digest.as_ref(), "directory")?,
+                ));
+            }
+        }
+    }
+    Ok(wanted.into_values().collect())
+}
+
+/// An empty input file, with the modes cached files have (no blob to link to).
+fn create_empty(path: &Path, executable: bool) -> std::io::Result<()> {
+    fs::File::create_new(path)?;
+    let mode = if executable { 0o555 } else { 0o444 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// Links every file the cache has, copies blobs the cache has only in the other mode, and
+/// returns what remains to fetch. Blocking.
+fn link_cached(cache: &Cache, wanted: Vec<Wanted>) -> Result<Vec<Wanted>, Failure> {
+    let mut to_fetch = Vec::new();
+    for mut want in wanted {
+        for executable in [false, true] {
+            if want.destinations(executable).is_empty() {
+                continue;
+            }
+            let key = Key {
+                digest: want.digest.clone(),
+                executable,
+            };
+            if let Some(path) = cache.acquire(&key) {
+                let linked = link_all(&path, want.destinations(executable));
+                cache.release(&key);
+                linked.map_err(|e| link_failure(&e, &want.digest))?;
+                if executable {
+                    want.executable.clear();
+                } else {
+                    want.plain.clear();
+                }
+            }
+        }
+        if want.is_done() {
+            continue;
+        }
+        // The modes still wanted are not cached, so any entry found is the other mode's.
+        let other = [false, true].into_iter().find_map(|executable| {
+            let key = Key {
+                digest: want.digest.clone(),
+                executable,
+            };
+            cache.acquire(&key).map(|path| (key, path))
+        });
+        match other {
+            Some((key, path)) => {
+                let temp = cache.temp_path();
+                let copied = fs::copy(&path, &temp);
+                cache.release(&key);
+                copied.map_err(|e| {
+                    let _ = fs::remove_file(&temp);
+                    Failure::io(&e, format!("copying {}", path.display()))
+                })?;
+                install(cache, &want, temp)?;
+            }
+            None => to_fetch.push(want),
+        }
+    }
+    Ok(to_fetch)
+}
+
+/// Puts `temp`, a verified copy of the blob, into the cache in every mode still wanted and links
+/// the destinations. Blocking.
+fn install(cache: &Cache, want: &Wanted, temp: PathBuf) -> Result<(), Failure> {
+    let modes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|&executable| !want.destinations(executable).is_empty())
+        .collect();
+    let mut file = temp;
+    for (i, &executable) in modes.iter().enumerate() {
+        let key = Key {
+            digest: want.digest.clone(),
+            executable,
+        };
+        let path = cache.insert(&key, &file).map_err(|e| {
+            let _ = fs::remove_file(&file);
+            Failure::io(&e, format!("adding blobs/{} to the cache", want.digest))
+        })?;
+        // The other mode needs its own inode: copy this entry while it is pinned.
+        let next = if i + 1 < modes.len() {
+            let copy = cache.temp_path();
+            if let Err(e) = fs::copy(&path, &copy) {
+                cache.release(&key);
+                let _ = fs::remove_file(&copy);
+                return Err(Failure::io(&e, format!("copying {}", path.display())));
+            }
+            Some(copy)
+        } else {
+            None
+        };
+        let linked = link_all(&path, want.destinations(executable));
+        cache.release(&key);
+        linked.map_err(|e| link_failure(&e, &want.digest))?;
+        if let Some(next) = next {
+            file = next;
+        }
+    }
+    Ok(())
+}
+
+fn link_failure(error: &std::io::Error, digest: &Digest) -> Failure {
+    Failure::io(error, format!("placing input file blobs/{digest}"))
+}
+
+/// Fetches the blobs into the cache and links them; FAILED_PRECONDITION if some vanished from
+/// the CAS since it was checked.
+async fn fetch_into_cache(
+    client: &CasClient,
+    cache: &Arc<Cache>,
+    wanted: Vec<Wanted>,
+) -> Result<(), Failure> {
+    let (small, large): (Vec<Wanted>, Vec<Wanted>) = wanted
+        .into_iter()
+        .partition(|w| u64::try_from(w.digest.size_bytes).unwrap_or(0) <= MAX_BATCH_BLOB_BYTES);
+    let mut small: HashMap<Digest, Wanted> =
+        small.into_iter().map(|w| (w.digest.clone(), w)).collect();
+    let mut jobs: Vec<BoxFuture<'_, Result<Vec<Digest>, Failure>>> = Vec::new();
+    let groups = batch_groups(small.keys());
+    for group in groups {
+        let group: Vec<Wanted> = group.iter().filter_map(|d| small.remove(d)).collect();
+        jobs.push(fetch_batch(client, cache.clone(), group).boxed());
+    }
+    for want in large {
+        jobs.push(fetch_large(client, cache.clone(), want).boxed());
+    }
+    let missing: Vec<Vec<Digest>> = futures::stream::iter(jobs)
+        .buffer_unordered(FETCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let missing: Vec<(Digest, &'static str)> = missing
+        .into_iter()
+        .flatten()
+        .map(|d| (d, "an input file"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::missing(missing))
+    }
+}
+
+/// One batch of small blobs: read into memory, written to temporary files, installed. Returns
+/// the digests the CAS lacked.
+async fn fetch_batch(
+    client: &CasClient,
+    cache: Arc<Cache>,
+    group: Vec<Wanted>,
+) -> Result<Vec<Digest>, Failure> {
+    let digests: Vec<Digest> = group.iter().map(|w| w.digest.clone()).collect();
+    let read = client
+        .try_read_blobs(&digests)
+        .await
+        .map_err(|e| Failure::cas(e, "fetching input files"))?;
+    let mut data: HashMap<Digest, Bytes> = read.blobs.into_iter().collect();
+    tokio::task::spawn_blocking(move || {
+        for want in group {
+            let Some(bytes) = data.remove(&want.digest) else {
+                continue;
+            };
+            let temp = cache.temp_path();
+            fs::write(&temp, &bytes)
+                .map_err(|e| Failure::io(&e, format!("writing {}", temp.display())))?;
+            install(&cache, &want, temp)?;
+        }
+        Ok::<_, Failure>(())
+    })
+    .await??;
+    Ok(read.missing)
+}
+
+/// One large blob, streamed to a temporary file in the cache, then installed.
+async fn fetch_large(
+    client: &CasClient,
+    cache: Arc<Cache>,
+    want: Wanted,
+) -> Result<Vec<Digest>, Failure> {
+    let temp = cache.temp_path();
+    match client.download_to_file(&want.digest, &temp).await {
+        Ok(()) => {}
+        Err(e) if e.code == Code::NotFound => return Ok(vec![want.digest]),
+        Err(e) => {
+            return Err(Failure::cas(
+                e,
+                &format!("fetching input file blobs/{}", want.digest),
+            ));
+        }
+    }
+    tokio::task::spawn_blocking(move || install(&cache, &want, temp)).await??;
+    Ok(Vec::new())
+}
+
+/// Creates the working directory, the parents of every output and, for outputs declared in
+/// `output_directories`, the directory itself (Bazel creates those for tree artifacts when it
+/// runs an action locally, and actions rely on it). Blocking.
+fn prepare_outputs(root: &Path, layout: &CommandLayout) -> Result<(), Failure> {
+    let create = |relative: &str| {
+        let path = under(root, relative);
+        fs::create_dir_all(&path)
+            .map_err(|e| Failure::io(&e, format!("creating {}", path.display())))
+    };
+    create(&layout.working_directory)?;
+    for output in &layout.outputs {
+        if output.kind == OutputKind::Directory {
+            create(&output.resolved)?;
+        } else if let Some((parent, _)) = output.resolved.rsplit_once('/') {
+            create(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes an action's directory, even where the action took away write permission from its
+/// directories. Blocking.
+pub(crate) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(path);
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(
+        dir,
+        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_writable(&entry.path());
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Runs REAPI actions on a worker: the [`ActionRunner`] behind runs whose command is an encoded
+//! `ExecuteRequest`.
+//!
+//! [`ReapiActions::prepare`](ActionRunner::prepare) fetches the Action, the Command and the whole
+//! input tree (Directory messages level by level, in batches), validates them with [`rules`],
+//! checks that every input blob exists, lays the input root out in a fresh directory under
+//! [`ActionConfig::work_dir`] and creates the parents of the outputs. The process is then run
+//! by the runner from the returned [`ActionSpec`]: exactly the Command's arguments and
+//! environment, in its working directory. [`PreparedAction::finish`] collects the declared
+//! outputs, uploads them with stdout and stderr, writes the action cache and returns the
+//! `ExecuteResponse`; [`PreparedAction::release`] removes the directory.
+//!
+//! Invariants:
+//! * Input files are hard links to a local, size-bounded CAS cache in
+//!   [`ActionConfig::cache_dir`] (see `cache`): read-only, one entry per blob and mode, fetched
+//!   once and verified before any action sees it. The cache is emptied at open. `open` refuses
+//!   a cache on another filesystem than the work directory, where links are impossible.
+//! * A failure reaches the client as an `ExecuteResponse` status: missing blobs are
+//!   FAILED_PRECONDITION with one `MISSING` violation per blob (all of them, not the first),
+//!   invalid actions INVALID_ARGUMENT, CAS trouble UNAVAILABLE or INTERNAL.
+//! * A result goes into the action cache only when the action exited 0, did not ask for
+//!   `do_not_cache`, and all its outputs were uploaded; failing to write the cache is logged,
+//!   not fatal.
+//! * Filesystem work runs on tokio's blocking pool. The CAS connection is made lazily, so a
+//!   worker can start before its CAS server.
+//! * `ExecutedActionMetadata` records every phase: worker start, input fetch, execution (end of
+//!   prepare to start of finish), output upload, worker completion. The queued time is the
+//!   scheduler's to fill.
+
+pub mod rules;
+
+mod cache;
+mod failure;
+mod inputs;
+mod outputs;
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use prost::Message;
+use scoot_cas_client::{CasClient, ClientError};
+use scoot_core::{Digest, LogTags, exit_code};
+use scoot_proto::reapi::v2;
+use scoot_proto::{prost_types, rpc};
+use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedAction};
+use tracing::Instrument;
+
+use crate::cache::Cache;
+use crate::failure::Failure;
+use crate::rules::CommandLayout;
+
+/// The ExecuteResponse for an action whose blobs the CAS lacks: FAILED_PRECONDITION with one
+/// `MISSING` violation per blob (`what` says what each was meant to be), so a client can upload
+/// them all and retry once. The scheduler answers this before queueing such an action.
+pub fn missing_blobs_response(missing: Vec<(Digest, &'static str)>) -> v2::ExecuteResponse {
+    Failure::missing(missing).response()
+}
+
+/// Per-action directories in the work directory are named with this prefix; leftovers of an
+/// earlier process are removed at open.
+const ACTION_DIR_PREFIX: &str = "action-";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionConfig {
+    /// The CAS and action cache (`host:port` or `http://host:port`).
+    pub cas_addr: String,
+    /// Per-action directories are created under here.
+    pub work_dir: PathBuf,
+    /// The local CAS cache; must be on the same filesystem as `work_dir`.
+    pub cache_dir: PathBuf,
+    /// Bound on the cached blobs' total size.
+    pub cache_max_bytes: u64,
+    /// Reported as `ExecutedActionMetadata.worker`.
+    pub worker_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the cache directory {cache_dir} and the work directory {work_dir} are on different \
+         filesystems; inputs are hard-linked from the cache, so they must share one"
+    )]
+    DifferentFilesystems {
+        cache_dir: PathBuf,
+        work_dir: PathBuf,
+    },
+    #[error("CAS address: {0}")]
+    Cas(#[from] ClientError),
+    #[error("setting up the directories failed: {0}")]
+    Setup(#[from] tokio::task::JoinError),
+}
+
+/// The worker's [`ActionRunner`]. Cloning is cheap; clones share the cache and connection.
+#[derive(Clone)]
+pub struct ReapiActions {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    /// For the empty instance name; each action uses its request's.
+    client: CasClient,
+    cache: Arc<Cache>,
+    work_dir: PathBuf,
+    worker_name: String,
+}
+
+impl ReapiActions {
+    /// Creates the directories, empties the cache, removes action directories left by an
+    /// earlier process and sets up a lazy connection to the CAS (which need not be up yet).
+    pub async fn open(config: ActionConfig) -> Result<ReapiActions, ActionError> {
+        let client = CasClient::connect_lazy(&config.cas_addr, "")?;
+        let (work_dir, cache_dir) = (config.work_dir.clone(), config.cache_dir.clone());
+        let max_bytes = config.cache_max_bytes;
+        let cache =
+            tokio::task::spawn_blocking(move || set_up(&work_dir, &cache_dir, max_bytes)).await??;
+        Ok(ReapiActions {
+            inner: Arc::new(Shared {
+                client,
+                cache: Arc::new(cache),
+                work_dir: config.work_dir,
+                worker_name: config.worker_name,
+            }),
+        })
+    }
+
+    async fn prepare_action(
+        &self,
+        request: &[u8],
+        span: tracing::Span,
+    ) -> Result<PreparedReapiAction, Failure> {
+        let shared = &self.inner;
+        let mut metadata = v2::ExecutedActionMetadata {
+            worker: shared.worker_name.clone(),
+            worker_start_timestamp: now(),
+            ..Default::default()
+        };
+        let request = v2::ExecuteRequest::decode(request)
+            .map_err(|e| Failure::invalid(format!("the ExecuteRequest cannot be decoded: {e}")))?;
+        if ![
+            v2::digest_function::Value::Unknown as i32,
+            v2::digest_function::Value::Sha256 as i32,
+        ]
+        .contains(&request.digest_function)
+        {
+            return Err(Failure::invalid(format!(
+                "digest function {} is not supported; this worker uses SHA256",
+                request.digest_function
+            )));
+        }
+        let action_digest = rules::digest_field(
+            request.action_digest.as_ref(),
+            "ExecuteRequest.action_digest",
+        )?;
+        let client = shared.client.with_instance(&request.instance_name);
+        metadata.input_fetch_start_timestamp = now();
+        let inputs = inputs::fetch(&client, &action_digest, &shared.cache).await?;
+
+        let dir = shared
+            .work_dir
+            .join(format!("{ACTION_DIR_PREFIX}{}", uuid::Uuid::new_v4()));
+        let created = dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir(&created))
+            .await?
+            .map_err(|e| Failure::io(&e, format!("creating {}", dir.display())))?;
+        if let Err(failure) = inputs::materialise(&client, &shared.cache, &inputs, &dir).await {
+            remove_action_dir(dir).await;
+            return Err(failure);
+        }
+        metadata.input_fetch_completed_timestamp = now();
+        tracing::info!(
+            action = %action_digest,
+            instance = %request.instance_name,
+            directories = inputs.directories.len(),
+            files = inputs.file_count,
+            cache_bytes = shared.cache.used_bytes(),
+            "inputs ready"
+        );
+        let command = &inputs.command;
+        let spec = ActionSpec {
+            argv: command.arguments.clone(),
+            env: command
+                .environment_variables
+                .iter()
+                .map(|var| (var.name.clone(), var.value.clone()))
+                .collect(),
+            dir: under(&dir, &inputs.layout.working_directory),
+        };
+        metadata.execution_start_timestamp = now();
+        Ok(PreparedReapiAction {
+            spec,
+            client,
+            action_digest,
+            do_not_cache: inputs.action.do_not_cache,
+            layout: inputs.layout,
+            dir,
+            metadata,
+            span,
+        })
+    }
+}
+
+/// The blocking part of [`ReapiActions::open`].
+fn set_up(work_dir: &Path, cache_dir: &Path, max_bytes: u64) -> Result<Cache, ActionError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ActionError::Io { path, source }
+    };
+    for dir in [work_dir, cache_dir] {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).map_err(io(dir));
+    if device(work_dir)? != device(cache_dir)? {
+        return Err(ActionError::DifferentFilesystems {
+            cache_dir: cache_dir.to_path_buf(),
+            work_dir: work_dir.to_path_buf(),
+        });
+    }
+    for entry in std::fs::read_dir(work_dir).map_err(io(work_dir))? {
+        let path = entry.map_err(io(work_dir))?.path();
+        let ours = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(ACTION_DIR_PREFIX));
+        if ours && let Err(e) = inputs::remove_tree(&path) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove an old action directory");
+        }
+    }
+    Cache::open(cache_dir, max_bytes).map_err(io(cache_dir))
+}
+
+#[async_trait]
+impl ActionRunner for ReapiActions {
+    async fn prepare(
+        &self,
+        request: &[u8],
+        tags: &LogTags,
+    ) -> Result<Box<dyn PreparedAction>, ActionFailure> {
+        let span = tracing::info_span!(
+            "action",
+            job_id = %tags.job_id,
+            task_id = %tags.task_id,
+            tag = %tags.tag
+        );
+        match self
+            .prepare_action(request, span.clone())
+            .instrument(span.clone())
+            .await
+        {
+            Ok(prepared) => Ok(Box::new(prepared)),
+            Err(failure) => {
+                span.in_scope(|| {
+                    tracing::warn!(code = ?failure.code, "cannot prepare the action: {}", failure.message)
+                });
+                Err(failure.into_action_failure(exit_code::CHECKOUT_FAILURE))
+            }
+        }
+    }
+}
+
+struct PreparedReapiAction {
+    spec: ActionSpec,
+    /// For the request's instance name.
+    client: CasClient,
+    action_digest: Digest,
+    do_not_cache: bool,
+    layout: CommandLayout,
+    /// The input root.
+    dir: PathBuf,
+    metadata: v2::ExecutedActionMetadata,
+    span: tracing::Span,
+}
+
+impl PreparedReapiAction {
+    async fn finish_action(
+        &mut self,
+        exit_code: i32,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<Vec<u8>, Failure> {
+        self.metadata.execution_completed_timestamp = now();
+        self.metadata.output_upload_start_timestamp = now();
+        let (dir, layout) = (self.dir.clone(), self.layout.clone());
+        let (stdout, stderr) = (stdout.to_path_buf(), stderr.to_path_buf());
+        let collected =
+            tokio::task::spawn_blocking(move || outputs::collect(&dir, &layout, &stdout, &stderr))
+                .await??;
+        let (files, trees) = tokio::join!(
+            self.client.upload_files(collected.files),
+            self.client.upload_blobs(collected.trees),
+        );
+        files.map_err(|e| Failure::cas(e, "uploading the outputs"))?;
+        trees.map_err(|e| Failure::cas(e, "uploading the output trees"))?;
+        self.metadata.output_upload_completed_timestamp = now();
+
+        let mut result = collected.result;
+        result.exit_code = exit_code;
+        self.metadata.worker_completed_timestamp = now();
+        result.execution_metadata = Some(self.metadata.clone());
+        if self.do_not_cache || exit_code != 0 {
+            tracing::debug!(
+                exit_code,
+                do_not_cache = self.do_not_cache,
+                "result not cached"
+            );
+        } else if let Err(e) = self
+            .client
+            .update_action_result(&self.action_digest, &result)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the action cache");
+        }
+        tracing::info!(
+            action = %self.action_digest,
+            exit_code,
+            files = result.output_files.len(),
+            directories = result.output_directories.len(),
+            symlinks = result.output_symlinks.len(),
+            "action finished"
+        );
+        let response = v2::ExecuteResponse {
+            result: Some(result),
+            cached_result: false,
+            status: Some(rpc::Status::default()),
+            ..Default::default()
+        };
+        Ok(response.encode_to_vec())
+    }
+}
+
+#[async_trait]
+impl PreparedAction for PreparedReapiAction {
+    fn spec(&self) -> &ActionSpec {
+        &self.spec
+    }
+
+    async fn finish(
+        &mut self,
+        exit_code: i32,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<Vec<u8>, ActionFailure> {
+        let span = self.span.clone();
+        let finished = self
+            .finish_action(exit_code, stdout, stderr)
+            .instrument(span.clone())
+            .await;
+        finished.map_err(|failure| {
+            span.in_scope(|| {
+                tracing::warn!(code = ?failure.code, "cannot finish the action: {}", failure.message)
+            });
+            failure.into_action_failure(exit_code::POST_PROCESSING_FAILURE)
+        })
+    }
+
+    async fn release(self: Box<Self>) {
+        let span = self.span.clone();
+        remove_action_dir(self.dir).instrument(span).await;
+    }
+}
+
+async fn remove_action_dir(dir: PathBuf) {
+    let shown = dir.display().to_string();
+    let removed = tokio::task::spawn_blocking(move || inputs::remove_tree(&dir)).await;
+    let error = match removed {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(dir = %shown, %error, "cannot remove the action directory");
+}
+
+/// `relative` (a normal form from [`rules`]) under `root`; the empty path is `root` itself
+/// (`Path::join("")` would add a trailing slash).
+pub(crate) fn under(root: &Path, relative: &str) -> PathBuf {
+    if relative.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(relative)
+    }
+}
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(SystemTime::now().into())
+}

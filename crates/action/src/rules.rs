@@ -1,0 +1,492 @@
+//! What an action must satisfy before it runs, as pure functions (no I/O, no clock), so the
+//! scheduler can apply the same rules before it queues an action as the worker applies before it
+//! runs one.
+//!
+//! * Names in a `Directory` (files, directories, symlinks) are single path segments: not empty,
+//!   not `.` or `..`, without `/` or NUL. Entries need not be sorted and may repeat if the
+//!   repeats are identical; two different entries with one name are refused.
+//! * Paths in a `Command` (`working_directory`, outputs) are relative, `/`-separated and are
+//!   resolved lexically: empty and `.` segments are dropped, `..` goes up, and going above the
+//!   input root is refused. The empty path is the working directory itself, allowed for output
+//!   directories and `output_paths` (REAPI's "capture the whole working directory"), refused for
+//!   output files.
+//! * Strings handed to the operating system (arguments, environment, symlink targets) contain
+//!   no NUL, which exec and symlink cannot express.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use scoot_core::Digest;
+use scoot_proto::reapi::v2;
+
+/// Why an action is invalid (it becomes INVALID_ARGUMENT for the client).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A name in a `Directory`: one path segment.
+pub fn validate_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(Invalid(format!(
+            "invalid name {name:?}: a name is one path segment, not empty, \".\" or \"..\", \
+             without '/' or NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// A relative path resolved lexically from the input root: its normal form (segments joined by
+/// `/`, `""` for the root itself).
+pub fn validate_relative_path(path: &str) -> Result<String, Invalid> {
+    resolve("", path)
+}
+
+/// Resolves `path` against `base` (a normal form), refusing absolute paths, NUL and paths that
+/// leave the input root.
+fn resolve(base: &str, path: &str) -> Result<String, Invalid> {
+    if path.starts_with('/') {
+        return Err(Invalid(format!(
+            "invalid path {path:?}: must be relative to the input root"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(Invalid(format!("invalid path {path:?}: contains NUL")));
+    }
+    let mut segments: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(Invalid(format!(
+                        "invalid path {path:?}: leaves the input root"
+                    )));
+                }
+            }
+            name => segments.push(name),
+        }
+    }
+    Ok(segments.join("/"))
+}
+
+/// How an output was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// `Command.output_files` (REAPI 2.0).
+    File,
+    /// `Command.output_directories` (REAPI 2.0).
+    Directory,
+    /// `Command.output_paths` (REAPI 2.1+): a file, directory or symlink, whichever appears.
+    Path,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredOutput {
+    /// As the Command gives it, relative to the working directory; results use this form.
+    pub path: String,
+    /// Normal form relative to the input root.
+    pub resolved: String,
+    pub kind: OutputKind,
+}
+
+/// Where a Command runs and what it leaves behind, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandLayout {
+    /// Normal form relative to the input root.
+    pub working_directory: String,
+    /// `output_paths` when the Command has any, otherwise `output_files` then
+    /// `output_directories` (REAPI: the legacy fields are ignored when `output_paths` is set).
+    pub outputs: Vec<DeclaredOutput>,
+}
+
+/// An output path relative to the working directory `working_directory` (a normal form),
+/// resolved from the input root.
+pub fn output_path(
+    working_directory: &str,
+    path: &str,
+    kind: OutputKind,
+) -> Result<String, Invalid> {
+    let resolved =
+        resolve(working_directory, path).map_err(|e| Invalid(format!("output {}", e.0)))?;
+    if kind == OutputKind::File && resolved == working_directory {
+        return Err(Invalid(format!(
+            "invalid output file {path:?}: names the working directory itself"
+        )));
+    }
+    Ok(resolved)
+}
+
+/// Checks a Command: arguments present, arguments and environment expressible to exec, and
+/// every path inside the input root.
+pub fn validate_command(command: &v2::Command) -> Result<CommandLayout, Invalid> {
+    match command.arguments.first() {
+        None => return Err(Invalid("the Command has no arguments".into())),
+        Some(program) if program.is_empty() => {
+            return Err(Invalid("the Command's first argument is empty".into()));
+        }
+        Some(_) => {}
+    }
+    if let Some(arg) = command.arguments.iter().find(|a| a.contains('\0')) {
+        return Err(Invalid(format!("argument {arg:?} contains NUL")));
+    }
+    for var in &command.environment_variables {
+        if var.name.is_empty() || var.name.contains(['=', '\0']) || var.value.contains('\0') {
+            return Err(Invalid(format!(
+                "invalid environment variable {:?}={:?}: the name must be non-empty and \
+                 without '=', and neither may contain NUL",
+                var.name, var.value
+            )));
+        }
+    }
+    let working_directory = resolve("", &command.working_directory)
+        .map_err(|e| Invalid(format!("working_directory: {e}")))?;
+    let declared: Vec<(&String, OutputKind)> = if command.output_paths.is_empty() {
+        let files = command.output_files.iter().map(|p| (p, OutputKind::File));
+        let dirs = command
+            .output_directories
+            .iter()
+            .map(|p| (p, OutputKind::Directory));
+        files.chain(dirs).collect()
+    } else {
+        command
+            .output_paths
+            .iter()
+            .map(|p| (p, OutputKind::Path))
+            .collect()
+    };
+    let outputs = declared
+        .into_iter()
+        .map(|(path, kind)| {
+            Ok(DeclaredOutput {
+                path: path.clone(),
+                resolved: output_path(&working_directory, path, kind)?,
+                kind,
+            })
+        })
+        .collect::<Result<_, Invalid>>()?;
+    Ok(CommandLayout {
+        working_directory,
+        outputs,
+    })
+}
+
+/// A digest field that must be present and well formed; `what` names it in the error.
+pub fn digest_field(digest: Option<&v2::Digest>, what: &str) -> Result<Digest, Invalid> {
+    let digest = digest.ok_or_else(|| Invalid(format!("{what}: no digest given")))?;
+    Digest::new(digest.hash.clone(), digest.size_bytes).map_err(|e| Invalid(format!("{what}: {e}")))
+}
+
+/// The blobs one Directory refers to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryRefs {
+    pub files: Vec<Digest>,
+    pub directories: Vec<Digest>,
+}
+
+/// Checks one Directory's entries and returns the digests they name.
+pub fn validate_directory(directory: &v2::Directory) -> Result<DirectoryRefs, Invalid> {
+    let mut entries = HashMap::new();
+    let mut refs = DirectoryRefs::default();
+    for file in &directory.files {
+        let digest = digest_field(file.digest.as_ref(), &format!("file {:?}", file.name))?;
+        refs.files.push(digest.clone());
+        add_entry(
+            &mut entries,
+            &file.name,
+            Entry::File(digest, file.is_executable),
+        )?;
+    }
+    for dir in &directory.directories {
+        let digest = digest_field(dir.digest.as_ref(), &format!("directory {:?}", dir.name))?;
+        refs.directories.push(digest.clone());
+        add_entry(&mut entries, &dir.name, Entry::Directory(digest))?;
+    }
+    for link in &directory.symlinks {
+        if link.target.is_empty() || link.target.contains('\0') {
+            return Err(Invalid(format!(
+                "symlink {:?} has an empty target or one containing NUL",
+                link.name
+            )));
+        }
+        add_entry(&mut entries, &link.name, Entry::Symlink(&link.target))?;
+    }
+    Ok(refs)
+}
+
+/// One entry of a Directory, to tell a harmless repeat from a conflict.
+#[derive(PartialEq)]
+enum Entry<'a> {
+    File(Digest, bool),
+    Directory(Digest),
+    Symlink(&'a str),
+}
+
+fn add_entry<'a>(
+    entries: &mut HashMap<&'a str, Entry<'a>>,
+    name: &'a str,
+    entry: Entry<'a>,
+) -> Result<(), Invalid> {
+    validate_name(name)?;
+    match entries.get(name) {
+        Some(existing) if *existing != entry => {
+            Err(Invalid(format!("two different entries are named {name:?}")))
+        }
+        _ => {
+            entries.insert(name, entry);
+            Ok(())
+        }
+    }
+}
+
+/// What a whole input tree needs from the CAS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// Directories reachable from the root but absent from the map (the root included).
+    pub missing_directories: Vec<Digest>,
+    /// Every distinct file digest in the tree except the empty blob, in the order first met
+    /// (breadth first): the blobs to check for in the CAS.
+    pub files: Vec<Digest>,
+}
+
+/// Checks every Directory reachable from `root` in `directories`, each distinct one once, and
+/// lists what the tree needs. Stops at the first invalid Directory.
+pub fn validate_tree(
+    root: &Digest,
+    directories: &HashMap<Digest, v2::Directory>,
+) -> Result<TreeSummary, Invalid> {
+    let mut summary = TreeSummary::default();
+    let mut seen_dirs = HashSet::from([root.clone()]);
+    let mut seen_files = HashSet::new();
+    let mut queue = VecDeque::from([root.clone()]);
+    while let Some(digest) = queue.pop_front() {
+        let Some(directory) = directories.get(&digest) else {
+            summary.missing_directories.push(digest);
+            continue;
+        };
+        let refs = validate_directory(directory)
+            .map_err(|e| Invalid(format!("input directory {digest}: {e}")))?;
+        for file in refs.files {
+            if !file.is_empty_blob() && seen_files.insert(file.clone()) {
+                summary.files.push(file);
+            }
+        }
+        for child in refs.directories {
+            if seen_dirs.insert(child.clone()) {
+                queue.push_back(child);
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use scoot_cas_client::{digest_of, encode, to_proto};
+
+    use super::*;
+
+    fn file(name: &str, content: &[u8]) -> v2::FileNode {
+        v2::FileNode {
+            name: name.into(),
+            digest: Some(to_proto(&digest_of(content))),
+            ..Default::default()
+        }
+    }
+
+    fn dir_node(name: &str, digest: &Digest) -> v2::DirectoryNode {
+        v2::DirectoryNode {
+            name: name.into(),
+            digest: Some(to_proto(digest)),
+        }
+    }
+
+    #[test]
+    fn names_are_single_segments() {
+        for good in ["a", "a.b", "...", ".hidden", "with space", "ü"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_inside_the_root() {
+        assert_eq!(validate_relative_path("").unwrap(), "");
+        assert_eq!(validate_relative_path("a/./b//c/").unwrap(), "a/b/c");
+        assert_eq!(validate_relative_path("a/../b").unwrap(), "b");
+        for bad in ["/abs", "..", "a/../..", "a/\0"] {
+            assert!(validate_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            output_path("sub", "../out/x", OutputKind::File).unwrap(),
+            "out/x"
+        );
+        assert!(output_path("sub", "../../x", OutputKind::File).is_err());
+        assert!(output_path("sub", "/etc/passwd", OutputKind::Path).is_err());
+        assert_eq!(
+            output_path("sub", "", OutputKind::Directory).unwrap(),
+            "sub"
+        );
+        assert_eq!(output_path("sub", "", OutputKind::Path).unwrap(), "sub");
+        for bad_file in ["", ".", "x/.."] {
+            assert!(
+                output_path("sub", bad_file, OutputKind::File).is_err(),
+                "{bad_file:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_are_checked_and_laid_out() {
+        let command = v2::Command {
+            arguments: vec!["cc".into()],
+            working_directory: "pkg".into(),
+            output_files: vec!["a.o".into()],
+            output_directories: vec!["gen".into()],
+            ..Default::default()
+        };
+        let layout = validate_command(&command).unwrap();
+        assert_eq!(layout.working_directory, "pkg");
+        let outputs: Vec<(&str, &str, OutputKind)> = layout
+            .outputs
+            .iter()
+            .map(|o| (o.path.as_str(), o.resolved.as_str(), o.kind))
+            .collect();
+        assert_eq!(
+            outputs,
+            vec![
+                ("a.o", "pkg/a.o", OutputKind::File),
+                ("gen", "pkg/gen", OutputKind::Directory)
+            ]
+        );
+        // output_paths replaces the legacy fields.
+        let modern = v2::Command {
+            output_paths: vec!["x".into()],
+            ..command.clone()
+        };
+        let layout = validate_command(&modern).unwrap();
+        assert_eq!(layout.outputs.len(), 1);
+        assert_eq!(layout.outputs[0].kind, OutputKind::Path);
+
+        let bad = |f: fn(&mut v2::Command)| {
+            let mut c = command.clone();
+            f(&mut c);
+            validate_command(&c).unwrap_err()
+        };
+        bad(|c| c.arguments.clear());
+        bad(|c| c.working_directory = "/abs".into());
+        bad(|c| c.working_directory = "..".into());
+        bad(|c| c.output_files = vec!["../../escape".into()]);
+        bad(|c| c.output_directories = vec!["/abs".into()]);
+        bad(|c| c.output_paths = vec!["ok".into(), "../../x".into()]);
+        bad(|c| c.arguments.push("a\0b".into()));
+        bad(|c| {
+            c.environment_variables
+                .push(v2::command::EnvironmentVariable {
+                    name: "A=B".into(),
+                    value: String::new(),
+                })
+        });
+    }
+
+    #[test]
+    fn directories_refuse_bad_names_and_conflicts_but_tolerate_repeats() {
+        for bad in ["", ".", "..", "a/b"] {
+            let d = v2::Directory {
+                files: vec![file(bad, b"x")],
+                ..Default::default()
+            };
+            assert!(validate_directory(&d).is_err(), "{bad:?}");
+            let d = v2::Directory {
+                directories: vec![dir_node(bad, &Digest::empty())],
+                ..Default::default()
+            };
+            assert!(validate_directory(&d).is_err(), "{bad:?}");
+            let d = v2::Directory {
+                symlinks: vec![v2::SymlinkNode {
+                    name: bad.into(),
+                    target: "t".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            assert!(validate_directory(&d).is_err(), "{bad:?}");
+        }
+        // Unsorted and repeated identically: fine.
+        let ok = v2::Directory {
+            files: vec![file("b", b"1"), file("a", b"2"), file("b", b"1")],
+            ..Default::default()
+        };
+        assert_eq!(validate_directory(&ok).unwrap().files.len(), 3);
+        // One name, two different things.
+        let conflict = v2::Directory {
+            files: vec![file("a", b"1")],
+            directories: vec![dir_node("a", &Digest::empty())],
+            ..Default::default()
+        };
+        assert!(validate_directory(&conflict).is_err());
+        let missing_digest = v2::Directory {
+            files: vec![v2::FileNode {
+                name: "f".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(validate_directory(&missing_digest).is_err());
+        let empty_target = v2::Directory {
+            symlinks: vec![v2::SymlinkNode {
+                name: "l".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(validate_directory(&empty_target).is_err());
+    }
+
+    #[test]
+    fn trees_list_missing_directories_and_distinct_files() {
+        let leaf = v2::Directory {
+            files: vec![file("x", b"shared"), file("empty", b"")],
+            ..Default::default()
+        };
+        let (leaf_digest, _) = encode(&leaf);
+        let absent = digest_of(b"not a directory we have");
+        let root = v2::Directory {
+            files: vec![file("top", b"shared"), file("other", b"other")],
+            directories: vec![
+                dir_node("a", &leaf_digest),
+                dir_node("b", &leaf_digest),
+                dir_node("gone", &absent),
+            ],
+            ..Default::default()
+        };
+        let (root_digest, _) = encode(&root);
+        let map = HashMap::from([(root_digest.clone(), root), (leaf_digest, leaf)]);
+        let summary = validate_tree(&root_digest, &map).unwrap();
+        assert_eq!(summary.missing_directories, vec![absent]);
+        assert_eq!(
+            summary.files,
+            vec![digest_of(b"shared"), digest_of(b"other")]
+        );
+
+        let unknown_root = digest_of(b"root");
+        assert_eq!(
+            validate_tree(&unknown_root, &map)
+                .unwrap()
+                .missing_directories,
+            vec![unknown_root]
+        );
+
+        let bad = v2::Directory {
+            files: vec![file("..", b"x")],
+            ..Default::default()
+        };
+        let (bad_digest, _) = encode(&bad);
+        let map = HashMap::from([(bad_digest.clone(), bad)]);
+        let e = validate_tree(&bad_digest, &map).unwrap_err();
+        assert!(
+            e.0.contains(&bad_digest.to_string()) && e.0.contains("\"..\""),
+            "{e}"
+        );
+    }
+}

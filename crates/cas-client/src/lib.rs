@@ -1,0 +1,255 @@
+//! A typed client for a REAPI v2 cache: ContentAddressableStorage, ByteStream and ActionCache.
+//!
+//! [`CasClient`] is what the workspace uses to talk to a CAS (bzutil, workers running actions).
+//! It picks the transport per blob: blobs up to [`MAX_BATCH_BLOB_BYTES`] travel in
+//! BatchReadBlobs/BatchUpdateBlobs requests of at most [`MAX_BATCH_TOTAL_BYTES`] each, larger ones
+//! through ByteStream, streamed to or from disk when the caller works with files. [`read_tree`]
+//! turns a local directory into Directory messages (for uploads and output directories).
+//!
+//! Invariants:
+//! * Nothing a server sends is handed back unverified: every blob read is checked against its
+//!   digest (size and SHA-256), and a file download only appears under its final name once it
+//!   verified (it is written under a temporary name in the same directory, then renamed).
+//! * Every call is bounded in time: connecting by [`CONNECT_TIMEOUT`], unary calls by
+//!   [`RPC_TIMEOUT`], streams by a deadline that grows with the blob ([`stream_deadline`]).
+//! * The empty blob always exists: it is never asked for, uploaded or reported missing.
+//! * Errors are one type, [`ClientError`], carrying the gRPC code, so callers can tell a missing
+//!   blob (NOT_FOUND) from an unreachable server (UNAVAILABLE).
+//!
+//! With the `testing` feature, `testing::TestServer` runs the real `scoot_cas` services
+//! in-process for other crates' tests.
+
+mod digest;
+mod error;
+mod read;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod tree;
+mod write;
+
+use std::future::Future;
+use std::time::Duration;
+
+use scoot_core::Digest;
+use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
+use scoot_proto::reapi::v2;
+use scoot_proto::reapi::v2::action_cache_client::ActionCacheClient;
+use scoot_proto::reapi::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+pub use digest::{batch_groups, digest_of, digest_of_file, encode, from_proto, to_proto};
+pub use error::ClientError;
+pub use read::BlobsRead;
+pub use tree::{LocalTree, read_tree};
+
+/// How long establishing a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of every unary call.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Blobs larger than this go through ByteStream rather than the batch RPCs.
+pub const MAX_BATCH_BLOB_BYTES: u64 = 1 << 20;
+/// Most blob bytes in one BatchReadBlobs or BatchUpdateBlobs request (the limit our server
+/// advertises and REAPI servers commonly accept).
+pub const MAX_BATCH_TOTAL_BYTES: u64 = 4 << 20;
+/// Most blobs in one batch request: thousands of tiny blobs would otherwise make a response
+/// whose per-blob overhead exceeds the message size limit.
+pub const MAX_BATCH_BLOBS: usize = 5000;
+/// Most digests in one FindMissingBlobs request.
+pub const FIND_MISSING_CHUNK: usize = 10_000;
+/// Size of each ByteStream WriteRequest's data.
+pub const WRITE_CHUNK_BYTES: usize = 64 << 10;
+
+/// Streams get this long plus the time the blob takes at [`STREAM_BYTES_PER_SECOND`].
+const STREAM_BASE_DEADLINE: Duration = Duration::from_secs(60);
+const STREAM_BYTES_PER_SECOND: u64 = 10_000_000;
+/// Largest gRPC message sent or accepted: a full batch plus per-blob overhead fits easily.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Batch requests and streams in flight at once per call.
+const CONCURRENCY: usize = 4;
+/// HTTP/2 flow-control windows: with hyper's defaults a big download stalls for a window update
+/// every MiB (the server side makes the same choice in `scoot_cas::server_builder`).
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// The deadline of a ByteStream Read or Write of `size` bytes.
+pub fn stream_deadline(size: u64) -> Duration {
+    STREAM_BASE_DEADLINE + Duration::from_secs(size / STREAM_BYTES_PER_SECOND)
+}
+
+/// A connection to a CAS and action cache for one instance name. Cloning is cheap and clones
+/// share the connection.
+#[derive(Clone, Debug)]
+pub struct CasClient {
+    channel: Channel,
+    instance: String,
+}
+
+impl CasClient {
+    /// Connects to `addr` (`host:port` or `http://host:port`), failing with UNAVAILABLE when
+    /// the server cannot be reached within [`CONNECT_TIMEOUT`].
+    pub async fn connect(addr: &str, instance: &str) -> Result<CasClient, ClientError> {
+        let endpoint = endpoint(addr)?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            ClientError::new(
+                Code::Unavailable,
+                format!("cannot connect to {}: {}", endpoint.uri(), error::chain(&e)),
+            )
+        })?;
+        Ok(CasClient::from_channel(channel, instance))
+    }
+
+    /// Like [`connect`](CasClient::connect), but the connection is made on the first call and
+    /// remade after a failure, so a client can exist before its server is up. Must be called
+    /// within a tokio runtime.
+    pub fn connect_lazy(addr: &str, instance: &str) -> Result<CasClient, ClientError> {
+        Ok(CasClient::from_channel(
+            endpoint(addr)?.connect_lazy(),
+            instance,
+        ))
+    }
+
+    pub fn from_channel(channel: Channel, instance: &str) -> CasClient {
+        CasClient {
+            channel,
+            instance: instance.to_string(),
+        }
+    }
+
+    /// The same connection, for another instance name.
+    pub fn with_instance(&self, instance: &str) -> CasClient {
+        CasClient::from_channel(self.channel.clone(), instance)
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The underlying connection, for other services on the same server (Execution).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The result cached for `action`, or `None` when the cache has none.
+    pub async fn get_action_result(
+        &self,
+        action: &Digest,
+    ) -> Result<Option<v2::ActionResult>, ClientError> {
+        let request = v2::GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(to_proto(action)),
+            ..Default::default()
+        };
+        let what = format!("GetActionResult of {action}");
+        match unary(&what, self.action_cache().get_action_result(timed(request))).await {
+            Ok(result) => Ok(Some(result)),
+            Err(e) if e.code == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn update_action_result(
+        &self,
+        action: &Digest,
+        result: &v2::ActionResult,
+    ) -> Result<(), ClientError> {
+        let request = v2::UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(to_proto(action)),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        };
+        let what = format!("UpdateActionResult of {action}");
+        unary(
+            &what,
+            self.action_cache().update_action_result(timed(request)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn action_cache(&self) -> ActionCacheClient<Channel> {
+        ActionCacheClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// `[instance/]rest`: ByteStream resource names drop the slash for the empty instance.
+    fn resource(&self, rest: String) -> String {
+        if self.instance.is_empty() {
+            rest
+        } else {
+            format!("{}/{rest}", self.instance)
+        }
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| {
+        ClientError::new(
+            Code::InvalidArgument,
+            format!("invalid CAS address {addr:?}: {}", error::chain(&e)),
+        )
+    })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true))
+}
+
+/// A request carrying [`RPC_TIMEOUT`] as its gRPC deadline, so the server gives up too.
+fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(RPC_TIMEOUT);
+    request
+}
+
+/// Runs `call` within `deadline`: the gRPC deadline header alone would trust the server to end
+/// the call, and a stalled connection would hang forever.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::new(
+                Code::DeadlineExceeded,
+                format!("{what}: no answer within {deadline:?}"),
+            ))
+        })
+}
+
+async fn unary<T>(
+    what: &str,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClientError> {
+    within(RPC_TIMEOUT, what, async {
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ClientError::from_status(&status, what))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! The Execution service: Execute turns an action into a one-task Scoot job (as Scoot did) and
+//! streams its operation until it is done; WaitExecution streams an existing one.
+//!
+//! Before queueing, the action is checked against the CAS this scheduler serves: the Action,
+//! its Command and every Directory and file of its input root must be present (else the
+//! operation ends at once with FAILED_PRECONDITION listing each missing blob, which is what makes
+//! Bazel upload them and retry), and names and output paths must be well formed (else
+//! INVALID_ARGUMENT). A worker therefore only meets a missing blob when one was evicted in between.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use scoot_action::rules;
+use scoot_cas::digest::{check_function, required};
+use scoot_cas::{AcKey, CasError, CasServices};
+use scoot_core::{Command, Digest, LogTags};
+use scoot_proto::longrunning::Operation;
+use scoot_proto::reapi::v2;
+use scoot_proto::reapi::v2::execution_server::Execution;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::operations::{
+    Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status, rpc_status,
+};
+use crate::job::{Job, JobDefinition, TaskDefinition};
+
+pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
+
+/// The argv of an action's task; workers run the action's own Command instead (Scoot's name).
+pub const ARGV_PLACEHOLDER: &str = "BZ_PLACEHOLDER";
+/// Largest Action, Command or Directory message read while checking an action.
+const MAX_MESSAGE_BYTES: u64 = 16 << 20;
+
+pub struct ExecutionService {
+    tracker: Arc<Tracker>,
+    cas: CasServices,
+}
+
+impl ExecutionService {
+    pub fn new(tracker: Arc<Tracker>, cas: CasServices) -> ExecutionService {
+        ExecutionService { tracker, cas }
+    }
+}
+
+/// Why an action was not queued.
+enum Refusal {
+    /// Reported in the operation's ExecuteResponse (missing inputs).
+    Response(Box<v2::ExecuteResponse>),
+    /// Reported as the RPC's error (a malformed request).
+    Status(Status),
+}
+
+impl From<CasError> for Refusal {
+    fn from(err: CasError) -> Refusal {
+        Refusal::Status(err.into())
+    }
+}
+
+#[tonic::async_trait]
+impl Execution for ExecutionService {
+    type ExecuteStream = OperationStream;
+    type WaitExecutionStream = OperationStream;
+
+    async fn execute(
+        &self,
+        request: Request<v2::ExecuteRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let requestor = requestor_of(request.metadata());
+        let request = request.into_inner();
+        check_function(request.digest_function)?;
+        let action = required(&request.action_digest, "action_digest")?;
+        let key = AcKey::new(request.instance_name.clone(), action);
+        if !request.skip_cache_lookup
+            && let Some(result) = self.cas.cached_result(&key).await?
+        {
+            tracing::debug!(action = %key.action_digest, "action cache hit");
+            let response = v2::ExecuteResponse {
+                result: Some(result),
+                cached_result: true,
+                status: Some(rpc_status(tonic::Code::Ok, "")),
+                ..Default::default()
+            };
+            let name = uuid::Uuid::new_v4().to_string();
+            let tracked =
+                self.tracker
+                    .finished(name, key, OperationResult::Response(Box::new(response)));
+            return Ok(Response::new(stream(&self.tracker, tracked)));
+        }
+        let tracked = match self
+            .tracker
+            .join_or_start(key, uuid::Uuid::new_v4().to_string())
+        {
+            Joined::Existing(tracked) => {
+                tracing::debug!(operation = %tracked.name, "joining an identical execution");
+                return Ok(Response::new(stream(&self.tracker, tracked)));
+            }
+            Joined::New(tracked) => tracked,
+        };
+        match self.start(&tracked, &request, requestor).await {
+            Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
+            Err(Refusal::Response(response)) => {
+                self.tracker
+                    .finish(&tracked, OperationResult::Response(response));
+                Ok(Response::new(stream(&self.tracker, tracked)))
+            }
+            Err(Refusal::Status(status)) => {
+                let rpc = rpc_status(status.code(), status.message());
+                self.tracker.finish(&tracked, OperationResult::Error(rpc));
+                Err(status)
+            }
+        }
+    }
+
+    async fn wait_execution(
+        &self,
+        request: Request<v2::WaitExecutionRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let tracked = self.tracker.lookup(&request.into_inner().name).await?;
+        Ok(Response::new(stream(&self.tracker, tracked)))
+    }
+}
+
+impl ExecutionService {
+    /// Checks the action and queues its job under the operation's name.
+    async fn start(
+        &self,
+        tracked: &Tracked,
+        request: &v2::ExecuteRequest,
+        requestor: String,
+    ) -> Result<(), Refusal> {
+        let action = self.check_action(&tracked.key.action_digest).await?;
+        let timeout = match &action.timeout {
+            Some(t) if t.seconds < 0 || t.nanos < 0 => {
+                return Err(Refusal::Status(Status::invalid_argument(format!(
+                    "invalid action timeout {t:?}"
+                ))));
+            }
+            Some(t) => {
+                Some(Duration::new(t.seconds as u64, t.nanos as u32)).filter(|d| !d.is_zero())
+            }
+            None => None,
+        };
+        let digest = &tracked.key.action_digest;
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let task_id = format!("Bazel_ExecuteRequest_{}_{unix}", digest.hash);
+        let priority = request
+            .execution_policy
+            .as_ref()
+            .map_or(0, |p| scoot_priority(p.priority));
+        let def = JobDefinition {
+            tasks: vec![TaskDefinition {
+                task_id,
+                command: Command {
+                    argv: vec![ARGV_PLACEHOLDER.to_string()],
+                    timeout,
+                    snapshot_id: format!("bz-{}-{}", digest.hash, digest.size_bytes),
+                    tags: LogTags::default(),
+                    reapi_request: Some(request.encode_to_vec()),
+                    ..Command::default()
+                },
+            }],
+            priority,
+            tag: tracked.name.clone(),
+            requestor,
+            job_type: "bazel".to_string(),
+            ..JobDefinition::default()
+        };
+        let job = Job::with_id(tracked.name.clone(), def);
+        self.tracker
+            .api()
+            .run(job)
+            .await
+            .map_err(|e| Refusal::Status(api_status(e)))?;
+        tracing::info!(operation = %tracked.name, action = %digest, priority, "action queued");
+        Ok(())
+    }
+
+    /// The Action, once it and everything it needs are in the CAS and well formed.
+    async fn check_action(&self, digest: &Digest) -> Result<v2::Action, Refusal> {
+        let mut missing = Vec::new();
+        let Some(action) = self
+            .read::<v2::Action>(digest, "Action", &mut missing)
+            .await?
+        else {
+            return Err(missing_blobs(missing));
+        };
+        let command_digest =
+            rules::digest_field(action.command_digest.as_ref(), "Action.command_digest")
+                .map_err(invalid)?;
+        let input_root = rules::digest_field(
+            action.input_root_digest.as_ref(),
+            "Action.input_root_digest",
+        )
+        .map_err(invalid)?;
+        if let Some(command) = self
+            .read::<v2::Command>(&command_digest, "Command", &mut missing)
+            .await?
+        {
+            rules::validate_command(&command).map_err(invalid)?;
+        }
+        let mut files = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut pending = vec![input_root];
+        while let Some(dir_digest) = pending.pop() {
+            if !seen.insert(dir_digest.clone()) {
+                continue;
+            }
+            let Some(dir) = self
+                .read::<v2::Directory>(&dir_digest, "Directory", &mut missing)
+                .await?
+            else {
+                continue;
+            };
+            let refs = rules::validate_directory(&dir)
+                .map_err(|e| invalid(format!("input directory {dir_digest}: {}", e.0)))?;
+            files.extend(refs.files);
+            pending.extend(refs.directories);
+        }
+        let files: Vec<Digest> = files.into_iter().collect();
+        for file in self.cas.find_missing(&files).await? {
+            missing.push((file, "input file"));
+        }
+        if missing.is_empty() {
+            Ok(action)
+        } else {
+            Err(missing_blobs(missing))
+        }
+    }
+
+    /// Reads and decodes a message; a missing blob is noted in `missing` and gives `None`.
+    async fn read<M: Message + Default>(
+        &self,
+        digest: &Digest,
+        what: &'static str,
+        missing: &mut Vec<(Digest, &'static str)>,
+    ) -> Result<Option<M>, Refusal> {
+        match self.cas.read_blob(digest, MAX_MESSAGE_BYTES).await {
+            Ok(bytes) => M::decode(bytes)
+                .map(Some)
+                .map_err(|e| invalid(format!("{digest} is not a {what}: {e}"))),
+            Err(e) if e.code == tonic::Code::NotFound => {
+                missing.push((digest.clone(), what));
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn invalid(message: impl std::fmt::Display) -> Refusal {
+    Refusal::Status(Status::invalid_argument(message.to_string()))
+}
+
+fn missing_blobs(missing: Vec<(Digest, &'static str)>) -> Refusal {
+    Refusal::Response(Box::new(scoot_action::missing_blobs_response(missing)))
+}
+
+/// REAPI priorities are "lower runs sooner, 0 is the default"; Scoot's are 0 (default) to 2
+/// (most urgent). Values past either end are clamped.
+pub fn scoot_priority(reapi_priority: i32) -> i32 {
+    match reapi_priority {
+        i32::MIN..=-2 => 2,
+        -1 => 1,
+        _ => 0,
+    }
+}
+
+/// Scoot limits jobs per requestor; one Bazel invocation is one requestor.
+fn requestor_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    let invocation = metadata
+        .get_bin(scoot_proto::REQUEST_METADATA_HEADER)
+        .and_then(|value| value.to_bytes().ok())
+        .and_then(|bytes| v2::RequestMetadata::decode(bytes).ok())
+        .map(|m| m.tool_invocation_id)
+        .filter(|id| !id.is_empty());
+    match invocation {
+        Some(id) => format!("reapi:{id}"),
+        None => "reapi".to_string(),
+    }
+}
+
+/// The operation's states from now until it is done, repeating the current one every
+/// [`STREAM_KEEPALIVE`] while nothing changes; UNAVAILABLE when the scheduler stops first.
+pub fn stream(tracker: &Tracker, tracked: Arc<Tracked>) -> OperationStream {
+    let receiver = tracked.subscribe();
+    let closing = tracker.closing().clone();
+    Box::pin(futures::stream::unfold(
+        Some((tracked, receiver, true)),
+        move |state| {
+            let closing = closing.clone();
+            async move {
+                let (tracked, mut receiver, first) = state?;
+                if !first {
+                    tokio::select! {
+                        changed = tokio::time::timeout(STREAM_KEEPALIVE, receiver.changed()) => {
+                            if let Ok(Err(_)) = changed {
+                                return None;
+                            }
+                        }
+                        _ = closing.cancelled() => {
+                            let status = Status::unavailable(format!(
+                                "the scheduler is stopping; wait for operation {} again",
+                                tracked.name
+                            ));
+                            return Some((Err(status), None));
+                        }
+                    }
+                }
+                let op = receiver.borrow_and_update().clone();
+                let next = (!op.done).then_some((tracked, receiver, false));
+                Some((Ok(op), next))
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_lower_to_more_urgent() {
+        assert_eq!(scoot_priority(0), 0);
+        assert_eq!(scoot_priority(5), 0);
+        assert_eq!(scoot_priority(-1), 1);
+        assert_eq!(scoot_priority(-2), 2);
+        assert_eq!(scoot_priority(i32::MIN), 2);
+    }
+}

@@ -1,0 +1,436 @@
+//! The operations behind Execute: one per execution, named by its job id.
+//!
+//! The [`Tracker`] keeps each operation's latest `google.longrunning.Operation` in a watch
+//! channel, so any number of Execute, WaitExecution and GetOperation callers see the same state.
+//! The scheduling loop's [`JobEvent`]s move operations on (QUEUED → EXECUTING → done); the saga
+//! log is the truth for results, so an operation the tracker has forgotten (or never saw,
+//! after a restart) is rebuilt from its job.
+//!
+//! Invariant: while an execution of an action is unfinished, `in_flight` maps the action (with
+//! its instance name) to that execution's operation, so an identical Execute joins it instead of
+//! running the action again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use scoot_cas::AcKey;
+use scoot_core::{Digest, RunState, RunStatus};
+use scoot_proto::longrunning::{Operation, operation};
+use scoot_proto::prost_types::{Any, Timestamp};
+use scoot_proto::reapi::v2;
+use scoot_proto::rpc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+use crate::api::{ApiError, JobState, SchedulerApi};
+use crate::scheduler::JobEvent;
+
+const TYPE_PREFIX: &str = "type.googleapis.com/";
+/// Finished operations remembered in memory; older ones are rebuilt from the saga log.
+const FINISHED_KEPT: usize = 10_000;
+/// How often an open stream repeats the current state when nothing changes, so that idle
+/// connections are not dropped by intermediaries while a long action runs.
+pub const STREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// One execution.
+pub struct Tracked {
+    pub name: String,
+    pub key: AcKey,
+    /// When Execute accepted it; unknown for executions rebuilt from the saga log.
+    queued_at: Option<SystemTime>,
+    state: watch::Sender<Operation>,
+}
+
+impl Tracked {
+    pub fn subscribe(&self) -> watch::Receiver<Operation> {
+        self.state.subscribe()
+    }
+
+    pub fn current(&self) -> Operation {
+        self.state.borrow().clone()
+    }
+
+    fn is_done(&self) -> bool {
+        self.state.borrow().done
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_name: HashMap<String, Arc<Tracked>>,
+    in_flight: HashMap<AcKey, Arc<Tracked>>,
+    finished: VecDeque<String>,
+}
+
+/// What became of an Execute that looked for an execution to join.
+pub enum Joined {
+    /// An identical action is already being executed.
+    Existing(Arc<Tracked>),
+    /// This caller starts the execution (and must finish or fail it).
+    New(Arc<Tracked>),
+}
+
+pub struct Tracker {
+    api: SchedulerApi,
+    registry: Mutex<Registry>,
+    /// Cancelled when the scheduler stops: open streams end with UNAVAILABLE, so that clients
+    /// come back with WaitExecution instead of holding the server's shutdown up.
+    closing: CancellationToken,
+}
+
+impl Tracker {
+    pub fn new(api: SchedulerApi, closing: CancellationToken) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            api,
+            registry: Mutex::new(Registry::default()),
+            closing,
+        })
+    }
+
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Follows the scheduling loop's events until it stops sending them.
+    pub async fn follow(self: Arc<Tracker>, mut events: mpsc::UnboundedReceiver<JobEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                JobEvent::TaskStarted(job_id) => {
+                    if let Some(tracked) = self.tracked(&job_id)
+                        && !tracked.is_done()
+                    {
+                        let op = executing(&tracked);
+                        self.publish(&tracked, op);
+                    }
+                }
+                JobEvent::Ended(job_id) => {
+                    if let Some(tracked) = self.tracked(&job_id) {
+                        self.refresh(&tracked).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn tracked(&self, name: &str) -> Option<Arc<Tracked>> {
+        self.registry().by_name.get(name).cloned()
+    }
+
+    /// The unfinished execution of `key`, or a new QUEUED one named `name` that the caller
+    /// now owns.
+    pub fn join_or_start(&self, key: AcKey, name: String) -> Joined {
+        let mut registry = self.registry();
+        if let Some(existing) = registry.in_flight.get(&key) {
+            return Joined::Existing(existing.clone());
+        }
+        let tracked = new_tracked(name, key, Some(SystemTime::now()));
+        registry
+            .by_name
+            .insert(tracked.name.clone(), tracked.clone());
+        registry
+            .in_flight
+            .insert(tracked.key.clone(), tracked.clone());
+        Joined::New(tracked)
+    }
+
+    /// A new execution that is already over (a cache hit or a refused action).
+    pub fn finished(&self, name: String, key: AcKey, result: OperationResult) -> Arc<Tracked> {
+        let tracked = new_tracked(name, key, Some(SystemTime::now()));
+        self.registry()
+            .by_name
+            .insert(tracked.name.clone(), tracked.clone());
+        self.finish(&tracked, result);
+        tracked
+    }
+
+    /// Ends an execution with `result`: its streams get the final operation and end.
+    pub fn finish(&self, tracked: &Arc<Tracked>, result: OperationResult) {
+        let op = done_operation(tracked, result);
+        self.publish(tracked, op);
+    }
+
+    fn publish(&self, tracked: &Arc<Tracked>, op: Operation) {
+        let done = op.done;
+        tracked.state.send_replace(op);
+        if !done {
+            return;
+        }
+        let mut registry = self.registry();
+        if registry
+            .in_flight
+            .get(&tracked.key)
+            .is_some_and(|t| Arc::ptr_eq(t, tracked))
+        {
+            registry.in_flight.remove(&tracked.key);
+        }
+        registry.finished.push_back(tracked.name.clone());
+        while registry.finished.len() > FINISHED_KEPT {
+            if let Some(old) = registry.finished.pop_front() {
+                registry.by_name.remove(&old);
+            }
+        }
+    }
+
+    /// Brings an execution up to date with its job's saga (after a missed event, say).
+    pub async fn refresh(&self, tracked: &Arc<Tracked>) {
+        if tracked.is_done() {
+            return;
+        }
+        match self.api.job_status(&tracked.name).await {
+            Ok(status) => {
+                let Some((state, run)) = status.tasks.into_values().next() else {
+                    return;
+                };
+                let op = match (state, run) {
+                    (JobState::Completed | JobState::RolledBack, Some(run)) => {
+                        done_operation(tracked, result_of_run(&run))
+                    }
+                    (JobState::InProgress | JobState::RollingBack, _) => executing(tracked),
+                    _ => return,
+                };
+                self.publish(tracked, op);
+            }
+            Err(err) => {
+                tracing::warn!(operation = %tracked.name, error = %err, "cannot read the job of an operation");
+            }
+        }
+    }
+
+    /// The execution called `name`: remembered, or rebuilt from its job in the saga log.
+    /// NOT_FOUND when there is no such job or it is not a REAPI execution.
+    pub async fn lookup(&self, name: &str) -> Result<Arc<Tracked>, Status> {
+        if let Some(tracked) = self.tracked(name) {
+            return Ok(tracked);
+        }
+        let not_found = || Status::not_found(format!("operation {name:?} not found"));
+        if uuid::Uuid::parse_str(name).is_err() {
+            return Err(not_found());
+        }
+        let job = self
+            .api
+            .job(name)
+            .await
+            .map_err(api_status)?
+            .ok_or_else(not_found)?;
+        let request = job
+            .def
+            .tasks
+            .first()
+            .and_then(|task| task.command.reapi_request.as_deref())
+            .and_then(|bytes| v2::ExecuteRequest::decode(bytes).ok())
+            .ok_or_else(not_found)?;
+        let digest = request
+            .action_digest
+            .as_ref()
+            .and_then(|d| Digest::new(d.hash.clone(), d.size_bytes).ok())
+            .ok_or_else(not_found)?;
+        let key = AcKey::new(request.instance_name, digest);
+        let tracked = {
+            let mut registry = self.registry();
+            if let Some(tracked) = registry.by_name.get(name) {
+                return Ok(tracked.clone());
+            }
+            let tracked = new_tracked(name.to_string(), key, None);
+            registry.by_name.insert(name.to_string(), tracked.clone());
+            registry
+                .in_flight
+                .entry(tracked.key.clone())
+                .or_insert_with(|| tracked.clone());
+            tracked
+        };
+        self.refresh(&tracked).await;
+        Ok(tracked)
+    }
+
+    /// Remembered executions, unfinished first, in name order within each group.
+    pub fn list(&self) -> Vec<Operation> {
+        let registry = self.registry();
+        let mut ops: Vec<Operation> = registry.by_name.values().map(|t| t.current()).collect();
+        ops.sort_by(|a, b| a.done.cmp(&b.done).then_with(|| a.name.cmp(&b.name)));
+        ops
+    }
+
+    /// Forgets a finished execution (its job stays in the saga log until collected).
+    pub fn forget(&self, name: &str) -> Result<(), Status> {
+        let mut registry = self.registry();
+        match registry.by_name.get(name) {
+            None => Err(Status::not_found(format!("operation {name:?} not found"))),
+            Some(tracked) if !tracked.is_done() => Err(Status::failed_precondition(format!(
+                "operation {name:?} is not done; cancel it first"
+            ))),
+            Some(_) => {
+                registry.by_name.remove(name);
+                registry.finished.retain(|n| n != name);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn api(&self) -> &SchedulerApi {
+        &self.api
+    }
+}
+
+fn new_tracked(name: String, key: AcKey, queued_at: Option<SystemTime>) -> Arc<Tracked> {
+    let initial = staged(&name, &key, v2::execution_stage::Value::Queued);
+    Arc::new(Tracked {
+        name,
+        key,
+        queued_at,
+        state: watch::Sender::new(initial),
+    })
+}
+
+/// How an execution ended.
+pub enum OperationResult {
+    Response(Box<v2::ExecuteResponse>),
+    /// The operation itself failed (it was cancelled); no ExecuteResponse.
+    Error(rpc::Status),
+}
+
+fn pack<M: Message>(type_name: &str, message: &M) -> Any {
+    Any {
+        type_url: format!("{TYPE_PREFIX}{type_name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn metadata(key: &AcKey, stage: v2::execution_stage::Value) -> Any {
+    pack(
+        "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
+        &v2::ExecuteOperationMetadata {
+            stage: stage as i32,
+            action_digest: Some(scoot_cas::digest::to_proto(&key.action_digest)),
+            ..Default::default()
+        },
+    )
+}
+
+fn staged(name: &str, key: &AcKey, stage: v2::execution_stage::Value) -> Operation {
+    Operation {
+        name: name.to_string(),
+        metadata: Some(metadata(key, stage)),
+        done: false,
+        result: None,
+    }
+}
+
+fn executing(tracked: &Tracked) -> Operation {
+    staged(
+        &tracked.name,
+        &tracked.key,
+        v2::execution_stage::Value::Executing,
+    )
+}
+
+fn done_operation(tracked: &Tracked, result: OperationResult) -> Operation {
+    let result = match result {
+        OperationResult::Response(mut response) => {
+            if let (Some(queued_at), Some(result)) = (tracked.queued_at, response.result.as_mut()) {
+                let metadata = result
+                    .execution_metadata
+                    .get_or_insert_with(Default::default);
+                metadata
+                    .queued_timestamp
+                    .get_or_insert(Timestamp::from(queued_at));
+            }
+            operation::Result::Response(pack(
+                "build.bazel.remote.execution.v2.ExecuteResponse",
+                &*response,
+            ))
+        }
+        OperationResult::Error(status) => operation::Result::Error(status),
+    };
+    Operation {
+        name: tracked.name.clone(),
+        metadata: Some(metadata(
+            &tracked.key,
+            v2::execution_stage::Value::Completed,
+        )),
+        done: true,
+        result: Some(result),
+    }
+}
+
+/// A google.rpc.Status with `code` and `message`.
+pub fn rpc_status(code: Code, message: impl Into<String>) -> rpc::Status {
+    rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    }
+}
+
+/// An ExecuteResponse that carries only a status (no ActionResult).
+pub fn status_response(status: rpc::Status) -> v2::ExecuteResponse {
+    v2::ExecuteResponse {
+        message: status.message.clone(),
+        status: Some(status),
+        ..Default::default()
+    }
+}
+
+/// What a finished run of an action means to the REAPI client.
+pub fn result_of_run(run: &RunStatus) -> OperationResult {
+    let response = run
+        .reapi_response
+        .as_deref()
+        .map(v2::ExecuteResponse::decode);
+    let failed = |code, message: String| {
+        OperationResult::Response(Box::new(status_response(rpc_status(code, message))))
+    };
+    match (run.state, response) {
+        (RunState::Complete | RunState::Failed, Some(Ok(response))) => {
+            OperationResult::Response(Box::new(response))
+        }
+        (_, Some(Err(err))) => failed(
+            Code::Internal,
+            format!("the worker's ExecuteResponse is undecodable: {err}"),
+        ),
+        (RunState::TimedOut, None) => failed(
+            Code::DeadlineExceeded,
+            non_empty_or(&run.error, "the action exceeded its timeout"),
+        ),
+        (RunState::Aborted, None) => OperationResult::Error(rpc_status(
+            Code::Cancelled,
+            non_empty_or(&run.error, "the execution was cancelled"),
+        )),
+        // The run mechanism failed (a worker died, say): worth retrying elsewhere.
+        (RunState::Failed, None) => failed(
+            Code::Unavailable,
+            format!("the action could not be run: {}", run.error),
+        ),
+        (state, _) => failed(
+            Code::Internal,
+            format!(
+                "the action's run ended {state} without a result: {}",
+                run.error
+            ),
+        ),
+    }
+}
+
+fn non_empty_or(text: &str, default: &str) -> String {
+    if text.is_empty() {
+        default.to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// The gRPC status for a scheduler API failure.
+pub fn api_status(err: ApiError) -> Status {
+    match err {
+        // Admission refusals (requestor limits) clear up as jobs finish: worth a retry.
+        ApiError::Invalid(message) => Status::resource_exhausted(message),
+        ApiError::SagaLog(message) => Status::unavailable(format!("saga log: {message}")),
+        ApiError::ShuttingDown => Status::unavailable("the scheduler is shutting down"),
+    }
+}

@@ -1,0 +1,597 @@
+//! Remote execution through the scheduler's gRPC port: a real scheduler and real workers, driven
+//! by a tonic client the way Bazel drives them (upload, Execute, read the stream, fetch outputs).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use prost::Message;
+use scoot_cas_client::{CasClient, digest_of, encode, to_proto};
+use scoot_core::Digest;
+use scoot_proto::longrunning::operations_client::OperationsClient;
+use scoot_proto::longrunning::{CancelOperationRequest, GetOperationRequest, Operation, operation};
+use scoot_proto::reapi::v2;
+use scoot_proto::reapi::v2::execution_client::ExecutionClient;
+use tonic::transport::Channel;
+
+use crate::support::*;
+
+/// A scheduler serving REAPI and workers pointed at it.
+struct Cluster {
+    scheduler: Scheduler,
+    workers: Vec<Worker>,
+    runtime: tokio::runtime::Runtime,
+    channel: Channel,
+    cas: CasClient,
+}
+
+impl Cluster {
+    fn start(workers: usize) -> Cluster {
+        let scheduler = Scheduler::start(&[], serde_json::json!({}));
+        let mut cluster_workers = Vec::new();
+        for _ in 0..workers {
+            cluster_workers.push(Cluster::worker(&scheduler));
+        }
+        let refs: Vec<&Worker> = cluster_workers.iter().collect();
+        write_workers(&scheduler.workers_file, &refs);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let addr = format!("127.0.0.1:{}", scheduler.grpc_port);
+        let cas = runtime.block_on(CasClient::connect(&addr, "")).unwrap();
+        let channel = runtime.block_on(async {
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        });
+        Cluster {
+            scheduler,
+            workers: cluster_workers,
+            runtime,
+            channel,
+            cas,
+        }
+    }
+
+    fn worker(scheduler: &Scheduler) -> Worker {
+        Worker::start(&["-cas_addr", &format!("127.0.0.1:{}", scheduler.grpc_port)])
+    }
+
+    fn upload(&self, blobs: Vec<(Digest, Bytes)>) {
+        self.runtime.block_on(self.cas.upload_blobs(blobs)).unwrap();
+    }
+
+    fn read(&self, digest: &v2::Digest) -> Bytes {
+        let digest = Digest::new(digest.hash.clone(), digest.size_bytes).unwrap();
+        let mut blobs = self
+            .runtime
+            .block_on(self.cas.read_blobs(std::slice::from_ref(&digest)))
+            .unwrap();
+        blobs.pop().unwrap().1
+    }
+
+    /// Uploads a Command, an input root of `files` (path → (content, executable)) and the
+    /// Action; returns the Action's digest.
+    fn action(
+        &self,
+        command: v2::Command,
+        files: &[(&str, &str, bool)],
+        timeout: Option<Duration>,
+    ) -> Digest {
+        let mut blobs = Vec::new();
+        let root = directory(files, "", &mut blobs);
+        let (command_digest, command_bytes) = encode(&command);
+        blobs.push((command_digest.clone(), command_bytes));
+        let action = v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: Some(to_proto(&root)),
+            timeout: timeout.map(|t| scoot_proto::prost_types::Duration {
+                seconds: t.as_secs() as i64,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let (action_digest, action_bytes) = encode(&action);
+        blobs.push((action_digest.clone(), action_bytes));
+        self.upload(blobs);
+        action_digest
+    }
+
+    fn execute_stream(
+        &self,
+        action: &Digest,
+        skip_cache: bool,
+    ) -> Result<tonic::Streaming<Operation>, tonic::Status> {
+        let request = v2::ExecuteRequest {
+            action_digest: Some(to_proto(action)),
+            skip_cache_lookup: skip_cache,
+            ..Default::default()
+        };
+        self.runtime.block_on(async {
+            ExecutionClient::new(self.channel.clone())
+                .execute(request)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    }
+
+    /// Every message of a stream until it ends (within the deadline).
+    fn drain(&self, mut stream: tonic::Streaming<Operation>) -> Vec<Operation> {
+        self.runtime.block_on(async {
+            let mut ops = Vec::new();
+            loop {
+                let next = tokio::time::timeout(DEADLINE, stream.message())
+                    .await
+                    .expect("the operation stream went silent")
+                    .expect("the operation stream failed");
+                match next {
+                    Some(op) => ops.push(op),
+                    None => return ops,
+                }
+            }
+        })
+    }
+
+    fn execute(&self, action: &Digest, skip_cache: bool) -> Vec<Operation> {
+        let stream = self.execute_stream(action, skip_cache).unwrap();
+        self.drain(stream)
+    }
+
+    fn operations(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel.clone())
+    }
+}
+
+fn command(script: &str, outputs: &[&str], dirs: &[&str]) -> v2::Command {
+    v2::Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        environment_variables: vec![
+            v2::command::EnvironmentVariable {
+                name: "ONLY".into(),
+                value: "this".into(),
+            },
+            v2::command::EnvironmentVariable {
+                name: "PATH".into(),
+                value: "/bin:/usr/bin".into(),
+            },
+        ],
+        output_files: outputs.iter().map(|s| s.to_string()).collect(),
+        output_directories: dirs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The Directory (and its blobs) holding those of `files` under `prefix`.
+fn directory(
+    files: &[(&str, &str, bool)],
+    prefix: &str,
+    blobs: &mut Vec<(Digest, Bytes)>,
+) -> Digest {
+    let mut dir = v2::Directory::default();
+    let mut subdirs = BTreeMap::new();
+    for (path, content, executable) in files {
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        match rest.split_once('/') {
+            Some((sub, _)) => {
+                subdirs.insert(sub.to_string(), ());
+            }
+            None => {
+                let data = Bytes::from(content.to_string());
+                let digest = digest_of(&data);
+                blobs.push((digest.clone(), data));
+                dir.files.push(v2::FileNode {
+                    name: rest.to_string(),
+                    digest: Some(to_proto(&digest)),
+                    is_executable: *executable,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for sub in subdirs.keys() {
+        let digest = directory(files, &format!("{prefix}{sub}/"), blobs);
+        dir.directories.push(v2::DirectoryNode {
+            name: sub.clone(),
+            digest: Some(to_proto(&digest)),
+        });
+    }
+    dir.files.sort_by(|a, b| a.name.cmp(&b.name));
+    let (digest, data) = encode(&dir);
+    blobs.push((digest.clone(), data));
+    digest
+}
+
+fn metadata(op: &Operation) -> v2::ExecuteOperationMetadata {
+    v2::ExecuteOperationMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap()
+}
+
+fn stage(op: &Operation) -> v2::execution_stage::Value {
+    v2::execution_stage::Value::try_from(metadata(op).stage).unwrap()
+}
+
+fn response_of(op: &Operation) -> v2::ExecuteResponse {
+    assert!(op.done, "{op:?}");
+    match &op.result {
+        Some(operation::Result::Response(any)) => {
+            v2::ExecuteResponse::decode(any.value.as_slice()).unwrap()
+        }
+        other => panic!("no ExecuteResponse in {other:?}"),
+    }
+}
+
+fn status_code(response: &v2::ExecuteResponse) -> tonic::Code {
+    tonic::Code::from_i32(response.status.as_ref().map_or(0, |s| s.code))
+}
+
+#[test]
+fn executes_an_action_and_serves_its_outputs_and_cached_result() {
+    let cluster = Cluster::start(1);
+    let script = "mkdir -p out outdir/sub && ./tool.sh in/words.txt > out/upper.txt \
+                  && ln -s upper.txt out/link && cp in/words.txt outdir/sub/copy.txt \
+                  && ln -s sub outdir/alias && env > out/env.txt \
+                  && echo to-stdout && echo to-stderr >&2";
+    let action = cluster.action(
+        command(
+            script,
+            &["out/env.txt", "out/link", "out/upper.txt"],
+            &["outdir"],
+        ),
+        &[
+            ("in/words.txt", "alpha beta\n", false),
+            ("tool.sh", "#!/bin/sh\ntr a-z A-Z < \"$1\"\n", true),
+        ],
+        None,
+    );
+
+    let ops = cluster.execute(&action, false);
+    assert_eq!(
+        stage(&ops[0]),
+        v2::execution_stage::Value::Queued,
+        "{ops:?}"
+    );
+    let last = ops.last().unwrap();
+    assert_eq!(stage(last), v2::execution_stage::Value::Completed);
+    assert_eq!(metadata(last).action_digest, Some(to_proto(&action)));
+    let response = response_of(last);
+    assert_eq!(status_code(&response), tonic::Code::Ok, "{response:?}");
+    assert!(!response.cached_result);
+    let result = response.result.unwrap();
+    assert_eq!(result.exit_code, 0, "{result:?}");
+
+    let files: BTreeMap<&str, &v2::OutputFile> = result
+        .output_files
+        .iter()
+        .map(|f| (f.path.as_str(), f))
+        .collect();
+    assert_eq!(
+        cluster.read(files["out/upper.txt"].digest.as_ref().unwrap()),
+        "ALPHA BETA\n"
+    );
+    // Exactly the Command's environment (sh itself adds PWD and the like, nothing of the
+    // worker's own environment).
+    let env = cluster.read(files["out/env.txt"].digest.as_ref().unwrap());
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.contains("ONLY=this\n") && env.contains("PATH=/bin:/usr/bin\n"),
+        "{env}"
+    );
+    assert!(!env.contains("HOME=") && !env.contains("RUST"), "{env}");
+    // The symlink is reported in the new and the legacy field.
+    let link = v2::OutputSymlink {
+        path: "out/link".into(),
+        target: "upper.txt".into(),
+        ..Default::default()
+    };
+    assert!(
+        result
+            .output_symlinks
+            .iter()
+            .any(|s| s.path == link.path && s.target == link.target),
+        "{result:?}"
+    );
+    assert!(
+        result
+            .output_file_symlinks
+            .iter()
+            .any(|s| s.path == link.path && s.target == link.target),
+        "{result:?}"
+    );
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "to-stdout\n"
+    );
+    assert_eq!(
+        cluster.read(result.stderr_digest.as_ref().unwrap()),
+        "to-stderr\n"
+    );
+
+    let outdir = &result.output_directories[0];
+    assert_eq!(outdir.path, "outdir");
+    let tree = v2::Tree::decode(cluster.read(outdir.tree_digest.as_ref().unwrap())).unwrap();
+    let root = tree.root.unwrap();
+    assert_eq!(root.directories[0].name, "sub");
+    assert_eq!(root.symlinks[0].name, "alias");
+    assert_eq!(tree.children[0].files[0].name, "copy.txt");
+    let timings = result.execution_metadata.unwrap();
+    for stamp in [
+        &timings.queued_timestamp,
+        &timings.worker_start_timestamp,
+        &timings.input_fetch_start_timestamp,
+        &timings.execution_start_timestamp,
+        &timings.execution_completed_timestamp,
+        &timings.output_upload_completed_timestamp,
+        &timings.worker_completed_timestamp,
+    ] {
+        assert!(stamp.is_some(), "{timings:?}");
+    }
+
+    // The result was cached: the same action is not run again...
+    let again = cluster.execute(&action, false);
+    assert_eq!(again.len(), 1);
+    let cached = response_of(&again[0]);
+    assert!(cached.cached_result);
+    assert_eq!(cached.result.unwrap().output_files.len(), 2);
+    // ...unless the client asks for that.
+    let rerun = response_of(cluster.execute(&action, true).last().unwrap());
+    assert!(!rerun.cached_result);
+
+    // GetOperation still knows the first execution.
+    let name = last.name.clone();
+    let fetched = cluster
+        .runtime
+        .block_on(
+            cluster
+                .operations()
+                .get_operation(GetOperationRequest { name }),
+        )
+        .unwrap()
+        .into_inner();
+    assert!(fetched.done);
+}
+
+#[test]
+fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
+    let mut cluster = Cluster::start(1);
+
+    // An input that was never uploaded.
+    let ghost = digest_of(b"never uploaded");
+    let mut blobs = Vec::new();
+    let root = v2::Directory {
+        files: vec![v2::FileNode {
+            name: "ghost.txt".into(),
+            digest: Some(to_proto(&ghost)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (root_digest, root_bytes) = encode(&root);
+    blobs.push((root_digest.clone(), root_bytes));
+    let (command_digest, command_bytes) = encode(&command("cat ghost.txt", &[], &[]));
+    blobs.push((command_digest.clone(), command_bytes));
+    let action = v2::Action {
+        command_digest: Some(to_proto(&command_digest)),
+        input_root_digest: Some(to_proto(&root_digest)),
+        ..Default::default()
+    };
+    let (action_digest, action_bytes) = encode(&action);
+    blobs.push((action_digest.clone(), action_bytes));
+    cluster.upload(blobs);
+    let response = response_of(cluster.execute(&action_digest, false).last().unwrap());
+    assert_eq!(status_code(&response), tonic::Code::FailedPrecondition);
+    let details = &response.status.unwrap().details;
+    let failure =
+        scoot_proto::rpc::PreconditionFailure::decode(details[0].value.as_slice()).unwrap();
+    assert_eq!(failure.violations.len(), 1);
+    assert_eq!(failure.violations[0].r#type, "MISSING");
+    assert_eq!(
+        failure.violations[0].subject,
+        format!("blobs/{}/{}", ghost.hash, ghost.size_bytes)
+    );
+
+    // An action that was never uploaded at all.
+    let response = response_of(
+        cluster
+            .execute(&digest_of(b"no such action"), false)
+            .last()
+            .unwrap(),
+    );
+    assert_eq!(status_code(&response), tonic::Code::FailedPrecondition);
+
+    // Input names that would leave the input root.
+    for bad in ["..", "a/b", ""] {
+        let mut blobs = Vec::new();
+        let data = Bytes::from_static(b"x");
+        let digest = digest_of(&data);
+        blobs.push((digest.clone(), data));
+        let root = v2::Directory {
+            files: vec![v2::FileNode {
+                name: bad.into(),
+                digest: Some(to_proto(&digest)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (root_digest, root_bytes) = encode(&root);
+        blobs.push((root_digest.clone(), root_bytes));
+        let (command_digest, command_bytes) = encode(&command(&format!("true {bad}"), &[], &[]));
+        blobs.push((command_digest.clone(), command_bytes));
+        let (action_digest, action_bytes) = encode(&v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: Some(to_proto(&root_digest)),
+            ..Default::default()
+        });
+        blobs.push((action_digest.clone(), action_bytes));
+        cluster.upload(blobs);
+        let err = cluster.execute_stream(&action_digest, false).err();
+        assert_eq!(
+            err.as_ref().map(tonic::Status::code),
+            Some(tonic::Code::InvalidArgument),
+            "input name {bad:?}: {err:?}"
+        );
+    }
+
+    // Outputs outside the exec root.
+    for bad in ["../escape.txt", "/etc/passwd", "a/../../b"] {
+        let action = cluster.action(command("true", &[bad], &[]), &[], None);
+        let err = cluster.execute_stream(&action, false).err();
+        assert_eq!(
+            err.as_ref().map(tonic::Status::code),
+            Some(tonic::Code::InvalidArgument),
+            "output path {bad:?}: {err:?}"
+        );
+    }
+    cluster.scheduler.proc.assert_running();
+}
+
+#[test]
+fn failures_and_timeouts_are_reported_and_not_cached() {
+    let cluster = Cluster::start(1);
+    let failing = cluster.action(command("echo oops >&2; exit 3", &[], &[]), &[], None);
+    let response = response_of(cluster.execute(&failing, false).last().unwrap());
+    assert_eq!(status_code(&response), tonic::Code::Ok);
+    let result = response.result.unwrap();
+    assert_eq!(result.exit_code, 3);
+    assert_eq!(
+        cluster.read(result.stderr_digest.as_ref().unwrap()),
+        "oops\n"
+    );
+    let cached = cluster
+        .runtime
+        .block_on(cluster.cas.get_action_result(&failing))
+        .unwrap();
+    assert!(cached.is_none(), "a failed action must not be cached");
+
+    let slow = cluster.action(
+        command("sleep 30", &[], &[]),
+        &[],
+        Some(Duration::from_secs(1)),
+    );
+    let response = response_of(cluster.execute(&slow, false).last().unwrap());
+    assert_eq!(
+        status_code(&response),
+        tonic::Code::DeadlineExceeded,
+        "{response:?}"
+    );
+}
+
+#[test]
+fn wait_execution_after_a_dropped_stream_merging_and_cancel() {
+    let cluster = Cluster::start(2);
+    let action = cluster.action(command("sleep 2; echo finished", &[], &[]), &[], None);
+    let mut stream = cluster.execute_stream(&action, true).unwrap();
+    let first = cluster.runtime.block_on(stream.message()).unwrap().unwrap();
+    let name = first.name.clone();
+    // An identical request while it runs joins the same execution.
+    let mut twin = cluster.execute_stream(&action, true).unwrap();
+    let twin_first = cluster.runtime.block_on(twin.message()).unwrap().unwrap();
+    assert_eq!(twin_first.name, name);
+    drop(stream);
+    drop(twin);
+
+    let waited = cluster.runtime.block_on(async {
+        ExecutionClient::new(cluster.channel.clone())
+            .wait_execution(v2::WaitExecutionRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let ops = cluster.drain(waited);
+    let result = response_of(ops.last().unwrap()).result.unwrap();
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "finished\n"
+    );
+
+    let unknown = cluster.runtime.block_on(async {
+        ExecutionClient::new(cluster.channel.clone())
+            .wait_execution(v2::WaitExecutionRequest {
+                name: "no-such-operation".into(),
+            })
+            .await
+    });
+    assert_eq!(unknown.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+
+    // Cancelling kills the job; the operation ends with CANCELLED.
+    let long = cluster.action(command("sleep 60", &[], &[]), &[], None);
+    let mut stream = cluster.execute_stream(&long, true).unwrap();
+    let name = cluster
+        .runtime
+        .block_on(stream.message())
+        .unwrap()
+        .unwrap()
+        .name;
+    cluster
+        .runtime
+        .block_on(
+            cluster
+                .operations()
+                .cancel_operation(CancelOperationRequest { name: name.clone() }),
+        )
+        .unwrap();
+    let ops = cluster.drain(stream);
+    let last = ops.last().unwrap();
+    assert!(last.done);
+    match &last.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(status.code, tonic::Code::Cancelled as i32, "{status:?}")
+        }
+        other => panic!("a cancelled operation ends with an error, not {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_dying_mid_action_gives_a_clear_error_and_the_scheduler_keeps_serving() {
+    let mut cluster = Cluster::start(1);
+    let action = cluster.action(command("sleep 60", &[], &[]), &[], None);
+    let mut stream = cluster.execute_stream(&action, true).unwrap();
+    let executing = cluster.runtime.block_on(async {
+        loop {
+            let op = tokio::time::timeout(DEADLINE, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if stage(&op) == v2::execution_stage::Value::Executing {
+                return op;
+            }
+        }
+    });
+    let mut dead = cluster.workers.pop().unwrap();
+    killpg(dead.proc.pid(), Signal::SIGKILL).unwrap();
+    let _ = dead.proc.child.wait();
+    let ops = cluster.drain(stream);
+    let response = response_of(ops.last().unwrap());
+    assert_eq!(
+        status_code(&response),
+        tonic::Code::Unavailable,
+        "{} ended with {response:?}",
+        executing.name
+    );
+    assert!(
+        response
+            .status
+            .unwrap()
+            .message
+            .contains("could not be run"),
+        "the error says what happened"
+    );
+
+    // A new worker joins and the next action runs.
+    let worker = Cluster::worker(&cluster.scheduler);
+    write_workers(&cluster.scheduler.workers_file, &[&worker]);
+    cluster.workers.push(worker);
+    let quick = cluster.action(command("echo alive", &[], &[]), &[], None);
+    let result = response_of_last(&cluster.execute(&quick, true));
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "alive\n"
+    );
+    cluster.scheduler.proc.assert_running();
+}
+
+fn response_of_last(ops: &[Operation]) -> v2::ActionResult {
+    response_of(ops.last().unwrap()).result.unwrap()
+}
