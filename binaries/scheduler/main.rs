@@ -22,6 +22,10 @@ struct Args {
     /// subdirectory); a temporary directory, removed at exit, when not given.
     #[arg(long = "cas_dir")]
     cas_dir: Option<std::path::PathBuf>,
+    /// Another CAS (`host:port`, e.g. the cluster's apiserver) consulted for blobs this
+    /// scheduler's CAS lacks, so inputs uploaded there can be executed here.
+    #[arg(long = "cas_fallback")]
+    cas_fallback: Option<String>,
     /// Bound of the CAS in bytes (least recently used blobs are evicted).
     #[arg(long = "cas_size", default_value_t = DEFAULT_CAS_BYTES)]
     cas_size: u64,
@@ -75,7 +79,11 @@ async fn serve() -> anyhow::Result<()> {
         let stores = tokio::task::spawn_blocking(move || open_cas_stores(dir, cas_size, ac_size))
             .await?
             .map_err(anyhow::Error::msg)?;
-        Some(scoot_scheduler::server::ReapiEndpoint { listener, stores })
+        Some(scoot_scheduler::server::ReapiEndpoint {
+            listener,
+            stores,
+            fallback: args.cas_fallback.clone(),
+        })
     };
     let served = scoot_scheduler::run(
         thrift,

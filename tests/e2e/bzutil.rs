@@ -6,11 +6,16 @@ use crate::support::*;
 
 fn bzutil(api: &ApiServer, args: &[&str]) -> String {
     let (sub, rest) = args.split_first().unwrap();
+    let mut all = vec![*sub, "--cas_addr"];
+    let addr = format!("127.0.0.1:{}", api.grpc_port);
+    all.push(&addr);
+    all.extend(rest);
+    run_bzutil(&all)
+}
+
+fn run_bzutil(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_bzutil"))
-        .arg(sub)
-        .arg("--cas_addr")
-        .arg(format!("127.0.0.1:{}", api.grpc_port))
-        .args(rest)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -95,5 +100,120 @@ fn seed_walkthrough_uploads_and_finds_blobs() {
     assert_eq!(
         std::fs::read_to_string(out.path().join(hash)).unwrap(),
         "alpha"
+    );
+}
+
+/// Seed 002's walk-through on a setup-cloud-scoot cluster: the Command, input directory and
+/// Action go to the apiserver's CAS, the Action is executed through the scheduler, and the
+/// operation is followed with get_operation (and another one cancelled).
+#[test]
+fn seed_walkthrough_executes_through_the_scheduler() {
+    let cluster = LocalCluster::start(900);
+    let cas = cluster.apiserver_grpc_addr();
+    let grpc = cluster.grpc_addr();
+    let upload = |args: &[&str]| {
+        let (sub, rest) = args.split_first().unwrap();
+        let mut all = vec![*sub, "--cas_addr", cas.as_str()];
+        all.extend(rest);
+        run_bzutil(&all).trim().to_string()
+    };
+    let command = upload(&[
+        "upload_command",
+        "--output_files",
+        "out.txt",
+        "sh",
+        "-c",
+        "cat sub/a.txt > out.txt; echo walked",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/a.txt"), "alpha").unwrap();
+    let root = upload(&["upload_dir", "--dir", dir.path().to_str().unwrap()]);
+    let action = upload(&[
+        "upload_action",
+        "--command",
+        &command,
+        "--input_root",
+        &root,
+    ]);
+
+    let queued = run_bzutil(&["execute", "--grpc_addr", &grpc, "--action", &action]);
+    assert!(queued.contains("\tDone: false\n"), "{queued}");
+    assert!(queued.contains("\t\tStage: QUEUED\n"), "{queued}");
+    assert!(
+        queued.contains(&format!("\t\tActionDigest: {action}\n")),
+        "{queued}"
+    );
+    let name = queued
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Operation: "))
+        .unwrap()
+        .to_string();
+
+    let done = poll("the operation to be done", || {
+        let text = run_bzutil(&["get_operation", "--grpc_addr", &grpc, "--name", &name]);
+        text.contains("\tDone: true\n").then_some(text)
+    });
+    for expected in [
+        "\t\tStage: COMPLETED\n",
+        "\t\t\tCode: OK\n",
+        "\t\t\tExitCode: 0\n",
+        "\t\t\tOutputFiles: [\"out.txt\"]\n",
+        "\t\t\t\tQueueLatency: ",
+        "\t\t\t\tExecution: ",
+    ] {
+        assert!(done.contains(expected), "{expected:?} not in:\n{done}");
+    }
+    let full: serde_json::Value = serde_json::from_str(&run_bzutil(&[
+        "get_operation",
+        "--grpc_addr",
+        &grpc,
+        "--name",
+        &name,
+        "--json_full",
+    ]))
+    .unwrap();
+    let result = &full["response"]["result"];
+    let out_digest = result["output_files"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stdout_digest = result["stdout_digest"].as_str().unwrap().to_string();
+    // The outputs are in the scheduler's CAS.
+    let downloads = tempfile::tempdir().unwrap();
+    run_bzutil(&[
+        "batch_download",
+        "--cas_addr",
+        &grpc,
+        "--digests",
+        &format!("{out_digest},{stdout_digest}"),
+        "--dir",
+        downloads.path().to_str().unwrap(),
+    ]);
+    let read = |digest: &str| {
+        std::fs::read_to_string(downloads.path().join(digest.split('/').next().unwrap())).unwrap()
+    };
+    assert_eq!(read(&out_digest), "alpha");
+    assert_eq!(read(&stdout_digest), "walked\n");
+
+    // A long action, cancelled.
+    let sleeper = upload(&["upload_command", "sleep", "60"]);
+    let sleeper = upload(&["upload_action", "--command", &sleeper]);
+    let queued = run_bzutil(&["execute", "--grpc_addr", &grpc, "--action", &sleeper]);
+    let name = queued
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Operation: "))
+        .unwrap()
+        .to_string();
+    run_bzutil(&["cancel_operation", "--grpc_addr", &grpc, "--name", &name]);
+    let cancelled = poll("the cancelled operation to be done", || {
+        let text = run_bzutil(&["get_operation", "--grpc_addr", &grpc, "--name", &name]);
+        text.contains("\tDone: true\n").then_some(text)
+    });
+    assert!(
+        cancelled.contains("\tError:\n\t\tCode: CANCELLED\n"),
+        "{cancelled}"
     );
 }

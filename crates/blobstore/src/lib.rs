@@ -26,7 +26,7 @@ mod verify;
 
 pub use fs::FsBlobStore;
 pub use memory::MemoryBlobStore;
-pub use tiered::TieredBlobStore;
+pub use tiered::{BlobSource, TieredBlobStore};
 pub use util::{get, next_chunk, put, sha256_digest};
 
 #[cfg(test)]

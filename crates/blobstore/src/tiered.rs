@@ -9,13 +9,39 @@ use async_trait::async_trait;
 
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 
+/// The read side of a store: what the far tier must offer (a remote CAS, say).
+#[async_trait]
+pub trait BlobSource: Send + Sync + 'static {
+    /// As [`BlobStore::find_missing`].
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError>;
+    /// As [`BlobStore::read`].
+    async fn read(&self, digest: &Digest, offset: u64, limit: u64)
+    -> Result<BlobStream, BlobError>;
+}
+
+#[async_trait]
+impl<S: BlobStore> BlobSource for S {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
+        BlobStore::find_missing(self, digests).await
+    }
+
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: u64,
+    ) -> Result<BlobStream, BlobError> {
+        BlobStore::read(self, digest, offset, limit).await
+    }
+}
+
 pub struct TieredBlobStore {
     near: Arc<dyn BlobStore>,
-    far: Arc<dyn BlobStore>,
+    far: Arc<dyn BlobSource>,
 }
 
 impl TieredBlobStore {
-    pub fn new(near: Arc<dyn BlobStore>, far: Arc<dyn BlobStore>) -> TieredBlobStore {
+    pub fn new(near: Arc<dyn BlobStore>, far: Arc<dyn BlobSource>) -> TieredBlobStore {
         TieredBlobStore { near, far }
     }
 }
@@ -23,7 +49,7 @@ impl TieredBlobStore {
 #[async_trait]
 impl BlobStore for TieredBlobStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
-        let missing_near = self.near.find_missing(digests).await?;
+        let missing_near = BlobStore::find_missing(&*self.near, digests).await?;
         if missing_near.is_empty() {
             return Ok(missing_near);
         }
@@ -70,17 +96,16 @@ mod tests {
             .await
             .unwrap();
 
-        let missing = tiered
-            .find_missing(&[digest(&in_far), digest(&in_near), digest(&nowhere)])
-            .await
-            .unwrap();
+        let wanted = [digest(&in_far), digest(&in_near), digest(&nowhere)];
+        let missing = BlobStore::find_missing(&tiered, &wanted).await.unwrap();
         assert_eq!(missing, vec![digest(&nowhere)]);
         assert_eq!(get(&tiered, &digest(&in_far), 100).await.unwrap(), in_far);
         assert_eq!(get(&tiered, &digest(&in_near), 100).await.unwrap(), in_near);
         // Writes land in the near store only.
-        assert!(far.find_missing(&[digest(&in_near)]).await.unwrap().len() == 1);
+        let far_missing = BlobStore::find_missing(&*far, &[digest(&in_near)]).await;
+        assert_eq!(far_missing.unwrap().len(), 1);
         assert!(matches!(
-            tiered.read(&digest(&nowhere), 0, 0).await,
+            BlobStore::read(&tiered, &digest(&nowhere), 0, 0).await,
             Err(BlobError::NotFound(_))
         ));
     }

@@ -22,6 +22,7 @@
 mod digest;
 mod error;
 mod read;
+mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tree;
@@ -41,6 +42,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use digest::{batch_groups, digest_of, digest_of_file, encode, from_proto, to_proto};
 pub use error::ClientError;
 pub use read::BlobsRead;
+pub use source::RemoteBlobSource;
 pub use tree::{LocalTree, read_tree};
 
 /// How long establishing a connection may take.

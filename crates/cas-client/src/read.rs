@@ -266,10 +266,22 @@ impl CasClient {
         digest: &Digest,
         what: &str,
     ) -> Result<Option<tonic::Streaming<ReadResponse>>, ClientError> {
+        self.open_range(digest, 0, 0, what).await
+    }
+
+    /// Starts a ByteStream Read of `limit` bytes (0: all) from `offset`; `None` when the server
+    /// says NOT_FOUND. The bytes are not verified: a range cannot be.
+    pub(crate) async fn open_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: u64,
+        what: &str,
+    ) -> Result<Option<tonic::Streaming<ReadResponse>>, ClientError> {
         let request = ReadRequest {
             resource_name: self.resource(format!("blobs/{}/{}", digest.hash, digest.size_bytes)),
-            read_offset: 0,
-            read_limit: 0,
+            read_offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            read_limit: i64::try_from(limit).unwrap_or(i64::MAX),
         };
         let mut request = tonic::Request::new(request);
         request.set_timeout(stream_deadline(size(digest)));

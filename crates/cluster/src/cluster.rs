@@ -246,6 +246,11 @@ impl Cluster {
         )?;
         let config = spec::scheduler_config(self.spec.strategy, &workers_file)?;
         let ports = self.layout.scheduler;
+        // Blobs put in the first apiserver's CAS (Scoot's bzutil walk-through) can be executed.
+        let fallback: Vec<String> = self.layout.apiservers[..self.apiservers_started]
+            .first()
+            .map(|a| vec!["-cas_fallback".into(), spec::local_addr(a.grpc)])
+            .unwrap_or_default();
         let scheduler = self.spawn(Launch {
             name: "scheduler".into(),
             role: Role::Scheduler,
@@ -263,7 +268,10 @@ impl Cluster {
                 level,
                 "-config".into(),
                 config,
-            ],
+            ]
+            .into_iter()
+            .chain(fallback)
+            .collect(),
             env: Vec::new(),
             log: PathBuf::new(),
         })?;

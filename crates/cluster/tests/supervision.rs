@@ -41,7 +41,7 @@ if cfg.get("ignore_term"):
 else:
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 socks = []
-for key in ("-thrift_addr", "-http_addr"):
+for key in ("-thrift_addr", "-http_addr", "-grpc_addr"):
     if key in flags and not (cfg.get("no_http") and key == "-http_addr"):
         port = int(flags[key].rsplit(":", 1)[1])
         s = socket.socket()

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use scoot_blobstore::{BlobStore, TieredBlobStore};
 use scoot_cas::CasConfig;
 use scoot_cas::stores::CasStores;
+use scoot_cas_client::{CasClient, RemoteBlobSource};
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaLog};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use scoot_thrift::server::ServeOptions;
@@ -41,6 +43,9 @@ pub enum SchedulerError {
 pub struct ReapiEndpoint {
     pub listener: TcpListener,
     pub stores: CasStores,
+    /// Another CAS (the cluster's apiserver) whose blobs are served as if they were in ours, so
+    /// that inputs uploaded there can be executed here.
+    pub fallback: Option<String>,
 }
 
 fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
@@ -105,8 +110,19 @@ pub async fn run(
                 cas = %endpoint.stores.dir.display(),
                 "remote execution serving"
             );
+            let blobs: Arc<dyn BlobStore> = match &endpoint.fallback {
+                Some(addr) => {
+                    let far = CasClient::connect_lazy(addr, "")
+                        .map_err(|e| SchedulerError::Grpc(format!("-cas_fallback {addr}: {e}")))?;
+                    Arc::new(TieredBlobStore::new(
+                        endpoint.stores.cas,
+                        Arc::new(RemoteBlobSource::new(far)),
+                    ))
+                }
+                None => endpoint.stores.cas,
+            };
             let cas = scoot_cas::server(
-                endpoint.stores.cas,
+                blobs,
                 endpoint.stores.action_cache,
                 CasConfig {
                     exec_enabled: true,
