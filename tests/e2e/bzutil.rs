@@ -103,6 +103,16 @@ fn seed_walkthrough_uploads_and_finds_blobs() {
     );
 }
 
+/// The name in the first line of a printed operation (`Operation: <name>`).
+fn operation_name(printed: &str) -> String {
+    printed
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Operation: "))
+        .unwrap_or_else(|| panic!("not an operation: {printed}"))
+        .to_string()
+}
+
 /// Seed 002's walk-through on a setup-cloud-scoot cluster: the Command, input directory and
 /// Action go to the apiserver's CAS, the Action is executed through the scheduler, and the
 /// operation is followed with get_operation (and another one cancelled).
@@ -144,12 +154,7 @@ fn seed_walkthrough_executes_through_the_scheduler() {
         queued.contains(&format!("\t\tActionDigest: {action}\n")),
         "{queued}"
     );
-    let name = queued
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("Operation: "))
-        .unwrap()
-        .to_string();
+    let name = operation_name(&queued);
 
     let done = poll("the operation to be done", || {
         let text = run_bzutil(&["get_operation", "--grpc_addr", &grpc, "--name", &name]);
@@ -201,12 +206,7 @@ fn seed_walkthrough_executes_through_the_scheduler() {
     let sleeper = upload(&["upload_command", "sleep", "60"]);
     let sleeper = upload(&["upload_action", "--command", &sleeper]);
     let queued = run_bzutil(&["execute", "--grpc_addr", &grpc, "--action", &sleeper]);
-    let name = queued
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("Operation: "))
-        .unwrap()
-        .to_string();
+    let name = operation_name(&queued);
     run_bzutil(&["cancel_operation", "--grpc_addr", &grpc, "--name", &name]);
     let cancelled = poll("the cancelled operation to be done", || {
         let text = run_bzutil(&["get_operation", "--grpc_addr", &grpc, "--name", &name]);

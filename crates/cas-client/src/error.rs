@@ -42,15 +42,3 @@ impl ClientError {
         )
     }
 }
-
-/// An error and its sources, `: `-separated (transport errors say little at the top level).
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -95,7 +95,11 @@ impl CasClient {
         let channel = endpoint.connect().await.map_err(|e| {
             ClientError::new(
                 Code::Unavailable,
-                format!("cannot connect to {}: {}", endpoint.uri(), error::chain(&e)),
+                format!(
+                    "cannot connect to {}: {}",
+                    endpoint.uri(),
+                    scoot_core::error_chain(&e)
+                ),
             )
         })?;
         Ok(CasClient::from_channel(channel, instance))
@@ -207,7 +211,10 @@ fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     let endpoint = Endpoint::from_shared(url).map_err(|e| {
         ClientError::new(
             Code::InvalidArgument,
-            format!("invalid CAS address {addr:?}: {}", error::chain(&e)),
+            format!(
+                "invalid CAS address {addr:?}: {}",
+                scoot_core::error_chain(&e)
+            ),
         )
     })?;
     Ok(endpoint

@@ -182,7 +182,7 @@ impl Store for HttpStore {
                 .await
             {
                 Ok(response) => response,
-                Err(e) => return Attempt::Retry(error_chain(&e)),
+                Err(e) => return Attempt::Retry(scoot_core::error_chain(&e)),
             };
             match response.status() {
                 StatusCode::OK => Attempt::Done(Ok(!expired(response.headers()))),
@@ -205,12 +205,14 @@ impl Store for HttpStore {
                 .await
             {
                 Ok(response) => response,
-                Err(e) => return Attempt::Retry(error_chain(&e)),
+                Err(e) => return Attempt::Retry(scoot_core::error_chain(&e)),
             };
             match response.status() {
                 StatusCode::OK => match response.bytes().await {
                     Ok(body) => Attempt::Done(Ok(Some(body))),
-                    Err(e) => Attempt::Retry(format!("reading the body: {}", error_chain(&e))),
+                    Err(e) => {
+                        Attempt::Retry(format!("reading the body: {}", scoot_core::error_chain(&e)))
+                    }
                 },
                 StatusCode::NOT_FOUND => Attempt::Done(Ok(None)),
                 _ => failure(Method::GET, name, response).await,
@@ -237,7 +239,7 @@ impl Store for HttpStore {
                 .await
             {
                 Ok(response) => response,
-                Err(e) => return Attempt::Retry(error_chain(&e)),
+                Err(e) => return Attempt::Retry(scoot_core::error_chain(&e)),
             };
             if response.status().is_success() {
                 Attempt::Done(Ok(()))
@@ -247,19 +249,6 @@ impl Store for HttpStore {
         })
         .await
     }
-}
-
-/// An error with its causes ("error sending request: connection refused"), since reqwest's
-/// top-level message alone rarely says what happened.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Normalizes a bundlestore location to a base URL ending in `/`:
