@@ -51,6 +51,7 @@ bench: test-deps
 	$(CARGO) bench --bench scheduling
 	$(CARGO) bench --bench cas
 	$(CARGO) bench --bench throughput
+	$(CARGO) bench --bench bazel
 
 clean:
 	$(CARGO) clean

@@ -26,8 +26,11 @@ use tonic::transport::Channel;
 
 const MIB: usize = 1024 * 1024;
 
-fn pseudo_random(len: usize) -> Bytes {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+/// Repeated measurements are reported as their median.
+const RUNS: usize = 3;
+
+fn pseudo_random(len: usize, seed: u64) -> Bytes {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut data = Vec::with_capacity(len);
     while data.len() < len {
         state ^= state << 13;
@@ -120,12 +123,18 @@ fn main() {
             .connect()
             .await
             .unwrap();
-        let data = pseudo_random(blob_size);
-        let started = Instant::now();
-        let d = digest(&data);
-        let sha = mb_per_s(blob_size, started.elapsed());
-        let up = mb_per_s(blob_size, upload(channel.clone(), &d, data).await);
-        let down = mb_per_s(blob_size, download(channel.clone(), &d).await);
+        // Each run stores a blob of its own: the CAS would answer a repeated upload at once.
+        let (mut sha, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            let data = pseudo_random(blob_size, run as u64);
+            let started = Instant::now();
+            let d = digest(&data);
+            sha.push(started.elapsed());
+            up.push(upload(channel.clone(), &d, data).await);
+            down.push(download(channel.clone(), &d).await);
+        }
+        let rate = |mut took: Vec<Duration>| mb_per_s(blob_size, percentile(&mut took, 0.5));
+        let (sha, up, down) = (rate(sha), rate(up), rate(down));
 
         let cas = re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
             .max_decoding_message_size(64 * MIB);
@@ -142,19 +151,25 @@ fn main() {
             find.push(started.elapsed());
             assert_eq!(reply.missing_blob_digests.len(), find_digests);
         }
-        let blobs: Vec<Bytes> = (0..batch_blobs).map(|i| Bytes::from(format!("small blob {i} {}", "x".repeat(100)))).collect();
-        let started = Instant::now();
-        for chunk in blobs.chunks(500) {
-            let requests = chunk
-                .iter()
-                .map(|b| re::batch_update_blobs_request::Request { digest: Some(digest(b)), data: b.clone(), ..Default::default() })
+        let mut batches = Vec::new();
+        for run in 0..RUNS {
+            let blobs: Vec<Bytes> = (0..batch_blobs)
+                .map(|i| Bytes::from(format!("small blob {run} {i} {}", "x".repeat(100))))
                 .collect();
-            cas.clone()
-                .batch_update_blobs(re::BatchUpdateBlobsRequest { requests, ..Default::default() })
-                .await
-                .unwrap();
+            let started = Instant::now();
+            for chunk in blobs.chunks(500) {
+                let requests = chunk
+                    .iter()
+                    .map(|b| re::batch_update_blobs_request::Request { digest: Some(digest(b)), data: b.clone(), ..Default::default() })
+                    .collect();
+                cas.clone()
+                    .batch_update_blobs(re::BatchUpdateBlobsRequest { requests, ..Default::default() })
+                    .await
+                    .unwrap();
+            }
+            batches.push(started.elapsed());
         }
-        let batch = started.elapsed();
+        let batch = percentile(&mut batches, 0.5);
         let met = |ok: bool| if ok { "met" } else { "not met" };
         let (p50, p99) = (percentile(&mut find, 0.5), percentile(&mut find, 0.99));
         vec![
@@ -174,7 +189,8 @@ fn main() {
     }
     if benchmarking {
         let table = format!(
-            "## CAS\n\nOne apiserver (filesystem CAS, release build) on loopback; one client connection.\n\n\
+            "## CAS\n\nOne apiserver (filesystem CAS, release build) on loopback; one client connection. \
+             Throughputs and the batch time are medians of {RUNS} runs.\n\n\
              | measurement | result | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );

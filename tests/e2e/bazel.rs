@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use crate::support::{ApiServer, DEADLINE, LocalCluster, Proc, repo_root};
 
 /// How long one Bazel command may take before it is killed and the test fails.
-const BAZEL_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const BAZEL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The test targets of tests/bazel/workspace.
 const TEST_TARGETS: usize = 3;
 
 /// Runs `scripts/ensure-bazel.sh` (idempotent: it installs Bazel 2.1.0 from the npm registry
 /// into target/bazel-2.1.0/ once) and returns the path of the binary it prints.
-fn bazel_binary() -> PathBuf {
+pub(crate) fn bazel_binary() -> PathBuf {
     let script = repo_root().join("scripts/ensure-bazel.sh");
     let output = Command::new(&script)
         .stdin(Stdio::null())
@@ -44,7 +44,7 @@ fn bazel_binary() -> PathBuf {
 }
 
 /// One Bazel server for one copy of the workspace. Dropping it shuts the server down.
-struct Bazel {
+pub(crate) struct Bazel {
     bin: PathBuf,
     workspace: PathBuf,
     output_user_root: PathBuf,
@@ -78,7 +78,7 @@ impl Bazel {
 
     /// Runs one Bazel command in the workspace and returns its output (stdout then stderr, in
     /// one file under target/e2e-logs); fails the test if it fails or outlives [`BAZEL_TIMEOUT`].
-    fn run(&self, step: &str, args: &[&str]) -> String {
+    pub(crate) fn run(&self, step: &str, args: &[&str]) -> String {
         let (status, output, log, elapsed) = self.run_unchecked(step, args, BAZEL_TIMEOUT);
         match status {
             None => panic!(
@@ -161,7 +161,7 @@ impl Drop for Bazel {
 }
 
 /// The last lines of a long output, enough to see why Bazel failed.
-fn tail(output: &str) -> String {
+pub(crate) fn tail(output: &str) -> String {
     let lines: Vec<&str> = output.lines().collect();
     lines[lines.len().saturating_sub(150)..].join("\n")
 }
@@ -189,8 +189,8 @@ fn assert_no_remote_warnings(step: &str, output: &str) {
 /// `INFO: 19 processes: 19 remote cache hit.` (Bazel 2.1), `INFO: 1 process: 1 linux-sandbox.`,
 /// `INFO: 0 processes.` or, from Bazel 4 on, `INFO: 21 processes: 2 internal, 19 remote cache hit.`
 #[derive(Debug, PartialEq)]
-struct ProcessSummary {
-    total: u64,
+pub(crate) struct ProcessSummary {
+    pub(crate) total: u64,
     by_kind: Vec<(String, u64)>,
 }
 
@@ -221,7 +221,7 @@ impl ProcessSummary {
         })
     }
 
-    fn count(&self, kind: &str) -> u64 {
+    pub(crate) fn count(&self, kind: &str) -> u64 {
         self.by_kind
             .iter()
             .filter(|(k, _)| k == kind)
@@ -230,13 +230,13 @@ impl ProcessSummary {
     }
 
     /// Processes that did work: all but Bazel's `internal` ones (Bazel 4 and later).
-    fn real(&self) -> u64 {
+    pub(crate) fn real(&self) -> u64 {
         self.total - self.count("internal")
     }
 }
 
 /// The summary line of a Bazel command's output, checked for consistency.
-fn process_summary(step: &str, output: &str) -> ProcessSummary {
+pub(crate) fn process_summary(step: &str, output: &str) -> ProcessSummary {
     let summary = ProcessSummary::last_in(output).unwrap_or_else(|| {
         panic!(
             "bazel {step}: no `INFO: N processes: …` line in its output:\n{}",
@@ -251,7 +251,7 @@ fn process_summary(step: &str, output: &str) -> ProcessSummary {
     summary
 }
 
-fn assert_all_remote_cache_hits(step: &str, output: &str) -> ProcessSummary {
+pub(crate) fn assert_all_remote_cache_hits(step: &str, output: &str) -> ProcessSummary {
     let summary = process_summary(step, output);
     assert!(
         summary.real() > 0 && summary.count("remote cache hit") == summary.real(),
@@ -284,7 +284,7 @@ fn outputs(workspace: &Path) -> BTreeMap<String, Vec<u8>> {
     outputs_under(workspace, &["bazel-bin", "bazel-testlogs"])
 }
 
-fn outputs_under(workspace: &Path, roots: &[&str]) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn outputs_under(workspace: &Path, roots: &[&str]) -> BTreeMap<String, Vec<u8>> {
     fn walk(dir: &Path, name: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
         entries.sort_by_key(|e| e.file_name());
@@ -307,7 +307,10 @@ fn outputs_under(workspace: &Path, roots: &[&str]) -> BTreeMap<String, Vec<u8>> 
     out
 }
 
-fn assert_same_outputs(first: &BTreeMap<String, Vec<u8>>, again: &BTreeMap<String, Vec<u8>>) {
+pub(crate) fn assert_same_outputs(
+    first: &BTreeMap<String, Vec<u8>>,
+    again: &BTreeMap<String, Vec<u8>>,
+) {
     assert!(!first.is_empty(), "no outputs to compare");
     let missing: Vec<&String> = first.keys().filter(|k| !again.contains_key(*k)).collect();
     let extra: Vec<&String> = again.keys().filter(|k| !first.contains_key(*k)).collect();
@@ -343,13 +346,13 @@ fn make_writable(dir: &Path) {
 
 /// A copy of tests/bazel (the sample workspace and the stand-ins it refers to as ../standins)
 /// in a temp dir that is made writable again before it is removed.
-struct Sample {
-    workspace: PathBuf,
+pub(crate) struct Sample {
+    pub(crate) workspace: PathBuf,
     tmp: tempfile::TempDir,
 }
 
 impl Sample {
-    fn new() -> Sample {
+    pub(crate) fn new() -> Sample {
         let tmp = tempfile::tempdir().unwrap();
         let sources = repo_root().join("tests/bazel");
         copy_tree(&sources.join("workspace"), &tmp.path().join("workspace"));
@@ -360,7 +363,7 @@ impl Sample {
         }
     }
 
-    fn bazel(&self, bin: PathBuf) -> Bazel {
+    pub(crate) fn bazel(&self, bin: PathBuf) -> Bazel {
         Bazel::new(bin, self.workspace.clone(), self.tmp.path().join("root"))
     }
 }
@@ -457,7 +460,7 @@ fn error_lines(output: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_all_remote(step: &str, output: &str) -> ProcessSummary {
+pub(crate) fn assert_all_remote(step: &str, output: &str) -> ProcessSummary {
     let summary = process_summary(step, output);
     assert!(
         summary.real() > 0 && summary.count("remote") == summary.real(),

@@ -79,6 +79,16 @@ impl Cluster {
         files: &[(&str, &str, bool)],
         timeout: Option<Duration>,
     ) -> Digest {
+        self.action_with(command, files, timeout, false)
+    }
+
+    fn action_with(
+        &self,
+        command: v2::Command,
+        files: &[(&str, &str, bool)],
+        timeout: Option<Duration>,
+        do_not_cache: bool,
+    ) -> Digest {
         let mut blobs = Vec::new();
         let root = directory(files, "", &mut blobs);
         let (command_digest, command_bytes) = encode(&command);
@@ -90,6 +100,7 @@ impl Cluster {
                 seconds: t.as_secs() as i64,
                 nanos: 0,
             }),
+            do_not_cache,
             ..Default::default()
         };
         let (action_digest, action_bytes) = encode(&action);
@@ -488,6 +499,22 @@ fn wait_execution_after_a_dropped_stream_merging_and_cancel() {
     let mut twin = cluster.execute_stream(&action, true).unwrap();
     let twin_first = cluster.runtime.block_on(twin.message()).unwrap().unwrap();
     assert_eq!(twin_first.name, name);
+    // Actions that must not be cached are never merged.
+    let mut uncached = command("sleep 1", &[], &[]);
+    uncached.arguments.push("uncached".into());
+    let uncached = cluster.action_with(uncached, &[], None, true);
+    let names: Vec<String> = (0..2)
+        .map(|_| {
+            let mut stream = cluster.execute_stream(&uncached, true).unwrap();
+            cluster
+                .runtime
+                .block_on(stream.message())
+                .unwrap()
+                .unwrap()
+                .name
+        })
+        .collect();
+    assert_ne!(names[0], names[1]);
     drop(stream);
     drop(twin);
 
@@ -594,4 +621,50 @@ fn a_worker_dying_mid_action_gives_a_clear_error_and_the_scheduler_keeps_serving
 
 fn response_of_last(ops: &[Operation]) -> v2::ActionResult {
     response_of(ops.last().unwrap()).result.unwrap()
+}
+
+#[test]
+fn an_execution_survives_a_scheduler_restart() {
+    // No workers yet: the action stays queued across the restart.
+    let mut cluster = Cluster::start(0);
+    let action = cluster.action(command("echo recovered", &[], &[]), &[], None);
+    let mut stream = cluster.execute_stream(&action, false).unwrap();
+    let first = cluster.runtime.block_on(stream.message()).unwrap().unwrap();
+    assert_eq!(stage(&first), v2::execution_stage::Value::Queued);
+    drop(stream);
+
+    // The saga log and the CAS are kept; the ports are new.
+    cluster.scheduler = cluster.scheduler.kill_and_restart(serde_json::json!({}));
+    let addr = format!("127.0.0.1:{}", cluster.scheduler.grpc_port);
+    cluster.channel = cluster.runtime.block_on(async {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    });
+    cluster.cas = cluster
+        .runtime
+        .block_on(CasClient::connect(&addr, ""))
+        .unwrap();
+    let waited = cluster
+        .runtime
+        .block_on(async {
+            ExecutionClient::new(cluster.channel.clone())
+                .wait_execution(v2::WaitExecutionRequest {
+                    name: first.name.clone(),
+                })
+                .await
+        })
+        .unwrap()
+        .into_inner();
+    let worker = Cluster::worker(&cluster.scheduler);
+    write_workers(&cluster.scheduler.workers_file, &[&worker]);
+    let ops = cluster.drain(waited);
+    assert!(ops.iter().all(|op| op.name == first.name));
+    let result = response_of(ops.last().unwrap()).result.unwrap();
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "recovered\n"
+    );
 }

@@ -3,8 +3,9 @@
 //! Layout: `plain/<hash>` (mode 0444) and `exec/<hash>` (0555) hold verified blobs, `tmp/` holds
 //! downloads in progress. A hard link shares its inode's mode, so one blob needed both as an
 //! executable and not is stored twice. Entries are read-only so that an action cannot change a
-//! cached blob by writing to its input; one that chmods its input anyway changes the entry's
-//! mode, which [`Cache::acquire`] notices, dropping the entry.
+//! cached blob by writing to its input; one that chmods or rewrites its input anyway (root
+//! ignores the mode) changes the entry's mode or modification time, which [`Cache::acquire`]
+//! notices, dropping the entry.
 //!
 //! The index lives in memory and the directory is wiped at open: after a crash a renamed file
 //! may not hold its data (nothing is fsynced, for speed), and checking every entry would cost as
@@ -21,6 +22,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use scoot_core::Digest;
 
@@ -50,6 +52,8 @@ impl Key {
 
 struct Entry {
     size: u64,
+    /// The file's modification time when it was cached: a write through a hard link changes it.
+    modified: Option<SystemTime>,
     /// Position in the LRU order (larger is more recent).
     tick: u64,
     pins: usize,
@@ -79,7 +83,10 @@ impl Index {
     }
 
     /// Adds an entry, pinned (or pins the existing one).
-    fn add_pinned(&mut self, key: &Key) {
+    fn add_pinned(&mut self, key: &Key, modified: Option<SystemTime>) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.modified = modified;
+        }
         if self.pin(key) {
             return;
         }
@@ -88,6 +95,7 @@ impl Index {
             key.clone(),
             Entry {
                 size,
+                modified,
                 tick: self.clock,
                 pins: 1,
             },
@@ -159,12 +167,13 @@ impl Cache {
     /// entry's size and mode; otherwise it is dropped). Blocking.
     pub fn acquire(&self, key: &Key) -> Option<PathBuf> {
         let mut index = self.lock();
-        index.entries.get(key)?;
+        let modified = index.entries.get(key)?.modified;
         let path = self.path(key);
         let intact = fs::symlink_metadata(&path).is_ok_and(|meta| {
             meta.is_file()
                 && meta.len() == key.size()
                 && meta.permissions().mode() & 0o7777 == key.mode()
+                && meta.modified().ok() == modified
         });
         if !intact {
             tracing::warn!(path = %path.display(), "dropping a damaged cache entry");
@@ -184,7 +193,8 @@ impl Cache {
         let mut index = self.lock();
         // Renaming under the lock keeps an eviction of the same key from unlinking the new file.
         fs::rename(file, &path)?;
-        index.add_pinned(key);
+        let modified = fs::symlink_metadata(&path)?.modified().ok();
+        index.add_pinned(key, modified);
         self.evict(&mut index);
         Ok(path)
     }
@@ -333,6 +343,27 @@ mod tests {
         assert!(!plain_path.exists());
         assert!(cache.acquire(&exec).is_some());
         cache.release(&exec);
+
+        // Root ignores 0555: an action that rewrites its input in place (same size, same mode)
+        // changes the modification time, and the entry goes too.
+        let input = dir.path().join("input-exec");
+        link_all(&exec_path, std::slice::from_ref(&input)).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let file = fs::File::options().write(true).open(&input);
+        match file {
+            Ok(file) => {
+                use std::io::Write;
+                (&file).write_all(b"evil").unwrap();
+                file.set_modified(later).unwrap();
+                assert_eq!(cache.acquire(&exec), None);
+                assert!(!exec_path.exists());
+            }
+            // Not root: the mode kept the action out, and the entry is intact.
+            Err(_) => {
+                assert!(cache.acquire(&exec).is_some());
+                cache.release(&exec);
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tonic::Code;
 
 use crate::cache::{Cache, Key, link_all};
 use crate::failure::Failure;
-use crate::rules::{self, CommandLayout, OutputKind};
+use crate::rules::{self, CommandLayout};
 use crate::under;
 
 /// Largest Action, Command or Directory accepted: these are read whole into memory, and the
@@ -457,8 +457,8 @@ async fn fetch_large(
     Ok(Vec::new())
 }
 
-/// Creates the working directory, the parents of every output and, for outputs declared in
-/// `output_directories`, the directory itself (Bazel creates those for tree artifacts when it
+/// Creates the working directory, the parents of every output and every directory declared in
+/// `output_directories` (Bazel creates those for tree artifacts when it
 /// runs an action locally, and actions rely on it). Blocking.
 fn prepare_outputs(root: &Path, layout: &CommandLayout) -> Result<(), Failure> {
     let create = |relative: &str| {
@@ -468,11 +468,12 @@ fn prepare_outputs(root: &Path, layout: &CommandLayout) -> Result<(), Failure> {
     };
     create(&layout.working_directory)?;
     for output in &layout.outputs {
-        if output.kind == OutputKind::Directory {
-            create(&output.resolved)?;
-        } else if let Some((parent, _)) = output.resolved.rsplit_once('/') {
+        if let Some((parent, _)) = output.resolved.rsplit_once('/') {
             create(parent)?;
         }
+    }
+    for dir in &layout.tree_directories {
+        create(dir)?;
     }
     Ok(())
 }

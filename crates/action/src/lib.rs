@@ -168,14 +168,15 @@ impl ReapiActions {
         let dir = shared
             .work_dir
             .join(format!("{ACTION_DIR_PREFIX}{}", uuid::Uuid::new_v4()));
+        // Owned from before it exists: an abort or timeout can drop this future at any await,
+        // and the half-laid-out input root must not stay behind.
+        let unfinished = RemoveOnDrop(Some(dir.clone()));
         let created = dir.clone();
         tokio::task::spawn_blocking(move || std::fs::create_dir(&created))
             .await?
             .map_err(|e| Failure::io(&e, format!("creating {}", dir.display())))?;
-        if let Err(failure) = inputs::materialise(&client, &shared.cache, &inputs, &dir).await {
-            remove_action_dir(dir).await;
-            return Err(failure);
-        }
+        inputs::materialise(&client, &shared.cache, &inputs, &dir).await?;
+        unfinished.disarm();
         metadata.input_fetch_completed_timestamp = now();
         tracing::info!(
             action = %action_digest,
@@ -364,6 +365,32 @@ impl PreparedAction for PreparedReapiAction {
     async fn release(self: Box<Self>) {
         let span = self.span.clone();
         remove_action_dir(self.dir).instrument(span).await;
+    }
+}
+
+/// Removes an action directory whose preparation did not finish, in the background.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(remove_action_dir(dir));
+                }
+                Err(_) => {
+                    if let Err(e) = inputs::remove_tree(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the action directory");
+                    }
+                }
+            }
+        }
     }
 }
 

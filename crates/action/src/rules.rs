@@ -96,6 +96,10 @@ pub struct CommandLayout {
     /// `output_paths` when the Command has any, otherwise `output_files` then
     /// `output_directories` (REAPI: the legacy fields are ignored when `output_paths` is set).
     pub outputs: Vec<DeclaredOutput>,
+    /// `output_directories`, resolved, whichever form the outputs take: Bazel 6.3+ sends them
+    /// next to `output_paths`, and they are created before the run either way (as Bazel does
+    /// for tree artifacts locally), so an action behaves the same for every Bazel version.
+    pub tree_directories: Vec<String>,
 }
 
 /// An output path relative to the working directory `working_directory` (a normal form),
@@ -163,9 +167,15 @@ pub fn validate_command(command: &v2::Command) -> Result<CommandLayout, Invalid>
             })
         })
         .collect::<Result<_, Invalid>>()?;
+    let tree_directories = command
+        .output_directories
+        .iter()
+        .map(|path| output_path(&working_directory, path, OutputKind::Directory))
+        .collect::<Result<_, Invalid>>()?;
     Ok(CommandLayout {
         working_directory,
         outputs,
+        tree_directories,
     })
 }
 
@@ -367,6 +377,8 @@ mod tests {
         let layout = validate_command(&modern).unwrap();
         assert_eq!(layout.outputs.len(), 1);
         assert_eq!(layout.outputs[0].kind, OutputKind::Path);
+        // ...but the legacy output directories are still created before the run.
+        assert_eq!(layout.tree_directories, vec!["pkg/gen".to_string()]);
 
         let bad = |f: fn(&mut v2::Command)| {
             let mut c = command.clone();

@@ -53,7 +53,15 @@ impl BlobStore for TieredBlobStore {
         if missing_near.is_empty() {
             return Ok(missing_near);
         }
-        self.far.find_missing(&missing_near).await
+        // The far store is a convenience: while it is down, blobs only it has count as missing
+        // (the client uploads them again) rather than failing every lookup.
+        match self.far.find_missing(&missing_near).await {
+            Ok(missing) => Ok(missing),
+            Err(err) => {
+                tracing::warn!(error = %err, "far blob store unavailable; treating its blobs as missing");
+                Ok(missing_near)
+            }
+        }
     }
 
     async fn read(

@@ -20,7 +20,9 @@ fn version(major: i32, minor: i32) -> SemVer {
 /// What GetCapabilities answers for `config`: API versions deprecated 2.0 / low 2.0 / high 2.3
 /// (Bazel 2.x refuses a server whose low version is above 2.0), SHA-256 only, action-cache
 /// updates allowed, batch requests up to `max_batch_total_size_bytes`, absolute symlink targets
-/// refused, no compressors; execution capabilities only when `exec_enabled`.
+/// allowed (inputs and outputs are laid out and reported as they are), no compressors; execution
+/// capabilities only when `exec_enabled`, with every priority accepted (the scheduler maps them
+/// onto Scoot's three).
 pub fn server_capabilities(config: &CasConfig) -> v2::ServerCapabilities {
     let sha256 = DIGEST_FUNCTION as i32;
     v2::ServerCapabilities {
@@ -32,7 +34,7 @@ pub fn server_capabilities(config: &CasConfig) -> v2::ServerCapabilities {
             cache_priority_capabilities: None,
             max_batch_total_size_bytes: i64::try_from(config.max_batch_total_size_bytes)
                 .unwrap_or(i64::MAX),
-            symlink_absolute_path_strategy: v2::symlink_absolute_path_strategy::Value::Disallowed
+            symlink_absolute_path_strategy: v2::symlink_absolute_path_strategy::Value::Allowed
                 as i32,
             supported_compressors: Vec::new(),
             supported_batch_update_compressors: Vec::new(),
@@ -40,7 +42,12 @@ pub fn server_capabilities(config: &CasConfig) -> v2::ServerCapabilities {
         execution_capabilities: config.exec_enabled.then(|| v2::ExecutionCapabilities {
             digest_function: sha256,
             exec_enabled: true,
-            execution_priority_capabilities: None,
+            execution_priority_capabilities: Some(v2::PriorityCapabilities {
+                priorities: vec![v2::priority_capabilities::PriorityRange {
+                    min_priority: i32::MIN,
+                    max_priority: i32::MAX,
+                }],
+            }),
             supported_node_properties: Vec::new(),
             digest_functions: vec![sha256],
         }),

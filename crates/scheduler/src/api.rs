@@ -167,6 +167,12 @@ impl SchedulerApi {
         })
     }
 
+    /// Whether the scheduling loop holds the job (it is queued, running or being ended).
+    pub async fn is_active(&self, job_id: &str) -> Result<bool, ApiError> {
+        let id = job_id.to_string();
+        self.ask(|tx| Request::IsActive(id, tx)).await
+    }
+
     pub async fn kill_job(&self, job_id: &str) -> Result<JobStatus, ApiError> {
         let id = job_id.to_string();
         self.ask(|tx| Request::Kill(id, tx))

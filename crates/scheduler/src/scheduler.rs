@@ -40,6 +40,7 @@ pub enum Request {
     /// Admission succeeded but the saga could not be started.
     Release(Job),
     Kill(String, Reply<Result<(), String>>),
+    IsActive(String, Reply<bool>),
     Offline(String, Reply<Result<(), String>>),
     Reinstate(String, Reply<Result<(), String>>),
     /// (current tasks, throttle)
@@ -170,6 +171,9 @@ impl Loop {
             Request::Release(job) => self.unreserve(&job.def.requestor),
             Request::Kill(job_id, reply) => {
                 let _ = reply.send(self.kill(&job_id, "UserRequested").await);
+            }
+            Request::IsActive(job_id, reply) => {
+                let _ = reply.send(self.jobs.contains_key(&job_id));
             }
             Request::Offline(node, reply) => {
                 let _ = reply.send(self.offline(&node));

@@ -98,9 +98,12 @@ pub async fn run(attempt: TaskAttempt) -> AttemptFinished {
         tag = %attempt.cmd.tags.tag, node = %attempt.node);
     let outcome = tracing::Instrument::instrument(execute(&attempt), span.clone()).await;
     let state = outcome.status.state;
-    let node_suspect = matches!(state, RunState::Failed | RunState::Unknown);
+    // A REAPI action that failed with a response was refused for a reason of its own (a missing
+    // input, a malformed name): neither the worker's fault nor worth another attempt.
+    let refused_action = outcome.status.reapi_response.is_some();
+    let node_suspect = matches!(state, RunState::Failed | RunState::Unknown) && !refused_action;
     let success = state == RunState::Complete;
-    let result = if success || outcome.stopped || !attempt.may_retry {
+    let result = if success || outcome.stopped || !attempt.may_retry || refused_action {
         let mut status = outcome.status;
         if !success {
             status.error.push_str(DEAD_LETTER_SUFFIX);
@@ -160,7 +163,11 @@ async fn execute(attempt: &TaskAttempt) -> Outcome {
         };
     }
     let timeout = attempt.cmd.timeout.unwrap_or(Duration::from_secs(30 * 60));
-    let deadline = Instant::now() + timeout + TASK_TIMEOUT_OVERHEAD;
+    // Absurd timeouts mean "no practical limit", not an overflow.
+    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = Instant::now()
+        .checked_add(timeout + TASK_TIMEOUT_OVERHEAD)
+        .map_or(far_future, |d| d.min(far_future));
 
     let accepted = tokio::select! {
         accepted = start_run(attempt) => accepted,

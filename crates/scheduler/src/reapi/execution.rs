@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 
 use super::operations::{
     Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status, rpc_status,
+    status_response,
 };
 use crate::job::{Job, JobDefinition, TaskDefinition};
 
@@ -32,6 +33,8 @@ pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> 
 
 /// The argv of an action's task; workers run the action's own Command instead (Scoot's name).
 pub const ARGV_PLACEHOLDER: &str = "BZ_PLACEHOLDER";
+/// Longer action timeouts are cut to this (what the Worker API's i32 milliseconds can carry).
+const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// Largest Action, Command or Directory message read while checking an action.
 const MAX_MESSAGE_BYTES: u64 = 16 << 20;
 
@@ -84,30 +87,36 @@ impl Execution for ExecutionService {
                 status: Some(rpc_status(tonic::Code::Ok, "")),
                 ..Default::default()
             };
-            let name = uuid::Uuid::new_v4().to_string();
-            let tracked =
-                self.tracker
-                    .finished(name, key, OperationResult::Response(Box::new(response)));
-            return Ok(Response::new(stream(&self.tracker, tracked)));
+            return Ok(self.finished(key, response));
         }
-        let tracked = match self
-            .tracker
-            .join_or_start(key, uuid::Uuid::new_v4().to_string())
-        {
-            Joined::Existing(tracked) => {
-                tracing::debug!(operation = %tracked.name, "joining an identical execution");
-                return Ok(Response::new(stream(&self.tracker, tracked)));
-            }
-            Joined::New(tracked) => tracked,
+        let action = match self.check_action(&key.action_digest).await {
+            Ok(action) => action,
+            Err(Refusal::Response(response)) => return Ok(self.finished(key, *response)),
+            Err(Refusal::Status(status)) => return Err(status),
         };
-        match self.start(&tracked, &request, requestor).await {
-            Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
-            Err(Refusal::Response(response)) => {
-                self.tracker
-                    .finish(&tracked, OperationResult::Response(response));
-                Ok(Response::new(stream(&self.tracker, tracked)))
+        let name = uuid::Uuid::new_v4().to_string();
+        // The API forbids merging executions of actions that must not be cached (flaky-test
+        // reruns, say): each runs by itself.
+        let tracked = if action.do_not_cache {
+            self.tracker.start_unmerged(key, name)
+        } else {
+            match self.tracker.join_or_start(key, name) {
+                Joined::Existing(tracked) => {
+                    tracing::debug!(operation = %tracked.name, "joining an identical execution");
+                    return Ok(Response::new(stream(&self.tracker, tracked)));
+                }
+                Joined::New(tracked) => tracked,
             }
-            Err(Refusal::Status(status)) => {
+        };
+        let unqueued = FinishIfDropped {
+            tracker: &self.tracker,
+            tracked: Some(tracked.clone()),
+        };
+        let queued = self.queue(&tracked, &request, &action, requestor).await;
+        unqueued.disarm();
+        match queued {
+            Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
+            Err(status) => {
                 let rpc = rpc_status(status.code(), status.message());
                 self.tracker.finish(&tracked, OperationResult::Error(rpc));
                 Err(status)
@@ -124,24 +133,60 @@ impl Execution for ExecutionService {
     }
 }
 
+/// Ends an execution whose Execute call went away before its job was queued (the client
+/// hung up and the handler was dropped), so that callers who joined it are not left waiting.
+struct FinishIfDropped<'a> {
+    tracker: &'a Tracker,
+    tracked: Option<Arc<Tracked>>,
+}
+
+impl FinishIfDropped<'_> {
+    fn disarm(mut self) {
+        self.tracked = None;
+    }
+}
+
+impl Drop for FinishIfDropped<'_> {
+    fn drop(&mut self) {
+        if let Some(tracked) = self.tracked.take() {
+            let status = rpc_status(
+                tonic::Code::Unavailable,
+                "the Execute call that started this execution ended before the action was queued",
+            );
+            self.tracker.finish(
+                &tracked,
+                OperationResult::Response(Box::new(status_response(status))),
+            );
+        }
+    }
+}
+
 impl ExecutionService {
-    /// Checks the action and queues its job under the operation's name.
-    async fn start(
+    /// A new execution that is already over.
+    fn finished(&self, key: AcKey, response: v2::ExecuteResponse) -> Response<OperationStream> {
+        let name = uuid::Uuid::new_v4().to_string();
+        let tracked =
+            self.tracker
+                .finished(name, key, OperationResult::Response(Box::new(response)));
+        Response::new(stream(&self.tracker, tracked))
+    }
+
+    /// Queues the checked `action` as a job under the operation's name.
+    async fn queue(
         &self,
         tracked: &Tracked,
         request: &v2::ExecuteRequest,
+        action: &v2::Action,
         requestor: String,
-    ) -> Result<(), Refusal> {
-        let action = self.check_action(&tracked.key.action_digest).await?;
+    ) -> Result<(), Status> {
         let timeout = match &action.timeout {
             Some(t) if t.seconds < 0 || t.nanos < 0 => {
-                return Err(Refusal::Status(Status::invalid_argument(format!(
+                return Err(Status::invalid_argument(format!(
                     "invalid action timeout {t:?}"
-                ))));
+                )));
             }
-            Some(t) => {
-                Some(Duration::new(t.seconds as u64, t.nanos as u32)).filter(|d| !d.is_zero())
-            }
+            Some(t) => Some(Duration::new(t.seconds as u64, t.nanos as u32).min(MAX_TIMEOUT))
+                .filter(|d| !d.is_zero()),
             None => None,
         };
         let digest = &tracked.key.action_digest;
@@ -173,11 +218,7 @@ impl ExecutionService {
             ..JobDefinition::default()
         };
         let job = Job::with_id(tracked.name.clone(), def);
-        self.tracker
-            .api()
-            .run(job)
-            .await
-            .map_err(|e| Refusal::Status(api_status(e)))?;
+        self.tracker.api().run(job).await.map_err(api_status)?;
         tracing::info!(operation = %tracked.name, action = %digest, priority, "action queued");
         Ok(())
     }

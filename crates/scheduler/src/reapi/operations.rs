@@ -111,8 +111,13 @@ impl Tracker {
                     }
                 }
                 JobEvent::Ended(job_id) => {
-                    if let Some(tracked) = self.tracked(&job_id) {
-                        self.refresh(&tracked).await;
+                    if let Some(tracked) = self.tracked(&job_id)
+                        && let Err(err) = self.refresh(&tracked).await
+                    {
+                        // The job has ended, so its result is durable: look again shortly.
+                        tracing::warn!(operation = %job_id, error = %err, "cannot read an ended job; retrying");
+                        let tracker = self.clone();
+                        tokio::spawn(async move { tracker.refresh_until_done(tracked).await });
                     }
                 }
             }
@@ -140,6 +145,15 @@ impl Tracker {
         Joined::New(tracked)
     }
 
+    /// A new QUEUED execution named `name` that no other Execute may join.
+    pub fn start_unmerged(&self, key: AcKey, name: String) -> Arc<Tracked> {
+        let tracked = new_tracked(name, key, Some(SystemTime::now()));
+        self.registry()
+            .by_name
+            .insert(tracked.name.clone(), tracked.clone());
+        tracked
+    }
+
     /// A new execution that is already over (a cache hit or a refused action).
     pub fn finished(&self, name: String, key: AcKey, result: OperationResult) -> Arc<Tracked> {
         let tracked = new_tracked(name, key, Some(SystemTime::now()));
@@ -156,10 +170,18 @@ impl Tracker {
         self.publish(tracked, op);
     }
 
+    /// Sets the operation's state; a finished operation never changes again (an event or a
+    /// saga read that raced with its end must not take it back to EXECUTING).
     fn publish(&self, tracked: &Arc<Tracked>, op: Operation) {
         let done = op.done;
-        tracked.state.send_replace(op);
-        if !done {
+        let changed = tracked.state.send_if_modified(|current| {
+            if current.done || *current == op {
+                return false;
+            }
+            *current = op;
+            true
+        });
+        if !(changed && done) {
             return;
         }
         let mut registry = self.registry();
@@ -179,27 +201,38 @@ impl Tracker {
     }
 
     /// Brings an execution up to date with its job's saga (after a missed event, say).
-    pub async fn refresh(&self, tracked: &Arc<Tracked>) {
+    pub async fn refresh(&self, tracked: &Arc<Tracked>) -> Result<(), ApiError> {
         if tracked.is_done() {
-            return;
+            return Ok(());
         }
-        match self.api.job_status(&tracked.name).await {
-            Ok(status) => {
-                let Some((state, run)) = status.tasks.into_values().next() else {
-                    return;
-                };
-                let op = match (state, run) {
-                    (JobState::Completed | JobState::RolledBack, Some(run)) => {
-                        done_operation(tracked, result_of_run(&run))
-                    }
-                    (JobState::InProgress | JobState::RollingBack, _) => executing(tracked),
-                    _ => return,
-                };
-                self.publish(tracked, op);
+        let status = self.api.job_status(&tracked.name).await?;
+        let Some((state, run)) = status.tasks.into_values().next() else {
+            return Ok(());
+        };
+        let op = match (state, run) {
+            (JobState::Completed | JobState::RolledBack, Some(run)) => {
+                done_operation(tracked, result_of_run(&run))
             }
-            Err(err) => {
-                tracing::warn!(operation = %tracked.name, error = %err, "cannot read the job of an operation");
+            (JobState::InProgress | JobState::RollingBack, _) => executing(tracked),
+            _ => return Ok(()),
+        };
+        self.publish(tracked, op);
+        Ok(())
+    }
+
+    /// Retries [`refresh`](Tracker::refresh) with backoff until the execution is done or the
+    /// scheduler stops.
+    async fn refresh_until_done(&self, tracked: Arc<Tracked>) {
+        let mut delay = Duration::from_millis(100);
+        while !tracked.is_done() && !self.closing.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.closing.cancelled() => return,
             }
+            if let Err(err) = self.refresh(&tracked).await {
+                tracing::warn!(operation = %tracked.name, error = %err, "cannot read an ended job");
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -232,6 +265,8 @@ impl Tracker {
             .and_then(|d| Digest::new(d.hash.clone(), d.size_bytes).ok())
             .ok_or_else(not_found)?;
         let key = AcKey::new(request.instance_name, digest);
+        // Rebuilt executions are never joined by new Executes: whether they will finish is only
+        // known from here on.
         let tracked = {
             let mut registry = self.registry();
             if let Some(tracked) = registry.by_name.get(name) {
@@ -239,13 +274,23 @@ impl Tracker {
             }
             let tracked = new_tracked(name.to_string(), key, None);
             registry.by_name.insert(name.to_string(), tracked.clone());
-            registry
-                .in_flight
-                .entry(tracked.key.clone())
-                .or_insert_with(|| tracked.clone());
             tracked
         };
-        self.refresh(&tracked).await;
+        self.refresh(&tracked).await.map_err(api_status)?;
+        if !tracked.is_done() && !self.api.is_active(name).await.map_err(api_status)? {
+            // Not in the loop (it ended in between, or it will never run again: a restart
+            // without recovery). A second look at the saga tells which.
+            self.refresh(&tracked).await.map_err(api_status)?;
+            let lost = rpc_status(
+                Code::Unavailable,
+                "this execution's job is no longer scheduled (the scheduler restarted without \
+                 recovering it); execute the action again",
+            );
+            self.finish(
+                &tracked,
+                OperationResult::Response(Box::new(status_response(lost))),
+            );
+        }
         Ok(tracked)
     }
 
