@@ -28,7 +28,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(workers: usize) -> Cluster {
-        let scheduler = Scheduler::start(&[], serde_json::json!({}));
+        Cluster::start_with(workers, serde_json::json!({}))
+    }
+
+    fn start_with(workers: usize, scheduler_config: serde_json::Value) -> Cluster {
+        let scheduler = Scheduler::start(&[], scheduler_config);
         let mut cluster_workers = Vec::new();
         for _ in 0..workers {
             cluster_workers.push(Cluster::worker(&scheduler));
@@ -667,4 +671,17 @@ fn an_execution_survives_a_scheduler_restart() {
         cluster.read(result.stdout_digest.as_ref().unwrap()),
         "recovered\n"
     );
+}
+
+#[test]
+fn bazel_concurrency_is_not_capped_by_the_per_requestor_job_limit() {
+    // Bazel's --jobs bounds its own concurrency; Scoot's job limit must not refuse actions.
+    let cluster = Cluster::start_with(0, serde_json::json!({"MaxJobsPerRequestor": 1}));
+    for n in 0..3 {
+        let action = cluster.action(command(&format!("echo {n}"), &[], &[]), &[], None);
+        let mut stream = cluster.execute_stream(&action, false).unwrap();
+        let first = cluster.runtime.block_on(stream.message()).unwrap().unwrap();
+        assert!(!first.done, "action {n} was refused: {first:?}");
+        assert_eq!(stage(&first), v2::execution_stage::Value::Queued);
+    }
 }

@@ -7,6 +7,11 @@ use std::time::Duration;
 use scoot_core::{Command, LogTags};
 use scoot_thrift::{codec, sched, scoot};
 
+/// The job type of jobs the Execution service makes. They are exempt from Scoot's limit of jobs
+/// per requestor: Bazel bounds its own concurrency (`--jobs`), and a refusal would fail builds
+/// whose actions run longer than Bazel's retries last.
+pub const REAPI_JOB_TYPE: &str = "bazel";
+
 /// Why a job was refused; the message goes back to the client verbatim.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Membership;
 use crate::config::SchedulerConfig;
-use crate::job::{InvalidJob, Job};
+use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
 use crate::state::{Durations, JobState, Node, NodeHealth, TaskStatus, pick_node};
 use crate::task_runner::{self, AttemptFinished, AttemptResult, TaskAttempt};
 
@@ -251,7 +251,9 @@ impl Loop {
                 )));
             }
         }
-        if self.jobs_of(requestor) >= self.config.max_jobs_per_requestor {
+        if job.def.job_type != REAPI_JOB_TYPE
+            && self.jobs_of(requestor) >= self.config.max_jobs_per_requestor
+        {
             return Err(InvalidJob(format!(
                 "exceeds max jobs per requestor: {requestor:?} already has {} jobs in progress",
                 self.config.max_jobs_per_requestor

@@ -27,10 +27,13 @@ use super::operations::{
     Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status, rpc_status,
     status_response,
 };
-use crate::job::{Job, JobDefinition, TaskDefinition};
+use crate::job::{Job, JobDefinition, REAPI_JOB_TYPE, TaskDefinition};
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
+/// The requestor of every action's job: Scoot's per-requestor job limit does not apply to
+/// them (see [`REAPI_JOB_TYPE`]), and one requestor keeps them from using up the requestor limit.
+pub const REAPI_REQUESTOR: &str = "bazel";
 /// The argv of an action's task; workers run the action's own Command instead (Scoot's name).
 pub const ARGV_PLACEHOLDER: &str = "BZ_PLACEHOLDER";
 /// Longer action timeouts are cut to this (what the Worker API's i32 milliseconds can carry).
@@ -72,7 +75,6 @@ impl Execution for ExecutionService {
         &self,
         request: Request<v2::ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
-        let requestor = requestor_of(request.metadata());
         let request = request.into_inner();
         check_function(request.digest_function)?;
         let action = required(&request.action_digest, "action_digest")?;
@@ -112,7 +114,7 @@ impl Execution for ExecutionService {
             tracker: &self.tracker,
             tracked: Some(tracked.clone()),
         };
-        let queued = self.queue(&tracked, &request, &action, requestor).await;
+        let queued = self.queue(&tracked, &request, &action).await;
         unqueued.disarm();
         match queued {
             Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
@@ -177,7 +179,6 @@ impl ExecutionService {
         tracked: &Tracked,
         request: &v2::ExecuteRequest,
         action: &v2::Action,
-        requestor: String,
     ) -> Result<(), Status> {
         let timeout = match &action.timeout {
             Some(t) if t.seconds < 0 || t.nanos < 0 => {
@@ -213,8 +214,8 @@ impl ExecutionService {
             }],
             priority,
             tag: tracked.name.clone(),
-            requestor,
-            job_type: "bazel".to_string(),
+            requestor: REAPI_REQUESTOR.to_string(),
+            job_type: REAPI_JOB_TYPE.to_string(),
             ..JobDefinition::default()
         };
         let job = Job::with_id(tracked.name.clone(), def);
@@ -310,20 +311,6 @@ pub fn scoot_priority(reapi_priority: i32) -> i32 {
         i32::MIN..=-2 => 2,
         -1 => 1,
         _ => 0,
-    }
-}
-
-/// Scoot limits jobs per requestor; one Bazel invocation is one requestor.
-fn requestor_of(metadata: &tonic::metadata::MetadataMap) -> String {
-    let invocation = metadata
-        .get_bin(scoot_proto::REQUEST_METADATA_HEADER)
-        .and_then(|value| value.to_bytes().ok())
-        .and_then(|bytes| v2::RequestMetadata::decode(bytes).ok())
-        .map(|m| m.tool_invocation_id)
-        .filter(|id| !id.is_empty());
-    match invocation {
-        Some(id) => format!("reapi:{id}"),
-        None => "reapi".to_string(),
     }
 }
 
