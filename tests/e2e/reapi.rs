@@ -262,9 +262,12 @@ fn executes_an_action_and_serves_its_outputs_and_cached_result() {
     );
 
     let ops = cluster.execute(&action, false);
-    assert_eq!(
-        stage(&ops[0]),
-        v2::execution_stage::Value::Queued,
+    // QUEUED first, unless the worker took the action before the stream began.
+    assert!(
+        matches!(
+            stage(&ops[0]),
+            v2::execution_stage::Value::Queued | v2::execution_stage::Value::Executing
+        ),
         "{ops:?}"
     );
     let last = ops.last().unwrap();
