@@ -66,6 +66,12 @@ pub enum JobEvent {
 /// Results of work the loop spawned.
 enum Event {
     NodeReady(String),
+    /// The worker is done with the task's run; the attempt is still being recorded.
+    WorkerFree {
+        node: String,
+        job_id: String,
+        task_id: String,
+    },
     Attempt(Box<AttemptFinished>),
     SagaEnded(String, Result<(), String>),
 }
@@ -399,6 +405,17 @@ impl Loop {
                     node.check = None;
                 }
             }
+            Event::WorkerFree {
+                node,
+                job_id,
+                task_id,
+            } => {
+                if let Some(n) = self.nodes.get_mut(&node)
+                    && n.busy == Some((job_id, task_id))
+                {
+                    n.busy = None;
+                }
+            }
             Event::Attempt(finished) => self.attempt_finished(*finished),
             Event::SagaEnded(job_id, Ok(())) => {
                 tracing::info!(job_id = %job_id, "job completed");
@@ -425,7 +442,10 @@ impl Loop {
             node_suspect,
         } = finished;
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.busy = None;
+            // It may already be free, and even running another task (see WorkerFree).
+            if n.busy.as_ref() == Some(&(job_id.clone(), task_id.clone())) {
+                n.busy = None;
+            }
             if node_suspect && n.health == NodeHealth::Ready {
                 // The worker may have become unhealthy: check it before giving it more work.
                 n.health = NodeHealth::Checking;
@@ -674,6 +694,18 @@ impl Loop {
             stop: task.stop.clone(),
             may_retry,
             polling_period: self.config.polling_period,
+            worker_free: Some(Box::new({
+                let events = self.events_tx.clone();
+                let (node, job_id, task_id) =
+                    (node_id.to_string(), job_id.to_string(), def.task_id.clone());
+                move || {
+                    let _ = events.send(Event::WorkerFree {
+                        node,
+                        job_id,
+                        task_id,
+                    });
+                }
+            })),
         };
         self.notify(JobEvent::TaskStarted(job_id.to_string()));
         let events = self.events_tx.clone();

@@ -65,6 +65,10 @@ pub struct TaskAttempt {
     /// False when this is the last allowed attempt.
     pub may_retry: bool,
     pub polling_period: Duration,
+    /// Called once the worker has finished with the run (unless the worker is suspect), before
+    /// the end is recorded: the worker can take its next task while the EndTask write is made
+    /// durable.
+    pub worker_free: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +96,7 @@ struct Outcome {
     stopped: bool,
 }
 
-pub async fn run(attempt: TaskAttempt) -> AttemptFinished {
+pub async fn run(mut attempt: TaskAttempt) -> AttemptFinished {
     let started = Instant::now();
     let span = tracing::info_span!("task", job_id = %attempt.job_id, task_id = %attempt.task_id,
         tag = %attempt.cmd.tags.tag, node = %attempt.node);
@@ -103,6 +107,9 @@ pub async fn run(attempt: TaskAttempt) -> AttemptFinished {
     let refused_action = outcome.status.reapi_response.is_some();
     let node_suspect = matches!(state, RunState::Failed | RunState::Unknown) && !refused_action;
     let success = state == RunState::Complete;
+    if !node_suspect && let Some(worker_free) = attempt.worker_free.take() {
+        worker_free();
+    }
     let result = if success || outcome.stopped || !attempt.may_retry || refused_action {
         let mut status = outcome.status;
         if !success {
