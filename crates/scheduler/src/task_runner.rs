@@ -1,6 +1,7 @@
 //! Runs one attempt of one task on one worker and records it in the job's saga.
 //!
-//! StartTask (no data) → `Run` (retried for 10 s while the worker is unreachable) → wait for the
+//! StartTask (no data, written while `Run` goes out) → `Run` (retried for 10 s while the worker is
+//! unreachable; the run is aborted if StartTask could not be written) → wait for the
 //! run: `WaitRun` long-polls, or `QueryWorker` polling with a doubling interval for workers that
 //! lack it → a second StartTask carrying the RUNNING status (so clients see the output URIs) →
 //! the final status. Past the task's timeout plus 15 s the run is declared TIMEDOUT and aborted;
@@ -160,15 +161,17 @@ async fn record_end(attempt: &TaskAttempt, status: &RunStatus) -> Result<(), Str
 }
 
 async fn execute(attempt: &TaskAttempt) -> Outcome {
-    if let Err(err) = attempt.saga.start_task(&attempt.task_id, Vec::new()).await {
-        return Outcome {
-            status: failed(
-                attempt,
-                format!("cannot record the start of the task: {err}"),
-            ),
-            stopped: false,
-        };
-    }
+    // Scoot made StartTask durable before running the task. It only has to precede EndTask
+    // (recovery reruns every unfinished task, and a restarted scheduler aborts leftover runs),
+    // so it is written while the worker starts the run, keeping an fsync off every task's path.
+    let start_logged = {
+        let (saga, task_id) = (attempt.saga.clone(), attempt.task_id.clone());
+        tokio::spawn(async move {
+            saga.start_task(&task_id, Vec::new())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
     let timeout = attempt.cmd.timeout.unwrap_or(Duration::from_secs(30 * 60));
     // Absurd timeouts mean "no practical limit", not an overflow.
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -178,8 +181,30 @@ async fn execute(attempt: &TaskAttempt) -> Outcome {
 
     let accepted = tokio::select! {
         accepted = start_run(attempt) => accepted,
-        _ = attempt.stop.token.cancelled() => return stopped(attempt, None).await,
+        _ = attempt.stop.token.cancelled() => {
+            let _ = start_logged.await;
+            return stopped(attempt, None).await;
+        }
     };
+    let logged = start_logged
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|logged| logged);
+    if let Err(err) = logged {
+        if let Ok(status) = &accepted
+            && !status.state.is_done()
+        {
+            let _ =
+                tokio::time::timeout(RPC_RETRY_WINDOW, attempt.client.abort(&status.run_id)).await;
+        }
+        return Outcome {
+            status: failed(
+                attempt,
+                format!("cannot record the start of the task: {err}"),
+            ),
+            stopped: false,
+        };
+    }
     let run_id = match accepted {
         Ok(status) if status.state.is_done() => {
             return Outcome {
