@@ -688,3 +688,31 @@ fn bazel_concurrency_is_not_capped_by_the_per_requestor_job_limit() {
         assert_eq!(stage(&first), v2::execution_stage::Value::Queued);
     }
 }
+
+#[test]
+fn scoot_jdk_symlink_platform_property_links_the_workers_java_home() {
+    let mut cluster = Cluster::start(0);
+    let worker = Worker::start_with_env(
+        &[
+            "-cas_addr",
+            &format!("127.0.0.1:{}", cluster.scheduler.grpc_port),
+        ],
+        &[("JAVA_HOME", "/opt/scoot-test-jdk")],
+    );
+    write_workers(&cluster.scheduler.workers_file, &[&worker]);
+    cluster.workers.push(worker);
+    let mut with_jdk = command("readlink tools/jdk", &[], &[]);
+    with_jdk.platform = Some(v2::Platform {
+        properties: vec![v2::platform::Property {
+            name: "JDK_SYMLINK".into(),
+            value: "tools/jdk".into(),
+        }],
+    });
+    let action = cluster.action(with_jdk, &[], None);
+    let result = response_of_last(&cluster.execute(&action, false));
+    assert_eq!(result.exit_code, 0, "{result:?}");
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "/opt/scoot-test-jdk\n"
+    );
+}

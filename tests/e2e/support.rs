@@ -136,8 +136,14 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(extra_args: &[&str]) -> Worker {
+        Worker::start_with_env(extra_args, &[])
+    }
+
+    /// A worker with `env` added to its environment.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Worker {
         let (proc, ports) = spawn_listening("workerserver", 2, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
+            cmd.envs(env.iter().copied());
             cmd.arg("-thrift_addr")
                 .arg(format!("127.0.0.1:{}", ports[0]))
                 .arg("-http_addr")

@@ -36,6 +36,8 @@ pub(crate) struct Inputs {
     pub action: v2::Action,
     pub command: v2::Command,
     pub layout: CommandLayout,
+    /// Where Scoot's `JDK_SYMLINK` platform property wants `$JAVA_HOME` linked, if it does.
+    pub jdk_symlink: Option<String>,
     pub root: Digest,
     pub directories: Arc<HashMap<Digest, v2::Directory>>,
     /// Distinct non-empty file digests in the input tree.
@@ -90,6 +92,7 @@ pub(crate) async fn fetch(
     missing.extend(absent.into_iter().map(|d| (d, "an input file")));
     match (command, layout) {
         (Some(command), Some(layout)) if missing.is_empty() => Ok(Inputs {
+            jdk_symlink: rules::jdk_symlink(&action, &command)?,
             action,
             command,
             layout,
@@ -206,7 +209,43 @@ pub(crate) async fn materialise(
     let to_fetch = tokio::task::spawn_blocking(move || link_cached(&from_cache, wanted)).await??;
     fetch_into_cache(client, cache, to_fetch).await?;
     let (dir, layout) = (root_dir.to_path_buf(), inputs.layout.clone());
-    tokio::task::spawn_blocking(move || prepare_outputs(&dir, &layout)).await?
+    tokio::task::spawn_blocking(move || prepare_outputs(&dir, &layout)).await??;
+    match &inputs.jdk_symlink {
+        Some(path) => {
+            let (dir, path) = (root_dir.to_path_buf(), path.clone());
+            tokio::task::spawn_blocking(move || link_java_home(&dir, &path)).await?
+        }
+        None => Ok(()),
+    }
+}
+
+/// Creates the `JDK_SYMLINK` symlink to this worker's `$JAVA_HOME`. Blocking.
+fn link_java_home(root: &Path, path: &str) -> Result<(), Failure> {
+    let Some(java_home) = std::env::var_os("JAVA_HOME").filter(|v| !v.is_empty()) else {
+        return Err(Failure::new(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "the action asks for {} but this worker has no JAVA_HOME",
+                rules::JDK_SYMLINK_PROPERTY
+            ),
+        ));
+    };
+    let link = under(root, path);
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| Failure::io(&e, format!("creating {}", parent.display())))?;
+    }
+    std::os::unix::fs::symlink(&java_home, &link).map_err(|e| {
+        let failure = Failure::io(&e, format!("linking {} to JAVA_HOME", link.display()));
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::invalid(format!(
+                "{}={path} names an input that already exists",
+                rules::JDK_SYMLINK_PROPERTY
+            ))
+        } else {
+            failure
+        }
+    })
 }
 
 /// Creates the directories, symlinks and empty files of the tree and returns the files still to
