@@ -451,6 +451,56 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
         );
     }
 
+    // Symlinks in the input root that lead out of it.
+    for (target, depth) in [("/etc", 0), ("../outside", 0), ("../../outside", 1)] {
+        let mut blobs = Vec::new();
+        let mut dir = v2::Directory {
+            symlinks: vec![v2::SymlinkNode {
+                name: "link".into(),
+                target: target.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for _ in 0..depth {
+            let (digest, data) = encode(&dir);
+            blobs.push((digest.clone(), data));
+            dir = v2::Directory {
+                directories: vec![v2::DirectoryNode {
+                    name: "sub".into(),
+                    digest: Some(to_proto(&digest)),
+                }],
+                ..Default::default()
+            };
+        }
+        let (root_digest, root_bytes) = encode(&dir);
+        blobs.push((root_digest.clone(), root_bytes));
+        let (command_digest, command_bytes) = encode(&command(&format!("true {target}"), &[], &[]));
+        blobs.push((command_digest.clone(), command_bytes));
+        let (action_digest, action_bytes) = encode(&v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: Some(to_proto(&root_digest)),
+            ..Default::default()
+        });
+        blobs.push((action_digest.clone(), action_bytes));
+        cluster.upload(blobs);
+        let err = cluster.execute_stream(&action_digest, false).err();
+        assert_eq!(
+            err.as_ref().map(tonic::Status::code),
+            Some(tonic::Code::InvalidArgument),
+            "symlink to {target:?}: {err:?}"
+        );
+    }
+
+    // An action that makes an absolute symlink among its outputs.
+    let absolute = cluster.action(command("ln -s /etc out", &["out"], &[]), &[], None);
+    let response = response_of(cluster.execute(&absolute, false).last().unwrap());
+    assert_eq!(
+        status_code(&response),
+        tonic::Code::FailedPrecondition,
+        "{response:?}"
+    );
+
     // Outputs outside the exec root.
     for bad in ["../escape.txt", "/etc/passwd", "a/../../b"] {
         let action = cluster.action(command("true", &[bad], &[]), &[], None);

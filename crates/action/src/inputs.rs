@@ -141,6 +141,7 @@ async fn fetch_tree(
     let mut directories = HashMap::new();
     let mut seen = HashSet::from([root.clone()]);
     let mut level = vec![root.clone()];
+    let mut depth = 0;
     while !level.is_empty() {
         for digest in &level {
             check_message_size(digest, "input directory")?;
@@ -156,7 +157,7 @@ async fn fetch_tree(
                     "input directory blobs/{digest} cannot be decoded: {e}"
                 ))
             })?;
-            let refs = rules::validate_directory(&directory)
+            let refs = rules::validate_directory(&directory, depth)
                 .map_err(|e| Failure::invalid(format!("input directory {digest}: {e}")))?;
             next.extend(
                 refs.directories
@@ -166,6 +167,7 @@ async fn fetch_tree(
             directories.insert(digest, directory);
         }
         level = next;
+        depth += 1;
     }
     Ok(directories)
 }

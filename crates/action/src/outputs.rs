@@ -51,6 +51,7 @@ pub(crate) fn collect(
                 target: target.to_string_lossy().into_owned(),
                 ..Default::default()
             };
+            refuse_absolute(&output.path, &symlink.target)?;
             // REAPI 2.0 clients read only the legacy lists: by declaration, or for
             // output_paths by what the link points to (a dangling link counts as a file).
             let to_directory = match output.kind {
@@ -70,6 +71,11 @@ pub(crate) fn collect(
         } else if kind.is_dir() && output.kind != OutputKind::File {
             let tree = read_tree(&path)
                 .map_err(|e| Failure::io(&e, format!("output directory {}", output.path)))?;
+            for directory in std::iter::once(&tree.root).chain(tree.children.values()) {
+                for link in &directory.symlinks {
+                    refuse_absolute(&format!("{}/…/{}", output.path, link.name), &link.target)?;
+                }
+            }
             let (tree_digest, tree_blob) = encode(&tree.to_tree());
             collected.files.extend(tree.files);
             collected
@@ -107,4 +113,19 @@ pub(crate) fn collect(
     collected.result.stdout_digest = stdout_digest;
     collected.result.stderr_digest = stderr_digest;
     Ok(collected)
+}
+
+/// The server advertises absolute symlinks as disallowed; REAPI then has an action that makes
+/// one fail with FAILED_PRECONDITION.
+fn refuse_absolute(path: &str, target: &str) -> Result<(), Failure> {
+    if target.starts_with('/') {
+        return Err(Failure::new(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "output symlink {path} has the absolute target {target:?}; this server does not \
+                 allow absolute symlinks"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -216,8 +216,14 @@ pub struct DirectoryRefs {
     pub directories: Vec<Digest>,
 }
 
-/// Checks one Directory's entries and returns the digests they name.
-pub fn validate_directory(directory: &v2::Directory) -> Result<DirectoryRefs, Invalid> {
+/// Checks one Directory's entries, for the Directory `depth` levels below the input root (the
+/// root is 0), and returns the digests they name. Symlinks must stay inside the input root:
+/// absolute targets are refused (the server advertises them as disallowed) and so are relative
+/// ones that climb above the root.
+pub fn validate_directory(
+    directory: &v2::Directory,
+    depth: usize,
+) -> Result<DirectoryRefs, Invalid> {
     let mut entries = HashMap::new();
     let mut refs = DirectoryRefs::default();
     for file in &directory.files {
@@ -241,9 +247,36 @@ pub fn validate_directory(directory: &v2::Directory) -> Result<DirectoryRefs, In
                 link.name
             )));
         }
+        if link.target.starts_with('/') {
+            return Err(Invalid(format!(
+                "symlink {:?} has the absolute target {:?}; absolute symlinks are not allowed",
+                link.name, link.target
+            )));
+        }
+        if climbs_out(depth, &link.target) {
+            return Err(Invalid(format!(
+                "symlink {:?} points at {:?}, outside the input root",
+                link.name, link.target
+            )));
+        }
         add_entry(&mut entries, &link.name, Entry::Symlink(&link.target))?;
     }
     Ok(refs)
+}
+
+/// Whether a relative symlink target, read from a directory `depth` levels below the root,
+/// leads above the root (lexically, as the target is not followed).
+pub fn climbs_out(depth: usize, target: &str) -> bool {
+    let mut level = depth;
+    for segment in target.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." if level == 0 => return true,
+            ".." => level -= 1,
+            _ => level += 1,
+        }
+    }
+    false
 }
 
 /// One entry of a Directory, to tell a harmless repeat from a conflict.
@@ -290,13 +323,15 @@ pub fn validate_tree(
     let mut summary = TreeSummary::default();
     let mut seen_dirs = HashSet::from([root.clone()]);
     let mut seen_files = HashSet::new();
-    let mut queue = VecDeque::from([root.clone()]);
-    while let Some(digest) = queue.pop_front() {
+    // Breadth first, so each Directory is checked at the shallowest depth it occurs at, where
+    // its symlinks are likeliest to climb out.
+    let mut queue = VecDeque::from([(root.clone(), 0)]);
+    while let Some((digest, depth)) = queue.pop_front() {
         let Some(directory) = directories.get(&digest) else {
             summary.missing_directories.push(digest);
             continue;
         };
-        let refs = validate_directory(directory)
+        let refs = validate_directory(directory, depth)
             .map_err(|e| Invalid(format!("input directory {digest}: {e}")))?;
         for file in refs.files {
             if !file.is_empty_blob() && seen_files.insert(file.clone()) {
@@ -305,7 +340,7 @@ pub fn validate_tree(
         }
         for child in refs.directories {
             if seen_dirs.insert(child.clone()) {
-                queue.push_back(child);
+                queue.push_back((child, depth + 1));
             }
         }
     }
@@ -464,12 +499,12 @@ mod tests {
                 files: vec![file(bad, b"x")],
                 ..Default::default()
             };
-            assert!(validate_directory(&d).is_err(), "{bad:?}");
+            assert!(validate_directory(&d, 0).is_err(), "{bad:?}");
             let d = v2::Directory {
                 directories: vec![dir_node(bad, &Digest::empty())],
                 ..Default::default()
             };
-            assert!(validate_directory(&d).is_err(), "{bad:?}");
+            assert!(validate_directory(&d, 0).is_err(), "{bad:?}");
             let d = v2::Directory {
                 symlinks: vec![v2::SymlinkNode {
                     name: bad.into(),
@@ -478,21 +513,21 @@ mod tests {
                 }],
                 ..Default::default()
             };
-            assert!(validate_directory(&d).is_err(), "{bad:?}");
+            assert!(validate_directory(&d, 0).is_err(), "{bad:?}");
         }
         // Unsorted and repeated identically: fine.
         let ok = v2::Directory {
             files: vec![file("b", b"1"), file("a", b"2"), file("b", b"1")],
             ..Default::default()
         };
-        assert_eq!(validate_directory(&ok).unwrap().files.len(), 3);
+        assert_eq!(validate_directory(&ok, 0).unwrap().files.len(), 3);
         // One name, two different things.
         let conflict = v2::Directory {
             files: vec![file("a", b"1")],
             directories: vec![dir_node("a", &Digest::empty())],
             ..Default::default()
         };
-        assert!(validate_directory(&conflict).is_err());
+        assert!(validate_directory(&conflict, 0).is_err());
         let missing_digest = v2::Directory {
             files: vec![v2::FileNode {
                 name: "f".into(),
@@ -500,7 +535,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(validate_directory(&missing_digest).is_err());
+        assert!(validate_directory(&missing_digest, 0).is_err());
         let empty_target = v2::Directory {
             symlinks: vec![v2::SymlinkNode {
                 name: "l".into(),
@@ -508,7 +543,21 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(validate_directory(&empty_target).is_err());
+        assert!(validate_directory(&empty_target, 0).is_err());
+        let link = |target: &str| v2::Directory {
+            symlinks: vec![v2::SymlinkNode {
+                name: "l".into(),
+                target: target.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(validate_directory(&link("/etc/passwd"), 3).is_err());
+        assert!(validate_directory(&link("../x"), 0).is_err());
+        assert!(validate_directory(&link("a/../../x"), 0).is_err());
+        assert!(validate_directory(&link("../x"), 1).is_ok());
+        assert!(validate_directory(&link("../../sub/x"), 2).is_ok());
+        assert!(validate_directory(&link("../../../x"), 2).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn version(major: i32, minor: i32) -> SemVer {
 /// What GetCapabilities answers for `config`: API versions deprecated 2.0 / low 2.0 / high 2.3
 /// (Bazel 2.x refuses a server whose low version is above 2.0), SHA-256 only, action-cache
 /// updates allowed, batch requests up to `max_batch_total_size_bytes`, absolute symlink targets
-/// allowed (inputs and outputs are laid out and reported as they are), no compressors; execution
+/// disallowed (input trees with them are refused, actions that make them fail), no compressors; execution
 /// capabilities only when `exec_enabled`, with every priority accepted (the scheduler maps them
 /// onto Scoot's three).
 pub fn server_capabilities(config: &CasConfig) -> v2::ServerCapabilities {
@@ -34,7 +34,7 @@ pub fn server_capabilities(config: &CasConfig) -> v2::ServerCapabilities {
             cache_priority_capabilities: None,
             max_batch_total_size_bytes: i64::try_from(config.max_batch_total_size_bytes)
                 .unwrap_or(i64::MAX),
-            symlink_absolute_path_strategy: v2::symlink_absolute_path_strategy::Value::Allowed
+            symlink_absolute_path_strategy: v2::symlink_absolute_path_strategy::Value::Disallowed
                 as i32,
             supported_compressors: Vec::new(),
             supported_batch_update_compressors: Vec::new(),

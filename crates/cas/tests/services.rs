@@ -268,7 +268,7 @@ async fn capabilities_advertise_what_bazel_needs() {
     assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
     assert_eq!(
         cache.symlink_absolute_path_strategy,
-        v2::symlink_absolute_path_strategy::Value::Allowed as i32
+        v2::symlink_absolute_path_strategy::Value::Disallowed as i32
     );
     assert!(cache.supported_compressors.is_empty());
     assert!(caps.execution_capabilities.is_none());

@@ -7,7 +7,7 @@
 //! Bazel upload them and retry), and names and output paths must be well formed (else
 //! INVALID_ARGUMENT). A worker therefore only meets a missing blob when one was evicted in between.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -248,22 +248,24 @@ impl ExecutionService {
             rules::validate_command(&command).map_err(invalid)?;
         }
         let mut files = HashSet::new();
-        let mut seen = HashSet::new();
-        let mut pending = vec![input_root];
-        while let Some(dir_digest) = pending.pop() {
-            if !seen.insert(dir_digest.clone()) {
-                continue;
-            }
+        // Breadth first: a Directory's symlinks are checked at the shallowest depth it occurs.
+        let mut seen = HashSet::from([input_root.clone()]);
+        let mut pending = VecDeque::from([(input_root, 0)]);
+        while let Some((dir_digest, depth)) = pending.pop_front() {
             let Some(dir) = self
                 .read::<v2::Directory>(&dir_digest, "Directory", &mut missing)
                 .await?
             else {
                 continue;
             };
-            let refs = rules::validate_directory(&dir)
+            let refs = rules::validate_directory(&dir, depth)
                 .map_err(|e| invalid(format!("input directory {dir_digest}: {}", e.0)))?;
             files.extend(refs.files);
-            pending.extend(refs.directories);
+            for child in refs.directories {
+                if seen.insert(child.clone()) {
+                    pending.push_back((child, depth + 1));
+                }
+            }
         }
         let files: Vec<Digest> = files.into_iter().collect();
         for file in self.cas.find_missing(&files).await? {
