@@ -6,8 +6,9 @@
 //!   action cache and worker caches), every action run by a worker;
 //! * remotely warm: the same cluster again, every action an action-cache hit.
 //!
-//! Goals (../shared/DESIGN.md §6 via the issue): cold within 1.5× of local, warm faster than
-//! local. Medians of three runs each. Under `cargo test` it builds one small target once each
+//! Goals: the issue's (cold within 1.5× of local, warm faster than local) and the stricter ones
+//! of ../shared/DESIGN.md §6 (cold within 1.25×, warm at most a third of local). Medians of
+//! three runs each. Under `cargo test` it builds one small target once each
 //! way, to prove the benchmark still works.
 
 // A benchmark reports an unexpected failure by panicking.
@@ -87,21 +88,24 @@ fn main() {
 
     let (local, cold, warm) = (median(local), median(cold), median(warm));
     let ratio = cold.as_secs_f64() / local.as_secs_f64();
+    let warm_ratio = warm.as_secs_f64() / local.as_secs_f64();
+    let met = |ok: bool| if ok { "met" } else { "not met" };
     let rows = [
         format!(
             "| local build (linux-sandbox) | {} | the reference | |",
             seconds(local)
         ),
         format!(
-            "| remote, cold (fresh cluster: 5 workers, empty caches) | {} | {ratio:.2}× local | goal ≤ 1.5×: {} |",
+            "| remote, cold (fresh cluster: 5 workers, empty caches) | {} | {ratio:.2}× local | ≤ 1.5× (issue): {}; ≤ 1.25× (DESIGN.md): {} |",
             seconds(cold),
-            if ratio <= 1.5 { "met" } else { "not met" }
+            met(ratio <= 1.5),
+            met(ratio <= 1.25)
         ),
         format!(
-            "| remote, warm (every action a cache hit) | {} | {:.2}× local | goal < 1×: {} |",
+            "| remote, warm (every action a cache hit) | {} | {warm_ratio:.2}× local | < 1× (issue): {}; ≤ 0.33× (DESIGN.md): {} |",
             seconds(warm),
-            warm.as_secs_f64() / local.as_secs_f64(),
-            if warm < local { "met" } else { "not met" }
+            met(warm_ratio < 1.0),
+            met(warm_ratio <= 1.0 / 3.0)
         ),
     ];
     for row in &rows {
@@ -114,7 +118,11 @@ fn main() {
              genrules, a tree artifact, a 10 MiB output) after `bazel clean`; the Bazel server is up \
              and the build analysed before timing. Remote builds use only \
              `--remote_executor=grpc://…` (plus `--jobs=8`) against a `setup-cloud-scoot \
-             --strategy local.local` cluster on the same machine. Median of {runs} runs each.\n\n\
+             --strategy local.local` cluster on the same machine, so the workers' compilers, the \
+             scheduler and Bazel share its 2 cores (a local build has them to itself). A Bazel \
+             profile of a cold remote build shows where the time goes: uploading each action's \
+             missing inputs takes Bazel 80–200 ms under this load, against ~10 ms for a whole \
+             idle Execute round trip of `true` through the cluster. Median of {runs} runs each.\n\n\
              | build | time | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );
