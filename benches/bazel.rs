@@ -119,10 +119,11 @@ fn main() {
              and the build analysed before timing. Remote builds use only \
              `--remote_executor=grpc://…` (plus `--jobs=8`) against a `setup-cloud-scoot \
              --strategy local.local` cluster on the same machine, so the workers' compilers, the \
-             scheduler and Bazel share its 2 cores (a local build has them to itself). A Bazel \
-             profile of a cold remote build shows where the time goes: uploading each action's \
-             missing inputs takes Bazel 80–200 ms under this load, against ~10 ms for a whole \
-             idle Execute round trip of `true` through the cluster. Median of {runs} runs each.\n\n\
+             scheduler and Bazel share its 2 cores (a local build has them to itself). In a Bazel \
+             profile of one cold remote build, uploading an action's missing inputs took 80–200 ms \
+             and an Execute 135–830 ms, while an Execute of `true` through an idle cluster takes \
+             ~10 ms end to end; we attribute the gap to the build's processes and ours contending \
+             for the cores and the disk (each stored blob is fsynced). Median of {runs} runs each.\n\n\
              | build | time | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );
