@@ -123,7 +123,9 @@ fn main() {
              profile of one cold remote build, uploading an action's missing inputs took 80–200 ms \
              and an Execute 135–830 ms, while an Execute of `true` through an idle cluster takes \
              ~10 ms end to end; we attribute the gap to the build's processes and ours contending \
-             for the cores and the disk (each stored blob is fsynced). Median of {runs} runs each.\n\n\
+             for the 2 cores (trial runs without fsyncs in the CAS, or without the apiserver \
+             fallback, moved the ratio no more than run-to-run noise, 1.29–1.48×). Median of \
+             {runs} runs each.\n\n\
              | build | time | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );
