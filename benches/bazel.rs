@@ -41,54 +41,88 @@ fn seconds(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// Cleans, then times one build with `options`; returns the time and Bazel's output.
-fn timed_build(bazel: &Bazel, step: &str, options: &[&str], target: &str) -> (Duration, String) {
+/// Cleans, then times one Bazel command; returns the time and Bazel's output.
+fn timed_build(bazel: &Bazel, step: &str, args: &[String]) -> (Duration, String) {
     bazel.run("clean", &["clean"]);
-    let mut args = vec!["build", "--color=no", "--curses=no"];
-    args.extend(options);
-    args.push(target);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
     let output = bazel.run(step, &args);
     (started.elapsed(), output)
 }
 
+fn ratio_of(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (runs, target) = if benchmarking {
-        (3, "//...")
+        (5, "//...")
     } else {
         (1, "//gen:config_h")
     };
     let sample = Sample::new();
-    let bazel = sample.bazel(bazel_binary());
+    // One Bazel server per mode: switching a server between local and remote options would
+    // throw its analysis away and time it with the build.
+    let local_bazel = sample.bazel_in(bazel_binary(), "root-local");
+    let remote_bazel = sample.bazel_in(bazel_binary(), "root-remote");
+    // No convenience symlinks: each server would otherwise wander into the other's outputs
+    // through them when it loads `//...`.
+    let quiet = ["--color=no", "--curses=no", "--symlink_prefix=/"];
 
-    // Analysis and the Bazel server's start are paid here, outside every measurement.
-    bazel.run("warm-up", &["build", "--color=no", "--curses=no", target]);
-    let local: Vec<Duration> = (0..runs)
-        .map(|_| timed_build(&bazel, "local", &[], target).0)
-        .collect();
-
-    let mut cold = Vec::new();
-    let mut warm = Vec::new();
-    for run in 0..runs {
+    // Analysis and the servers' start are paid here, outside every measurement.
+    let args = |options: &[&str]| -> Vec<String> {
+        let mut args = vec!["build".to_string()];
+        args.extend(quiet.iter().chain(options).map(|s| s.to_string()));
+        args.push(target.to_string());
+        args
+    };
+    // The warm-ups use the very options of the timed builds, so that Bazel keeps its analysis.
+    timed_build(&local_bazel, "warm-up-local", &args(&[]));
+    {
         let cluster = LocalCluster::start(PORT_OFFSET);
         let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
-        let options = [remote.as_str(), "--jobs=8"];
-        let (took, output) = timed_build(&bazel, "remote-cold", &options, target);
-        assert_all_remote("remote-cold", &output);
-        cold.push(took);
-        if run == runs - 1 {
-            for _ in 0..runs {
-                let (took, output) = timed_build(&bazel, "remote-warm", &options, target);
-                assert_all_remote_cache_hits("remote-warm", &output);
-                warm.push(took);
-            }
-        }
+        remote_bazel.run(
+            "warm-up-remote",
+            &["build", quiet[0], quiet[1], &remote, "--jobs=8", target],
+        );
     }
 
+    // Rounds interleave the three builds, so that the machine's drift (this one is shared and
+    // noisy) affects them alike; the ratios are taken within each round.
+    let (mut local, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        local.push(timed_build(&local_bazel, "local", &args(&[])).0);
+        let cluster = LocalCluster::start(PORT_OFFSET);
+        let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
+        let options = args(&[&remote, "--jobs=8"]);
+        let (took, output) = timed_build(&remote_bazel, "remote-cold", &options);
+        assert_all_remote("remote-cold", &output);
+        cold.push(took);
+        let (took, output) = timed_build(&remote_bazel, "remote-warm", &options);
+        assert_all_remote_cache_hits("remote-warm", &output);
+        warm.push(took);
+    }
+    let ratio = median_of(
+        local
+            .iter()
+            .zip(&cold)
+            .map(|(l, c)| ratio_of(*c, *l))
+            .collect(),
+    );
+    let warm_ratio = median_of(
+        local
+            .iter()
+            .zip(&warm)
+            .map(|(l, w)| ratio_of(*w, *l))
+            .collect(),
+    );
     let (local, cold, warm) = (median(local), median(cold), median(warm));
-    let ratio = cold.as_secs_f64() / local.as_secs_f64();
-    let warm_ratio = warm.as_secs_f64() / local.as_secs_f64();
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let rows = [
         format!(
@@ -124,8 +158,9 @@ fn main() {
              and an Execute 135–830 ms, while an Execute of `true` through an idle cluster takes \
              ~10 ms end to end; we attribute the gap to the build's processes and ours contending \
              for the 2 cores (trial runs without fsyncs in the CAS, or without the apiserver \
-             fallback, moved the ratio no more than run-to-run noise, 1.29–1.48×). Median of \
-             {runs} runs each.\n\n\
+             fallback, moved the ratio no more than run-to-run noise). {runs} rounds, each a local, \
+             a cold and a warm build; times are medians, ratios the medians of each round's \
+             ratios.\n\n\
              | build | time | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );

@@ -364,7 +364,12 @@ impl Sample {
     }
 
     pub(crate) fn bazel(&self, bin: PathBuf) -> Bazel {
-        Bazel::new(bin, self.workspace.clone(), self.tmp.path().join("root"))
+        self.bazel_in(bin, "root")
+    }
+
+    /// A Bazel server of its own (output user root `root` in the temp dir) for the workspace.
+    pub(crate) fn bazel_in(&self, bin: PathBuf, root: &str) -> Bazel {
+        Bazel::new(bin, self.workspace.clone(), self.tmp.path().join(root))
     }
 }
 
