@@ -112,6 +112,8 @@ impl Bazel {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.startup)
             .args(args)
+            // The Bazel server, started by the first command, outlives it: it keeps ours.
+            .env("TMPDIR", std::env::temp_dir())
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())

@@ -40,11 +40,22 @@ pub fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 pub struct Proc {
     pub child: Child,
     pub name: String,
+    /// The process's TMPDIR, removed after it is killed: servers killed with SIGKILL cannot
+    /// remove their own temporary directories (checkouts, snapshot repositories, outputs).
+    _scratch: tempfile::TempDir,
 }
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         use std::os::unix::process::CommandExt;
+        let scratch = tempfile::Builder::new()
+            .prefix("e2e-scratch")
+            .tempdir()
+            .unwrap();
+        // A TMPDIR the caller chose is kept (Bazel's server outlives the client started here).
+        if !cmd.get_envs().any(|(key, _)| key == "TMPDIR") {
+            cmd.env("TMPDIR", scratch.path());
+        }
         let child = cmd
             .process_group(0)
             .spawn()
@@ -52,6 +63,7 @@ impl Proc {
         Proc {
             child,
             name: name.to_string(),
+            _scratch: scratch,
         }
     }
 
