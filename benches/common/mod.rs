@@ -2,13 +2,16 @@
 
 use crate::support::repo_root;
 
+/// What the file says before its sections.
+const HEADER: &str = "Produced by `make bench`; each section is rewritten when its benchmark runs. \
+The machine is a shared 2-core VM: on repeated runs the same code has varied by ±30 % (latencies \
+and fsync-bound figures more), so a figure near its goal can land on either side of it.";
+
 /// Replaces (or appends) the `## <title>` section of docs/benchmarks.md, recording the machine.
 pub fn write_benchmark_section(title: &str, section: &str) {
     let path = repo_root().join("docs/benchmarks.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nProduced by `make bench`; each section is rewritten when its benchmark runs.\n\n"
-            .to_string()
-    });
+    let existing =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{HEADER}\n\n"));
     let machine = machine_description();
     let section = format!("{}\n\nMachine: {machine}.\n\n", section.trim_end());
     let heading = format!("## {title}\n");
