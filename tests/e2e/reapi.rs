@@ -113,6 +113,28 @@ impl Cluster {
         action_digest
     }
 
+    /// Uploads `blobs`, the input root `root` and a Command and Action over them (for trees the
+    /// regular helper cannot express); returns the Action's digest.
+    fn raw_action(
+        &self,
+        mut blobs: Vec<(Digest, Bytes)>,
+        root: &v2::Directory,
+        script: &str,
+    ) -> Digest {
+        let (root_digest, root_bytes) = encode(root);
+        blobs.push((root_digest.clone(), root_bytes));
+        let (command_digest, command_bytes) = encode(&command(script, &[], &[]));
+        blobs.push((command_digest.clone(), command_bytes));
+        let (action_digest, action_bytes) = encode(&v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: Some(to_proto(&root_digest)),
+            ..Default::default()
+        });
+        blobs.push((action_digest.clone(), action_bytes));
+        self.upload(blobs);
+        action_digest
+    }
+
     fn execute_stream(
         &self,
         action: &Digest,
@@ -376,7 +398,6 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
 
     // An input that was never uploaded.
     let ghost = digest_of(b"never uploaded");
-    let mut blobs = Vec::new();
     let root = v2::Directory {
         files: vec![v2::FileNode {
             name: "ghost.txt".into(),
@@ -385,18 +406,7 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
         }],
         ..Default::default()
     };
-    let (root_digest, root_bytes) = encode(&root);
-    blobs.push((root_digest.clone(), root_bytes));
-    let (command_digest, command_bytes) = encode(&command("cat ghost.txt", &[], &[]));
-    blobs.push((command_digest.clone(), command_bytes));
-    let action = v2::Action {
-        command_digest: Some(to_proto(&command_digest)),
-        input_root_digest: Some(to_proto(&root_digest)),
-        ..Default::default()
-    };
-    let (action_digest, action_bytes) = encode(&action);
-    blobs.push((action_digest.clone(), action_bytes));
-    cluster.upload(blobs);
+    let action_digest = cluster.raw_action(Vec::new(), &root, "cat ghost.txt");
     let response = response_of(cluster.execute(&action_digest, false).last().unwrap());
     assert_eq!(status_code(&response), tonic::Code::FailedPrecondition);
     let details = &response.status.unwrap().details;
@@ -420,10 +430,8 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
 
     // Input names that would leave the input root.
     for bad in ["..", "a/b", ""] {
-        let mut blobs = Vec::new();
         let data = Bytes::from_static(b"x");
         let digest = digest_of(&data);
-        blobs.push((digest.clone(), data));
         let root = v2::Directory {
             files: vec![v2::FileNode {
                 name: bad.into(),
@@ -432,17 +440,7 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
             }],
             ..Default::default()
         };
-        let (root_digest, root_bytes) = encode(&root);
-        blobs.push((root_digest.clone(), root_bytes));
-        let (command_digest, command_bytes) = encode(&command(&format!("true {bad}"), &[], &[]));
-        blobs.push((command_digest.clone(), command_bytes));
-        let (action_digest, action_bytes) = encode(&v2::Action {
-            command_digest: Some(to_proto(&command_digest)),
-            input_root_digest: Some(to_proto(&root_digest)),
-            ..Default::default()
-        });
-        blobs.push((action_digest.clone(), action_bytes));
-        cluster.upload(blobs);
+        let action_digest = cluster.raw_action(vec![(digest, data)], &root, &format!("true {bad}"));
         let err = cluster.execute_stream(&action_digest, false).err();
         assert_eq!(
             err.as_ref().map(tonic::Status::code),
@@ -473,17 +471,7 @@ fn refuses_actions_with_missing_inputs_bad_names_or_escaping_outputs() {
                 ..Default::default()
             };
         }
-        let (root_digest, root_bytes) = encode(&dir);
-        blobs.push((root_digest.clone(), root_bytes));
-        let (command_digest, command_bytes) = encode(&command(&format!("true {target}"), &[], &[]));
-        blobs.push((command_digest.clone(), command_bytes));
-        let (action_digest, action_bytes) = encode(&v2::Action {
-            command_digest: Some(to_proto(&command_digest)),
-            input_root_digest: Some(to_proto(&root_digest)),
-            ..Default::default()
-        });
-        blobs.push((action_digest.clone(), action_bytes));
-        cluster.upload(blobs);
+        let action_digest = cluster.raw_action(blobs, &dir, &format!("true {target}"));
         let err = cluster.execute_stream(&action_digest, false).err();
         assert_eq!(
             err.as_ref().map(tonic::Status::code),
