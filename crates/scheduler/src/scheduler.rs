@@ -54,12 +54,18 @@ pub enum Request {
 }
 
 /// What the loop tells the REAPI operation tracker about jobs, so Execute streams move on as soon
-/// as a task starts or a job ends instead of polling the saga log.
+/// as a task starts or ends instead of polling the saga log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEvent {
     /// A task of the job was handed to a worker.
     TaskStarted(String),
-    /// The job's saga has ended: its final statuses are in the log.
+    /// A task of the job ended with this status, already durable in the saga log.
+    TaskEnded {
+        job_id: String,
+        status: Box<RunStatus>,
+    },
+    /// The job's saga has ended: its final statuses are in the log (the only word on tasks
+    /// that ended without an attempt, such as waiting tasks of a killed job).
     Ended(String),
 }
 
@@ -453,6 +459,12 @@ impl Loop {
         }
         if node_suspect {
             self.start_readiness_check(&node);
+        }
+        if let AttemptResult::Ended(status) = &result {
+            self.notify(JobEvent::TaskEnded {
+                job_id: job_id.clone(),
+                status: Box::new(status.clone()),
+            });
         }
         let Some(state) = self.jobs.get_mut(&job_id) else {
             return;

@@ -91,7 +91,7 @@ impl Execution for ExecutionService {
             };
             return Ok(self.finished(key, response));
         }
-        let action = match self.check_action(&key.action_digest).await {
+        let action = match self.read_action(&key.action_digest).await {
             Ok(action) => action,
             Err(Refusal::Response(response)) => return Ok(self.finished(key, *response)),
             Err(Refusal::Status(status)) => return Err(status),
@@ -114,11 +114,16 @@ impl Execution for ExecutionService {
             tracker: &self.tracker,
             tracked: Some(tracked.clone()),
         };
-        let queued = self.queue(&tracked, &request, &action).await;
+        let started = self.start(&tracked, &request, &action).await;
         unqueued.disarm();
-        match queued {
+        match started {
             Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
-            Err(status) => {
+            Err(Refusal::Response(response)) => {
+                self.tracker
+                    .finish(&tracked, OperationResult::Response(response));
+                Ok(Response::new(stream(&self.tracker, tracked)))
+            }
+            Err(Refusal::Status(status)) => {
                 let rpc = rpc_status(status.code(), status.message());
                 self.tracker.finish(&tracked, OperationResult::Error(rpc));
                 Err(status)
@@ -173,6 +178,19 @@ impl ExecutionService {
         Response::new(stream(&self.tracker, tracked))
     }
 
+    /// Checks that everything `action` needs is in the CAS and well formed, then queues it.
+    async fn start(
+        &self,
+        tracked: &Tracked,
+        request: &v2::ExecuteRequest,
+        action: &v2::Action,
+    ) -> Result<(), Refusal> {
+        self.check_inputs(action).await?;
+        self.queue(tracked, request, action)
+            .await
+            .map_err(Refusal::Status)
+    }
+
     /// Queues the checked `action` as a job under the operation's name.
     async fn queue(
         &self,
@@ -224,15 +242,22 @@ impl ExecutionService {
         Ok(())
     }
 
-    /// The Action, once it and everything it needs are in the CAS and well formed.
-    async fn check_action(&self, digest: &Digest) -> Result<v2::Action, Refusal> {
+    /// The Action, read and decoded (FAILED_PRECONDITION when the CAS lacks it).
+    async fn read_action(&self, digest: &Digest) -> Result<v2::Action, Refusal> {
         let mut missing = Vec::new();
-        let Some(action) = self
+        match self
             .read::<v2::Action>(digest, "Action", &mut missing)
             .await?
-        else {
-            return Err(missing_blobs(missing));
-        };
+        {
+            Some(action) => Ok(action),
+            None => Err(missing_blobs(missing)),
+        }
+    }
+
+    /// Whether the Command and every Directory and file of the input root are in the CAS and
+    /// well formed. Only the execution that will run the action checks (joiners do not).
+    async fn check_inputs(&self, action: &v2::Action) -> Result<(), Refusal> {
+        let mut missing = Vec::new();
         let command_digest =
             rules::digest_field(action.command_digest.as_ref(), "Action.command_digest")
                 .map_err(invalid)?;
@@ -272,7 +297,7 @@ impl ExecutionService {
             missing.push((file, "input file"));
         }
         if missing.is_empty() {
-            Ok(action)
+            Ok(())
         } else {
             Err(missing_blobs(missing))
         }

@@ -2,9 +2,10 @@
 //!
 //! The [`Tracker`] keeps each operation's latest `google.longrunning.Operation` in a watch
 //! channel, so any number of Execute, WaitExecution and GetOperation callers see the same state.
-//! The scheduling loop's [`JobEvent`]s move operations on (QUEUED → EXECUTING → done); the saga
-//! log is the truth for results, so an operation the tracker has forgotten (or never saw,
-//! after a restart) is rebuilt from its job.
+//! The scheduling loop's [`JobEvent`]s move operations on (QUEUED → EXECUTING → done, the last
+//! with the task's final status, durable by then); the saga log is the truth for results, so an
+//! operation the tracker has forgotten (or never saw, after a restart) is rebuilt from its job,
+//! and a job's end is checked against it too.
 //!
 //! Invariant: while an execution of an action is unfinished, `in_flight` maps the action (with
 //! its instance name) to that execution's operation, so an identical Execute joins it instead of
@@ -108,6 +109,11 @@ impl Tracker {
                     {
                         let op = executing(&tracked);
                         self.publish(&tracked, op);
+                    }
+                }
+                JobEvent::TaskEnded { job_id, status } => {
+                    if let Some(tracked) = self.tracked(&job_id) {
+                        self.finish(&tracked, result_of_run(&status));
                     }
                 }
                 JobEvent::Ended(job_id) => {
