@@ -1,7 +1,7 @@
 //! Wires a worker together and runs it until shutdown.
 
 use std::future::{Future, IntoFuture};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub enum WorkerError {
     Http(std::io::Error),
     #[error("{0}")]
     Bundlestore(String),
+    #[error("cannot create the action directory: {0}")]
+    ActionDir(std::io::Error),
     #[error("cannot set up REAPI actions: {0}")]
     Actions(#[from] scoot_action::ActionError),
 }
@@ -84,6 +86,24 @@ impl Default for WorkerConfig {
     }
 }
 
+/// `given` (created if need be), or a fresh temporary directory named with `prefix`, returned
+/// too: keep it for as long as the worker runs, it is removed when dropped.
+fn dir_or_temp(
+    given: Option<&Path>,
+    prefix: &str,
+) -> std::io::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match given {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((dir.to_path_buf(), None))
+        }
+        None => {
+            let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+            Ok((dir.path().to_path_buf(), Some(dir)))
+        }
+    }
+}
+
 /// Serves the Worker Thrift API on `thrift` and the HTTP endpoints on `http` until `shutdown`
 /// completes, then drains the current run and stops.
 pub async fn run(
@@ -92,19 +112,9 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let (output_dir, _owned_output_dir) = match &config.output_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(WorkerError::OutputDir)?;
-            (dir.clone(), None)
-        }
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("scoot-worker-output")
-                .tempdir()
-                .map_err(WorkerError::OutputDir)?;
-            (dir.path().to_path_buf(), Some(dir))
-        }
-    };
+    let (output_dir, _owned_output_dir) =
+        dir_or_temp(config.output_dir.as_deref(), "scoot-worker-output")
+            .map_err(WorkerError::OutputDir)?;
     let http_addr = match &config.advertised_http_addr {
         Some(addr) => addr.clone(),
         None => http
@@ -121,22 +131,12 @@ pub async fn run(
         GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
             .map_err(WorkerError::Bundlestore)?,
     );
-    // Kept until exit: a temporary action directory is removed when this is dropped.
-    let mut temporary_actions = None;
+    let mut _owned_action_dir = None;
     let actions: Option<Arc<dyn ActionRunner>> = match &config.cas_addr {
         Some(cas_addr) => {
-            let dir = match &config.action_dir {
-                Some(dir) => dir.clone(),
-                None => temporary_actions
-                    .insert(
-                        tempfile::Builder::new()
-                            .prefix("scoot-worker-actions")
-                            .tempdir()
-                            .map_err(WorkerError::OutputDir)?,
-                    )
-                    .path()
-                    .to_path_buf(),
-            };
+            let (dir, owned) = dir_or_temp(config.action_dir.as_deref(), "scoot-worker-actions")
+                .map_err(WorkerError::ActionDir)?;
+            _owned_action_dir = owned;
             let actions = ReapiActions::open(ActionConfig {
                 cas_addr: cas_addr.clone(),
                 work_dir: dir.join("work"),
@@ -204,7 +204,6 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Http(std::io::Error::other(e)))?
         .map_err(WorkerError::Http)?;
-    drop(temporary_actions);
     tracing::info!("workerserver stopped");
     Ok(())
 }
