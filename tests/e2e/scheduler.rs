@@ -405,3 +405,98 @@ fn a_client_generated_from_the_seed_idl_runs_a_job() {
     let out = result["taskData"]["py1"]["outUri"].as_str().unwrap();
     assert_eq!(command_output(&file_of_uri(out)), "from python\n");
 }
+
+/// The saga file of job `id`: the hex of the id's bytes.
+fn saga_file(saga_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    saga_dir.join(format!("{hex}.saga"))
+}
+
+/// Where each frame of a saga file begins (a frame is "SgF1", the payload length as u32 LE, a
+/// checksum, the payload), and where the last one ends.
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = vec![0];
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        at += 12 + len as usize;
+        offsets.push(at);
+    }
+    offsets
+}
+
+#[test]
+fn damaged_saga_files_are_salvaged_or_their_jobs_reported_failed() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("open");
+    let (w1, w2) = (Worker::start(&[]), Worker::start(&[]));
+    let sched = Scheduler::start(&[&w1, &w2], json!({}));
+    let mut client = sched.client();
+    // t2 runs until the gate opens, so its job is unfinished when the scheduler dies.
+    let wait_for_gate = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; exit 2",
+        gate.display()
+    );
+    let salvaged = client
+        .0
+        .run_job(job(vec![
+            task("t0", &["sh", "-c", "exit 0"]),
+            task("t1", &["sh", "-c", "exit 1"]),
+            task("t2", &["sh", "-c", &wait_for_gate]),
+        ]))
+        .unwrap()
+        .id;
+    let unreadable = client
+        .0
+        .run_job(job(vec![task("only", &["true"])]))
+        .unwrap()
+        .id;
+    poll("t0 and t1 to end while t2 runs", || {
+        let status = client.0.get_status(salvaged.clone()).unwrap();
+        let (states, data) = (status.task_status?, status.task_data?);
+        let ended = |t: &str| states.get(t) == Some(&scoot::Status::COMPLETED);
+        let running = data.get("t2")?.status == scoot::RunStatusState::RUNNING;
+        (ended("t0") && ended("t1") && running).then_some(())
+    });
+    wait_job(&mut client, &unreadable);
+    drop(client);
+
+    let sched = sched.kill_and_restart_with(json!({}), |saga_dir| {
+        // A flipped byte in the payload of a middle frame of the unfinished job.
+        let path = saga_file(saga_dir, &salvaged);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let offsets = frame_offsets(&bytes);
+        assert!(offsets.len() > 4, "too few frames: {offsets:?}");
+        bytes[offsets[1] + 14] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        // A cut inside the other job's first frame, its Start Saga (the job definition).
+        let path = saga_file(saga_dir, &unreadable);
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = frame_offsets(&bytes)[1] / 2;
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+    });
+    std::fs::write(&gate, b"").unwrap();
+    let mut client = sched.client();
+    // Whatever the damaged frame said is redone; the job completes with every task's result.
+    let status = wait_job(&mut client, &salvaged);
+    for (t, code) in [("t0", 0), ("t1", 1), ("t2", 2)] {
+        let data = task_data(&status, t);
+        assert_eq!(
+            (data.status, data.exit_code),
+            (scoot::RunStatusState::COMPLETE, Some(code)),
+            "{t}: {data:?}"
+        );
+    }
+    // The job whose definition is lost is over, and says why.
+    let status = client.0.get_status(unreadable.clone()).unwrap();
+    assert_eq!(status.status, scoot::Status::COMPLETED, "{status:?}");
+    let failed = task_data(&status, "(job definition)");
+    assert_eq!(failed.status, scoot::RunStatusState::FAILED, "{failed:?}");
+    let reason = failed.error.unwrap_or_default();
+    assert!(
+        reason.contains("saga log damaged: job definition unreadable"),
+        "{reason}"
+    );
+    let killed = client.0.kill_job(unreadable.clone()).unwrap();
+    assert_eq!(killed, status);
+}

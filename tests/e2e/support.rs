@@ -445,6 +445,16 @@ impl Scheduler {
 
     /// Kills this scheduler with SIGKILL and starts a new one on the same saga log and workers.
     pub fn kill_and_restart(self, scheduler_config: Value) -> Scheduler {
+        self.kill_and_restart_with(scheduler_config, |_| {})
+    }
+
+    /// Like [`kill_and_restart`](Self::kill_and_restart), running `meanwhile` on the saga log's
+    /// directory while no scheduler runs.
+    pub fn kill_and_restart_with(
+        self,
+        scheduler_config: Value,
+        meanwhile: impl FnOnce(&Path),
+    ) -> Scheduler {
         let Scheduler {
             mut proc,
             workers_file,
@@ -454,6 +464,7 @@ impl Scheduler {
         } = self;
         let _ = killpg(proc.pid(), Signal::SIGKILL);
         let _ = proc.child.wait();
+        meanwhile(&saga_dir);
         let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
         Scheduler::start_with(_dir, workers_file, saga_dir, config)
     }

@@ -20,6 +20,10 @@ pub enum SagaLogError {
     /// Stored data is damaged (not a torn tail from a crash). Needs an operator.
     #[error("saga log data corrupt: {0}")]
     Corrupt(String),
+    /// The saga's Start Saga, the job itself, is damaged or missing: the saga can be neither
+    /// replayed nor continued, whatever else of it survived.
+    #[error("saga log damaged: job definition unreadable ({0})")]
+    Unreadable(String),
 }
 
 impl SagaLogError {

@@ -7,8 +7,11 @@
 //! - `<dir>/<hex>.saga`: one file per saga; `<hex>` is the lowercase hex of the saga id's bytes,
 //!   so ids with `/`, `..`, spaces, newlines or any unicode are safe file names. Ids are limited
 //!   to [`MAX_SAGA_ID_LEN`] bytes so names stay under the usual 255-byte limit.
-//! - `<dir>/<hex>.<n>.tmp`: a saga file being created; left over only by a crash, and deleted
-//!   when the log is opened.
+//! - `<dir>/<hex>.<n>.tmp`, `<dir>/<hex>.saga.repair.tmp`: a saga file being created or
+//!   repaired; left over only by a crash, and deleted when the log is opened.
+//! - `<dir>/<hex>.saga.damaged`: the original of a saga file that was repaired (see Recovery),
+//!   kept for an operator; the log never reads it, and a later repair of the same saga
+//!   replaces it.
 //!
 //! One file per saga rather than a directory per saga: `rename` replaces a file atomically, but
 //! not a non-empty directory, and replacing a saga must never leave it half-gone.
@@ -46,12 +49,25 @@
 //!
 //! [`FileSagaLog::open`] reads every saga file. A frame that is incomplete, lacks the magic or
 //! fails its checksum is a torn tail (a write a crash interrupted, which was never acknowledged)
-//! if no valid frame starts anywhere after it (the magic is searched at every later offset). The
-//! torn tail is then truncated away (and fsynced) so that later appends follow valid data. A
-//! damaged frame followed by a valid one, a frame whose checksum holds but whose payload does not
-//! decode, or a file that does not begin with Start Saga is corruption: that saga answers
-//! [`SagaLogError::Corrupt`] and is listed by `active_sagas` (so it is not silently forgotten); the
-//! other sagas are unaffected.
+//! if no valid frame starts anywhere after it. The torn tail is then truncated away (and fsynced)
+//! so that later appends follow valid data.
+//!
+//! Damage elsewhere (a bad frame followed by a valid one, or a frame whose checksum holds but
+//! whose payload does not decode) is salvaged rather than losing the saga: reading resumes at the
+//! next offset where the magic begins a frame whose checksum holds (a damaged length cannot be
+//! trusted, so every later offset is tried), every intact message is kept, and the messages are
+//! replayed through [`SagaState`]: an End Task whose Start Task was lost implies that Start Task
+//! (the first one carries no data), and a message the rules refuse is dropped. End Saga is
+//! dropped too: the lost frames may have held any task's records, and only the saga's owner (the
+//! scheduler, which knows the job's tasks) can tell which tasks are not known to be finished, redo
+//! them and end the saga again. The salvaged frames replace the file atomically, the original is
+//! kept as `<name>.damaged`, and the lost bytes and dropped messages are logged with the saga id.
+//!
+//! A saga whose first frame (its Start Saga, the job) is damaged, or that does not begin with
+//! Start Saga, cannot be salvaged: its file is left as it is, it answers
+//! [`SagaLogError::Unreadable`] and is listed by `active_sagas` (so it is not silently
+//! forgotten). A second Start Saga in an undamaged file answers [`SagaLogError::Corrupt`]. Other
+//! sagas are unaffected.
 //!
 //! # Concurrency
 //!
@@ -62,6 +78,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +90,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::error::SagaLogError;
 use crate::log::{SagaLog, expired};
 use crate::message::{MessageKind, SagaMessage};
+use crate::state::SagaState;
 
 /// The longest saga id, in bytes, that the file log accepts.
 pub const MAX_SAGA_ID_LEN: usize = 100;
@@ -82,6 +100,7 @@ const MAGIC: [u8; 4] = *b"SgF1";
 const HEADER_LEN: usize = 12;
 const SAGA_SUFFIX: &str = ".saga";
 const TMP_SUFFIX: &str = ".tmp";
+const DAMAGED_SUFFIX: &str = ".damaged";
 const LOCK_FILE: &str = "LOCK";
 
 /// What the index knows about one saga file.
@@ -93,8 +112,8 @@ enum Status {
         len: u64,
         ended_at: Option<SystemTime>,
     },
-    /// The file is damaged; reads and writes fail until an operator repairs it.
-    Corrupt(String),
+    /// The file is damaged; reads and writes fail with this error until an operator repairs it.
+    Damaged(SagaLogError),
     /// An I/O failure left the file in an unknown state; writes fail until the log is reopened
     /// (or the saga is started again, which replaces the file).
     Failed(String),
@@ -276,8 +295,8 @@ enum FrameRead {
     Valid(Frame, usize),
     /// Incomplete, no magic or a checksum mismatch: what a torn write leaves.
     Damaged,
-    /// Checksummed but not decodable: not something a crash produces.
-    Undecodable(String),
+    /// Checksummed but not decodable (not something a crash produces), and the offset after it.
+    Undecodable(String, usize),
 }
 
 fn read_frame(saga_id: &str, bytes: &[u8], at: usize) -> FrameRead {
@@ -299,13 +318,94 @@ fn read_frame(saga_id: &str, bytes: &[u8], at: usize) -> FrameRead {
     if frame_crc(len_bytes, payload) != crc {
         return FrameRead::Damaged;
     }
+    let end = start + payload.len();
     match decode_payload(saga_id, payload) {
-        Ok(frame) => FrameRead::Valid(frame, start + payload.len()),
-        Err(reason) => FrameRead::Undecodable(reason),
+        Ok(frame) => FrameRead::Valid(frame, end),
+        Err(reason) => FrameRead::Undecodable(reason, end),
     }
 }
 
-/// The valid content of a saga file.
+/// The first offset at or after `from` where a frame whose checksum holds begins. A damaged
+/// frame's length cannot be trusted, so every occurrence of the magic is tried.
+fn next_frame(saga_id: &str, bytes: &[u8], from: usize) -> Option<usize> {
+    let mut from = from;
+    while let Some(pos) = bytes
+        .get(from..)
+        .and_then(|rest| rest.windows(MAGIC.len()).position(|w| w == MAGIC))
+    {
+        let candidate = from + pos;
+        if !matches!(read_frame(saga_id, bytes, candidate), FrameRead::Damaged) {
+            return Some(candidate);
+        }
+        from = candidate + 1;
+    }
+    None
+}
+
+/// What a pass over a saga file found.
+struct Scan {
+    /// The readable frames, in file order.
+    frames: Vec<Frame>,
+    /// Bytes up to the end of the last readable frame; anything after is a torn tail.
+    valid_len: usize,
+    /// Bytes of the readable frames.
+    readable_bytes: usize,
+    /// Unreadable stretches before a later readable frame (a torn tail is not among them), each
+    /// with why its first frame is unreadable.
+    damaged: Vec<(Range<usize>, String)>,
+}
+
+fn scan(saga_id: &str, bytes: &[u8]) -> Scan {
+    let mut scan = Scan {
+        frames: Vec::new(),
+        valid_len: 0,
+        readable_bytes: 0,
+        damaged: Vec::new(),
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        match read_frame(saga_id, bytes, at) {
+            FrameRead::Valid(frame, next) => {
+                scan.frames.push(frame);
+                scan.readable_bytes += next - at;
+                scan.valid_len = next;
+                at = next;
+            }
+            FrameRead::Undecodable(reason, next) => {
+                scan.damaged.push((at..next, reason));
+                at = next;
+            }
+            FrameRead::Damaged => match next_frame(saga_id, bytes, at + 1) {
+                Some(next) => {
+                    let reason = "bad magic, length or checksum".to_string();
+                    scan.damaged.push((at..next, reason));
+                    at = next;
+                }
+                None => break,
+            },
+        }
+    }
+    scan
+}
+
+/// The saga's state right after its Start Saga, which must be the first message of a readable
+/// first frame; `Err` says why the job cannot be read.
+fn start_state(saga_id: &str, scan: &Scan) -> Result<SagaState, String> {
+    if let Some((range, reason)) = scan.damaged.first().filter(|(r, _)| r.start == 0) {
+        return Err(format!(
+            "the first frame, bytes {range:?}, is unreadable: {reason}"
+        ));
+    }
+    match scan.frames.first().and_then(|f| f.messages.first()) {
+        None => Err("no Start Saga (an empty file or a cut first frame)".into()),
+        Some(first) if first.kind != MessageKind::StartSaga => {
+            Err(format!("begins with {} instead of Start Saga", first.kind))
+        }
+        Some(first) => SagaState::new(saga_id, first.data.clone()).map_err(|e| e.to_string()),
+    }
+}
+
+/// The content of a saga file as the log serves it.
 #[derive(Debug)]
 struct Parsed {
     messages: Vec<SagaMessage>,
@@ -314,66 +414,92 @@ struct Parsed {
     ended_at: Option<SystemTime>,
 }
 
-/// Parses a saga file; `Err` describes corruption.
-fn parse_log(saga_id: &str, bytes: &[u8]) -> Result<Parsed, String> {
-    let mut messages: Vec<SagaMessage> = Vec::new();
-    let mut ended_at = None;
-    let mut at = 0;
-    while at < bytes.len() {
-        match read_frame(saga_id, bytes, at) {
-            FrameRead::Valid(frame, next) => {
-                if ended_at.is_none()
-                    && frame
-                        .messages
-                        .iter()
-                        .any(|m| m.kind == MessageKind::EndSaga)
-                {
-                    ended_at = Some(frame.written_at);
-                }
-                messages.extend(frame.messages);
-                at = next;
-            }
-            FrameRead::Undecodable(reason) => {
-                return Err(format!("frame at byte {at}: {reason}"));
-            }
-            FrameRead::Damaged => {
-                // A torn tail only if nothing valid follows; look for a frame at every later
-                // occurrence of the magic.
-                let mut from = at + 1;
-                while let Some(pos) = bytes
-                    .get(from..)
-                    .and_then(|rest| rest.windows(MAGIC.len()).position(|w| w == MAGIC))
-                {
-                    let candidate = from + pos;
-                    if !matches!(read_frame(saga_id, bytes, candidate), FrameRead::Damaged) {
-                        return Err(format!(
-                            "damaged frame at byte {at} is followed by a frame at byte {candidate}"
-                        ));
-                    }
-                    from = candidate + 1;
-                }
-                break;
-            }
-        }
-    }
-    match messages.first() {
-        None => return Err("no Start Saga (empty or unreadable file)".into()),
-        Some(first) if first.kind != MessageKind::StartSaga => {
-            return Err(format!("begins with {} instead of Start Saga", first.kind));
-        }
-        Some(_) => {}
-    }
-    if messages[1..]
+/// The write time of the first frame holding End Saga.
+fn end_time(frames: &[Frame]) -> Option<SystemTime> {
+    frames
         .iter()
+        .find(|f| f.messages.iter().any(|m| m.kind == MessageKind::EndSaga))
+        .map(|f| f.written_at)
+}
+
+/// The messages of frames that begin with Start Saga.
+fn parsed(path: &Path, frames: Vec<Frame>, valid_len: usize) -> Result<Parsed, SagaLogError> {
+    let ended_at = end_time(&frames);
+    let messages: Vec<SagaMessage> = frames.into_iter().flat_map(|f| f.messages).collect();
+    if messages
+        .iter()
+        .skip(1)
         .any(|m| m.kind == MessageKind::StartSaga)
     {
-        return Err("holds a second Start Saga".into());
+        return Err(SagaLogError::Corrupt(format!(
+            "{}: holds a second Start Saga",
+            path.display()
+        )));
     }
     Ok(Parsed {
         messages,
-        valid_len: at,
+        valid_len,
         ended_at,
     })
+}
+
+/// Reads an undamaged saga file (a torn tail aside).
+fn read_log(saga_id: &str, path: &Path, bytes: &[u8]) -> Result<Parsed, SagaLogError> {
+    let scan = scan(saga_id, bytes);
+    start_state(saga_id, &scan)
+        .map_err(|reason| SagaLogError::Unreadable(format!("{}: {reason}", path.display())))?;
+    if let Some((range, reason)) = scan.damaged.first() {
+        return Err(SagaLogError::Corrupt(format!(
+            "{}: bytes {range:?} are damaged ({reason})",
+            path.display()
+        )));
+    }
+    parsed(path, scan.frames, scan.valid_len)
+}
+
+/// Replays the frames that survived damage on top of `state` (the saga after the first
+/// message) and keeps what the saga's rules accept, End Saga aside; see the module
+/// documentation. Returns the frames to keep and how many messages were dropped.
+fn salvage(mut state: SagaState, frames: Vec<Frame>) -> (Vec<Frame>, usize) {
+    let mut dropped = 0;
+    let mut kept = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.into_iter().enumerate() {
+        let mut messages = Vec::with_capacity(frame.messages.len());
+        for (j, message) in frame.messages.into_iter().enumerate() {
+            if (i, j) == (0, 0) {
+                // The Start Saga `state` was made from.
+                messages.push(message);
+                continue;
+            }
+            if message.kind == MessageKind::EndSaga {
+                dropped += 1;
+                continue;
+            }
+            let mut batch = Vec::with_capacity(2);
+            if message.kind == MessageKind::EndTask && !state.is_task_started(&message.task_id) {
+                batch.push(SagaMessage::start_task(
+                    &message.saga_id,
+                    &message.task_id,
+                    Vec::new(),
+                ));
+            }
+            batch.push(message);
+            match state.apply_all(&batch) {
+                Ok(()) => messages.extend(batch),
+                Err(err) => {
+                    tracing::warn!(saga_id = state.saga_id(), %err, "dropping a salvaged message");
+                    dropped += 1;
+                }
+            }
+        }
+        if !messages.is_empty() {
+            kept.push(Frame {
+                written_at: frame.written_at,
+                messages,
+            });
+        }
+    }
+    (kept, dropped)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SagaLogError> {
@@ -412,14 +538,20 @@ impl FileSagaLog {
 
         let mut sagas = HashMap::new();
         let mut removed_tmp = false;
-        let listing = fs::read_dir(&dir).map_err(|e| internal("list", &dir, e))?;
+        // Listed before any file is touched: recovery may add and rename files.
+        let listing = fs::read_dir(&dir)
+            .and_then(|items| items.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| internal("list", &dir, e))?;
         for item in listing {
-            let item = item.map_err(|e| internal("list", &dir, e))?;
             let path = item.path();
             let Some(name) = item.file_name().to_str().map(str::to_owned) else {
                 tracing::warn!(path = %path.display(), "ignoring unexpected file in saga log");
                 continue;
             };
+            if name.ends_with(DAMAGED_SUFFIX) {
+                tracing::info!(path = %path.display(), "a damaged saga file kept for inspection");
+                continue;
+            }
             if name.ends_with(TMP_SUFFIX) {
                 fs::remove_file(&path).map_err(|e| internal("remove", &path, e))?;
                 removed_tmp = true;
@@ -436,7 +568,7 @@ impl FileSagaLog {
                 }
                 continue;
             };
-            let status = Self::recover_file(&saga_id, &path)?;
+            let status = Self::recover_file(&dir, &saga_id, &path)?;
             sagas.insert(
                 saga_id,
                 Arc::new(Mutex::new(Entry {
@@ -457,15 +589,26 @@ impl FileSagaLog {
         })
     }
 
-    /// Reads one saga file at open, cutting off a torn tail.
-    fn recover_file(saga_id: &str, path: &Path) -> Result<Status, SagaLogError> {
+    /// Reads one saga file at open, cutting off a torn tail and salvaging damage.
+    fn recover_file(dir: &Path, saga_id: &str, path: &Path) -> Result<Status, SagaLogError> {
         let bytes = fs::read(path).map_err(|e| internal("read", path, e))?;
-        let parsed = match parse_log(saga_id, &bytes) {
-            Ok(parsed) => parsed,
+        let scan = scan(saga_id, &bytes);
+        let state = match start_state(saga_id, &scan) {
+            Ok(state) => state,
             Err(reason) => {
-                let reason = format!("{}: {reason}", path.display());
-                tracing::error!(saga_id, %reason, "corrupt saga file");
-                return Ok(Status::Corrupt(reason));
+                let err = SagaLogError::Unreadable(format!("{}: {reason}", path.display()));
+                tracing::error!(saga_id, error = %err, "saga cannot be recovered");
+                return Ok(Status::Damaged(err));
+            }
+        };
+        if !scan.damaged.is_empty() {
+            return Self::repair(dir, path, state, scan, bytes.len());
+        }
+        let parsed = match parsed(path, scan.frames, scan.valid_len) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::error!(saga_id, error = %err, "corrupt saga file");
+                return Ok(Status::Damaged(err));
             }
         };
         let len = parsed.valid_len as u64;
@@ -488,6 +631,61 @@ impl FileSagaLog {
         Ok(Status::Live {
             len,
             ended_at: parsed.ended_at,
+        })
+    }
+
+    /// Replaces a damaged saga file by what [`salvage`] keeps of it, atomically, keeping the
+    /// original beside it as `<name>.damaged`.
+    fn repair(
+        dir: &Path,
+        path: &Path,
+        state: SagaState,
+        scan: Scan,
+        file_len: usize,
+    ) -> Result<Status, SagaLogError> {
+        let saga_id = state.saga_id().to_owned();
+        let (frames, dropped) = salvage(state, scan.frames);
+        let mut repaired = Vec::new();
+        for frame in &frames {
+            let messages: Vec<&SagaMessage> = frame.messages.iter().collect();
+            repaired.extend(encode_frame(frame.written_at, &messages)?);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!("{name}.repair{TMP_SUFFIX}"));
+        let damaged = dir.join(format!("{name}{DAMAGED_SUFFIX}"));
+        let replaced = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&repaired)?;
+            file.sync_all()?;
+            match fs::remove_file(&damaged) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            fs::hard_link(path, &damaged)?;
+            fs::rename(&tmp, path)
+        })();
+        if let Err(err) = replaced {
+            // The damaged file is still in place; the next open tries again.
+            let _ = fs::remove_file(&tmp);
+            return Err(internal("repair", path, err));
+        }
+        sync_dir(dir)?;
+        tracing::warn!(
+            saga_id,
+            path = %path.display(),
+            damaged = ?scan.damaged,
+            lost_bytes = file_len - scan.readable_bytes,
+            dropped_messages = dropped,
+            kept_messages = frames.iter().map(|f| f.messages.len()).sum::<usize>(),
+            original = %damaged.display(),
+            "salvaged a damaged saga file: every intact message is kept"
+        );
+        Ok(Status::Live {
+            len: repaired.len() as u64,
+            ended_at: end_time(&frames),
         })
     }
 
@@ -568,7 +766,7 @@ impl FileSagaLog {
         let (len, ended_at) = match &guard.status {
             _ if guard.removed => return Err(unknown()),
             Status::Absent => return Err(unknown()),
-            Status::Corrupt(reason) => return Err(SagaLogError::Corrupt(reason.clone())),
+            Status::Damaged(err) => return Err(err.clone()),
             Status::Failed(reason) => {
                 return Err(SagaLogError::Internal(format!(
                     "saga {saga_id:?} is unwritable after an earlier failure: {reason}"
@@ -664,17 +862,15 @@ impl SagaLog for FileSagaLog {
         match &guard.status {
             _ if guard.removed => return Ok(None),
             Status::Absent => return Ok(None),
-            Status::Corrupt(reason) => return Err(SagaLogError::Corrupt(reason.clone())),
+            Status::Damaged(err) => return Err(err.clone()),
             Status::Live { .. } | Status::Failed(_) => {}
         }
         let path = self.saga_path(saga_id);
         let bytes = fs::read(&path).map_err(|e| internal("read", &path, e))?;
-        let parsed = parse_log(saga_id, &bytes)
-            .map_err(|reason| SagaLogError::Corrupt(format!("{}: {reason}", path.display())))?;
-        Ok(Some(parsed.messages))
+        Ok(Some(read_log(saga_id, &path, &bytes)?.messages))
     }
 
-    /// Sagas without End Saga, plus corrupt or failed ones (whether they ended is unknown).
+    /// Sagas without End Saga, plus damaged or failed ones (whether they ended is unknown).
     fn active_sagas(&self) -> Result<Vec<String>, SagaLogError> {
         let mut ids: Vec<String> = self
             .all_entries()
@@ -685,7 +881,7 @@ impl SagaLog for FileSagaLog {
                     && match e.status {
                         Status::Absent => false,
                         Status::Live { ended_at, .. } => ended_at.is_none(),
-                        Status::Corrupt(_) | Status::Failed(_) => true,
+                        Status::Damaged(_) | Status::Failed(_) => true,
                     }
             })
             .map(|(id, _)| id)
@@ -934,56 +1130,168 @@ mod tests {
         }
     }
 
+    /// Where each frame of a saga file begins, following the length fields.
+    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            offsets.push(at);
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+            at += HEADER_LEN + len as usize;
+        }
+        offsets
+    }
+
+    /// Applies `damage` to the saga file of `saga_id` and returns the bytes before and after.
+    fn damage(dir: &Path, saga_id: &str, damage: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
+        let path = saga_file(dir, saga_id);
+        let before = fs::read(&path).unwrap();
+        let mut after = before.clone();
+        damage(&mut after);
+        fs::write(&path, &after).unwrap();
+        (before, after)
+    }
+
+    fn damaged_copy(dir: &Path, saga_id: &str) -> PathBuf {
+        dir.join(format!("{}.saga.damaged", hex_encode(saga_id.as_bytes())))
+    }
+
     #[test]
-    fn damaged_middle_frame_is_corrupt() {
-        let (dir, _) = with_sample();
-        let path = saga_file(dir.path(), "s");
-        let mut bytes = fs::read(&path).unwrap();
-        // The second frame (first Start Task) starts after the first frame.
-        let first_len =
-            HEADER_LEN + u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        bytes[first_len + HEADER_LEN + 3] ^= 0x40;
-        fs::write(&path, &bytes).unwrap();
-        {
+    fn damaged_middle_frame_is_salvaged() {
+        for (name, spoil) in [
+            ("flipped payload byte", (HEADER_LEN + 3, 0x40)),
+            ("flipped magic", (1, 0x01)),
+            ("impossible length", (7, 0x7f)),
+            ("short length", (4, 0x01)),
+        ] {
+            let (dir, msgs) = with_sample();
+            // The second frame holds the first Start Task; its loss leaves the later ones.
+            let (_, damaged) = damage(dir.path(), "s", |b| {
+                let at = frame_offsets(b)[1] + spoil.0;
+                b[at] ^= spoil.1;
+            });
             let log = open(dir.path());
-            assert!(matches!(
-                log.get_messages("s"),
-                Err(SagaLogError::Corrupt(_))
-            ));
-            assert!(matches!(
-                log.log_messages(&[SagaMessage::end_saga("s")]),
-                Err(SagaLogError::Corrupt(_))
-            ));
+            let mut expected = msgs.clone();
+            expected.remove(1);
+            assert_eq!(log.get_messages("s").unwrap().unwrap(), expected, "{name}");
+            assert_eq!(log.active_sagas().unwrap(), ["s"], "{name}");
+            // The original is kept aside, byte for byte.
+            assert_eq!(fs::read(damaged_copy(dir.path(), "s")).unwrap(), damaged);
+            // The saga goes on, and the repaired file reads back cleanly.
+            log.log_messages(&[SagaMessage::end_saga("s")]).unwrap();
+            drop(log);
+            let log = open(dir.path());
+            expected.push(SagaMessage::end_saga("s"));
+            assert_eq!(log.get_messages("s").unwrap().unwrap(), expected, "{name}");
+            assert!(log.active_sagas().unwrap().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn undecodable_middle_frame_is_salvaged() {
+        let (dir, msgs) = with_sample();
+        // A checksummed frame with an unknown message kind between the first two.
+        let mut payload = 0u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let len_bytes = (payload.len() as u32).to_le_bytes();
+        let mut frame = MAGIC.to_vec();
+        frame.extend_from_slice(&len_bytes);
+        frame.extend_from_slice(&frame_crc(len_bytes, &payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        damage(dir.path(), "s", |b| {
+            let at = frame_offsets(b)[1];
+            b.splice(at..at, frame);
+        });
+        let log = open(dir.path());
+        assert_eq!(log.get_messages("s").unwrap().unwrap(), msgs);
+    }
+
+    #[test]
+    fn a_lost_start_task_is_implied_and_end_saga_is_left_to_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        log.start_saga("s", b"job").unwrap();
+        for batch in [
+            vec![
+                SagaMessage::start_task("s", "a", Vec::new()),
+                SagaMessage::start_task("s", "b", Vec::new()),
+            ],
+            vec![SagaMessage::end_task("s", "a", b"a done".to_vec())],
+            vec![SagaMessage::end_task("s", "b", b"b done".to_vec())],
+            vec![SagaMessage::end_saga("s")],
+        ] {
+            log.log_messages(&batch).unwrap();
+        }
+        drop(log);
+        // Lose both Start Tasks and b's End Task.
+        damage(dir.path(), "s", |b| {
+            let offsets = frame_offsets(b);
+            b[offsets[1] + HEADER_LEN] ^= 1;
+            b[offsets[3] + HEADER_LEN] ^= 1;
+        });
+        let log = open(dir.path());
+        // a is known to have finished; b is not (the saga state does not even know it exists), so
+        // the saga is open again for its owner to run b and end it.
+        assert_eq!(
+            log.get_messages("s").unwrap().unwrap(),
+            [
+                SagaMessage::start_saga("s", b"job".to_vec()),
+                SagaMessage::start_task("s", "a", Vec::new()),
+                SagaMessage::end_task("s", "a", b"a done".to_vec()),
+            ]
+        );
+        assert_eq!(log.active_sagas().unwrap(), ["s"]);
+    }
+
+    #[test]
+    fn a_damaged_start_saga_is_unreadable() {
+        type Spoil = fn(&mut Vec<u8>);
+        let cases: [(&str, Spoil); 3] = [
+            ("cut inside the only frame", |b| b.truncate(HEADER_LEN + 5)),
+            ("flipped byte in the first frame", |b| {
+                b[HEADER_LEN + 2] ^= 1
+            }),
+            ("first frame gone", |b| {
+                let second = frame_offsets(b)[1];
+                b.drain(..second);
+            }),
+        ];
+        for (name, spoil) in cases {
+            let (dir, _) = with_sample();
+            if name.contains("only") {
+                // A saga of nothing but its Start Saga.
+                let log = open(dir.path());
+                log.start_saga("s", b"job").unwrap();
+            }
+            let (_, damaged) = damage(dir.path(), "s", spoil);
+            let log = open(dir.path());
+            let err = log.get_messages("s").unwrap_err();
+            assert!(
+                matches!(err, SagaLogError::Unreadable(_)),
+                "{name}: {err:?}"
+            );
+            assert!(!err.is_retryable());
+            assert!(
+                matches!(
+                    log.log_messages(&[SagaMessage::end_saga("s")]),
+                    Err(SagaLogError::Unreadable(_))
+                ),
+                "{name}"
+            );
             // Still listed so that recovery surfaces it rather than forgetting the job.
-            assert_eq!(log.active_sagas().unwrap(), ["s"]);
-            // Other sagas work.
+            assert_eq!(log.active_sagas().unwrap(), ["s"], "{name}");
             log.start_saga("other", b"").unwrap();
             assert!(log.get_messages("other").unwrap().is_some());
+            drop(log);
+            // Nothing could be salvaged, so the file is left as it was for an operator.
+            assert_eq!(fs::read(saga_file(dir.path(), "s")).unwrap(), damaged);
+            assert!(!damaged_copy(dir.path(), "s").exists());
         }
-        // The damaged file was left as it was for an operator.
-        assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
     #[test]
-    fn damaged_length_field_is_corrupt_not_torn() {
-        let (dir, _) = with_sample();
-        let path = saga_file(dir.path(), "s");
-        let mut bytes = fs::read(&path).unwrap();
-        // Make the second frame claim to run past the end of the file: from the lengths alone
-        // it looks like a torn tail, but valid frames follow it.
-        let first_len =
-            HEADER_LEN + u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        bytes[first_len + 7] = 0x7f;
-        fs::write(&path, &bytes).unwrap();
-        let log = open(dir.path());
-        assert!(matches!(
-            log.get_messages("s"),
-            Err(SagaLogError::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn undecodable_or_wrong_first_frames_are_corrupt() {
+    fn undecodable_or_wrong_first_frames_are_unreadable() {
         let dir = tempfile::tempdir().unwrap();
         // Checksummed payload with an unknown kind.
         let mut payload = 0u64.to_le_bytes().to_vec();
@@ -1008,10 +1316,25 @@ mod tests {
         let log = open(dir.path());
         for id in ["badkind", "notstart", "empty"] {
             assert!(
-                matches!(log.get_messages(id), Err(SagaLogError::Corrupt(_))),
+                matches!(log.get_messages(id), Err(SagaLogError::Unreadable(_))),
                 "{id}"
             );
         }
+    }
+
+    #[test]
+    fn damage_after_open_is_reported_not_salvaged() {
+        let (dir, _) = with_sample();
+        let log = open(dir.path());
+        let (_, damaged) = damage(dir.path(), "s", |b| {
+            let at = frame_offsets(b)[1] + HEADER_LEN;
+            b[at] ^= 1;
+        });
+        assert!(matches!(
+            log.get_messages("s"),
+            Err(SagaLogError::Corrupt(_))
+        ));
+        assert_eq!(fs::read(saga_file(dir.path(), "s")).unwrap(), damaged);
     }
 
     #[test]

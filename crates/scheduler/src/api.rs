@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use scoot_core::RunStatus;
-use scoot_saga::SagaCoordinator;
+use scoot_core::{LogTags, RunId, RunStatus};
+use scoot_saga::{SagaCoordinator, SagaError, SagaLogError, SagaState};
 use scoot_sched_alg::ClassConfig;
 use scoot_thrift::{codec, convert, worker};
 use tokio::sync::{mpsc, oneshot};
@@ -45,6 +45,37 @@ pub struct JobStatus {
     pub id: String,
     pub state: JobState,
     pub tasks: BTreeMap<String, (JobState, Option<RunStatus>)>,
+}
+
+/// The task id under which GetStatus reports why a job whose definition the saga log lost
+/// failed: its own task ids are lost with it, so this one never meets a real one.
+pub const UNREADABLE_JOB_TASK: &str = "(job definition)";
+
+/// What the saga log holds of a job.
+enum Recorded {
+    Unknown,
+    /// The job cannot be read back, so it can never run; why.
+    Unreadable(String),
+    Job(SagaState, Job),
+}
+
+/// A job whose definition is unreadable is over: finished, with one pseudo-task whose FAILED
+/// run carries the reason.
+fn unreadable_status(job_id: &str, reason: String) -> JobStatus {
+    let tags = LogTags {
+        job_id: job_id.to_string(),
+        task_id: UNREADABLE_JOB_TASK.to_string(),
+        tag: String::new(),
+    };
+    let run = RunStatus::failed(RunId::default(), 0, reason, tags);
+    JobStatus {
+        id: job_id.to_string(),
+        state: JobState::Completed,
+        tasks: BTreeMap::from([(
+            UNREADABLE_JOB_TASK.to_string(),
+            (JobState::Completed, Some(run)),
+        )]),
+    }
 }
 
 #[derive(Clone)]
@@ -97,32 +128,43 @@ impl SchedulerApi {
         }
     }
 
+    async fn recorded(&self, job_id: &str) -> Result<Recorded, ApiError> {
+        match self.sagas.get_state(job_id).await {
+            Ok(None) => Ok(Recorded::Unknown),
+            Ok(Some(state)) => match Job::from_bytes(state.job()) {
+                Ok(job) => Ok(Recorded::Job(state, job)),
+                Err(err) => Ok(Recorded::Unreadable(format!(
+                    "saga log damaged: job definition unreadable ({err})"
+                ))),
+            },
+            Err(SagaError::Log(err @ SagaLogError::Unreadable(_))) => {
+                Ok(Recorded::Unreadable(err.to_string()))
+            }
+            Err(err) => Err(ApiError::SagaLog(err.to_string())),
+        }
+    }
+
     /// The job as it was accepted, if the saga log has it.
     pub async fn job(&self, job_id: &str) -> Result<Option<Job>, ApiError> {
-        let state = self
-            .sagas
-            .get_state(job_id)
-            .await
-            .map_err(|e| ApiError::SagaLog(e.to_string()))?;
-        state
-            .map(|state| Job::from_bytes(state.job()).map_err(ApiError::SagaLog))
-            .transpose()
+        match self.recorded(job_id).await? {
+            Recorded::Unknown => Ok(None),
+            Recorded::Unreadable(reason) => Err(ApiError::SagaLog(reason)),
+            Recorded::Job(_, job) => Ok(Some(job)),
+        }
     }
 
     pub async fn job_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
-        let Some(state) = self
-            .sagas
-            .get_state(job_id)
-            .await
-            .map_err(|e| ApiError::SagaLog(e.to_string()))?
-        else {
-            return Ok(JobStatus {
-                id: job_id.to_string(),
-                state: JobState::NotStarted,
-                tasks: BTreeMap::new(),
-            });
+        let (state, job) = match self.recorded(job_id).await? {
+            Recorded::Unknown => {
+                return Ok(JobStatus {
+                    id: job_id.to_string(),
+                    state: JobState::NotStarted,
+                    tasks: BTreeMap::new(),
+                });
+            }
+            Recorded::Unreadable(reason) => return Ok(unreadable_status(job_id, reason)),
+            Recorded::Job(state, job) => (state, job),
         };
-        let job = Job::from_bytes(state.job()).map_err(ApiError::SagaLog)?;
         let aborted = state.is_saga_aborted();
         let decode = |data: Option<&[u8]>| {
             data.filter(|d| !d.is_empty())
@@ -175,9 +217,14 @@ impl SchedulerApi {
 
     pub async fn kill_job(&self, job_id: &str) -> Result<JobStatus, ApiError> {
         let id = job_id.to_string();
-        self.ask(|tx| Request::Kill(id, tx))
-            .await?
-            .map_err(ApiError::Invalid)?;
+        if let Err(refused) = self.ask(|tx| Request::Kill(id, tx)).await? {
+            // The loop never holds a job whose definition is unreadable, yet the job exists and
+            // is over, which is all a kill could achieve.
+            return match self.recorded(job_id).await? {
+                Recorded::Unreadable(reason) => Ok(unreadable_status(job_id, reason)),
+                Recorded::Unknown | Recorded::Job(..) => Err(ApiError::Invalid(refused)),
+            };
+        }
         self.job_status(job_id).await
     }
 

@@ -10,7 +10,7 @@ use scoot_blobstore::{BlobStore, TieredBlobStore};
 use scoot_cas::CasConfig;
 use scoot_cas::stores::CasStores;
 use scoot_cas_client::{CasClient, RemoteBlobSource};
-use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaLog};
+use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use scoot_thrift::server::ServeOptions;
 use tokio::net::TcpListener;
@@ -202,6 +202,11 @@ async fn recover(sagas: &SagaCoordinator, scheduling: &mut Loop) {
         let saga = match sagas.recover(&id).await {
             Ok(Some(saga)) => saga,
             Ok(None) => continue,
+            Err(SagaError::Log(err @ SagaLogError::Unreadable(_))) => {
+                tracing::error!(job_id = %id, error = %err,
+                    "cannot recover a job whose definition is lost; GetStatus reports it FAILED");
+                continue;
+            }
             Err(err) => {
                 tracing::error!(job_id = %id, error = %err, "cannot recover saga; skipping it");
                 continue;
@@ -214,7 +219,8 @@ async fn recover(sagas: &SagaCoordinator, scheduling: &mut Loop) {
         let job = match Job::from_bytes(state.job()) {
             Ok(job) => job,
             Err(err) => {
-                tracing::error!(job_id = %id, error = %err, "cannot decode recovered job; skipping it");
+                tracing::error!(job_id = %id, error = %err,
+                    "cannot decode a recovered job; GetStatus reports it FAILED");
                 continue;
             }
         };
