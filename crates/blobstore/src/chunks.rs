@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_core::Stream;
 
+use crate::index::PinGuard;
 use crate::{BlobError, BlobStream, Digest};
 
 /// Largest chunk a read stream yields.
@@ -47,5 +48,30 @@ impl Stream for NoChunks {
 
     fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Poll::Ready(None)
+    }
+}
+
+/// A buffer handed out in chunks of at most [`READ_CHUNK`], pinning its blob meanwhile.
+pub(crate) struct SliceChunks {
+    rest: Bytes,
+    _pin: PinGuard,
+}
+
+impl SliceChunks {
+    pub(crate) fn new(rest: Bytes, pin: PinGuard) -> SliceChunks {
+        SliceChunks { rest, _pin: pin }
+    }
+}
+
+impl Stream for SliceChunks {
+    type Item = Result<Bytes, BlobError>;
+
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = this.rest.len().min(READ_CHUNK);
+        Poll::Ready(Some(Ok(this.rest.split_to(n))))
     }
 }

@@ -18,8 +18,28 @@
 //! the blocking thread pool, hashing on the way), so a blob is never held whole in memory. At
 //! `finish` it checks size and SHA-256, fsyncs the file and renames it to its final name, which
 //! is atomic: a blob file is either complete or absent, even after a crash. The blob's directory
-//! is then fsynced, so an acknowledged write survives a crash too. When several writers of one
-//! digest finish, the first renames its file and the others discard theirs.
+//! is then fsynced, so an acknowledged write survives a crash too. A write of a blob already
+//! stored renames its file over the stored one all the same (as a new generation of the index
+//! entry): its bytes were just verified while the stored ones may have been damaged since, and
+//! the rename costs no more than discarding the new file would.
+//!
+//! # Reads and damaged files
+//!
+//! A file can be changed behind the store's back (a stray write, a flipped byte), so reads check
+//! the bytes against the digest before passing them off as the blob:
+//!
+//! * a blob of at most [`CHECK_FIRST_BYTES`] is read whole and hashed before anything is served;
+//! * a larger blob read whole is hashed as it streams, and the stream ends with
+//!   [`BlobError::Corrupt`] instead of ending cleanly if it was not the blob;
+//! * a range of a larger blob is served only after the whole file hashed right, once: the
+//!   index remembers the file's [`FileStamp`](crate::filecheck::FileStamp) (inode, length,
+//!   ctime) from a check, and a file that still has it is not hashed again (see
+//!   [`filecheck`](crate::filecheck) for why that is sound).
+//!
+//! A blob found damaged is dropped at once (index and file, logged with its digest), so that
+//! `find_missing` reports it missing and the next upload stores it again. `find_missing` itself
+//! answers from the index, without touching files (it must stay cheap for thousands of
+//! digests); `find_missing_or_corrupt` checks the files as reads do.
 //!
 //! # Index, recency and eviction
 //!
@@ -57,7 +77,8 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::chunks::{READ_CHUNK, byte_range, read_empty_blob};
+use crate::chunks::{READ_CHUNK, SliceChunks, byte_range, read_empty_blob};
+use crate::filecheck::{FileFault, FileStamp, check_len, hash_checked, hashes_to, read_checked};
 use crate::index::{LruIndex, PinGuard, PinOwner, lock};
 use crate::verify::{Verifier, checked_size, overflow_error};
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
@@ -67,6 +88,10 @@ pub const MTIME_REFRESH: Duration = Duration::from_secs(5 * 60);
 
 /// A writer hands its chunks to the blocking pool once this many bytes are pending.
 const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Blobs up to this size are read whole into memory and checked before a read serves any of
+/// them; larger ones are checked as they stream (see the module documentation).
+pub const CHECK_FIRST_BYTES: u64 = 1024 * 1024;
 
 const TMP_DIR: &str = "tmp";
 const LOCK_FILE: &str = "LOCK";
@@ -83,11 +108,27 @@ struct Shared {
     dir: PathBuf,
     tmp: PathBuf,
     capacity: u64,
-    /// The value of each entry is the modification time its file has on disk, as far as we know.
-    index: Mutex<LruIndex<SystemTime>>,
+    index: Mutex<LruIndex<BlobMeta>>,
     next_temp: AtomicU64,
     /// Holds the directory's lock for as long as the store (or any stream or writer) lives.
     _lock: Flock<File>,
+}
+
+/// What the index keeps about a stored blob besides its size.
+struct BlobMeta {
+    /// The modification time its file has on disk, as far as we know.
+    mtime: SystemTime,
+    /// The file's stamp when its bytes last hashed right, if that stamp had settled.
+    verified: Option<FileStamp>,
+}
+
+impl BlobMeta {
+    fn unverified(mtime: SystemTime) -> BlobMeta {
+        BlobMeta {
+            mtime,
+            verified: None,
+        }
+    }
 }
 
 fn io_error(what: impl std::fmt::Display, e: io::Error) -> BlobError {
@@ -135,7 +176,7 @@ impl FsBlobStore {
         found.sort();
         let mut index = LruIndex::new(capacity_bytes);
         for (mtime, digest, size) in found {
-            index.insert(digest, size, mtime);
+            index.insert(digest, size, BlobMeta::unverified(mtime));
         }
         let evicted = index.evict(None);
         tracing::info!(
@@ -264,26 +305,25 @@ impl Shared {
         self.tmp.join(format!("{kind}-{n}"))
     }
 
-    /// Makes a verified, synced temp file the blob `digest`, unless it is stored already, then
-    /// evicts down to the capacity. Blocking.
+    /// Makes a verified, synced temp file the blob `digest`, in place of any copy stored
+    /// already, then evicts down to the capacity. Blocking.
     fn commit(&self, digest: &Digest, size: u64, temp: TempFile) -> Result<(), BlobError> {
         let target = self.blob_path(digest);
         let trash = {
             let mut index = lock(&self.index);
-            if index.touch(digest).is_some() {
-                drop(index);
-                temp.remove_now();
-                return Ok(());
-            }
             if let Err(e) = rename_creating_parent(&temp.path, &target) {
                 drop(index);
                 temp.remove_now();
                 return Err(io_error(format!("storing {}", target.display()), e));
             }
             temp.disarm();
-            index.insert(digest.clone(), size, SystemTime::now());
+            index.replace(
+                digest.clone(),
+                size,
+                BlobMeta::unverified(SystemTime::now()),
+            );
             let evicted = index.evict(Some(digest));
-            self.move_to_trash(evicted)
+            self.move_to_trash(evicted.into_iter().map(|(digest, _)| digest))
         };
         remove_files(&trash);
         // Make the rename itself durable before the write is acknowledged. Done outside the
@@ -296,14 +336,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Moves evicted blobs' files out of their names; called with the index lock held so that no
-    /// writer can store the same digest meanwhile. Returns the files to unlink afterwards.
-    fn move_to_trash(&self, evicted: Vec<(Digest, SystemTime)>) -> Vec<PathBuf> {
-        if !evicted.is_empty() {
-            tracing::debug!(count = evicted.len(), "evicting blobs");
-        }
-        let mut trash = Vec::with_capacity(evicted.len());
-        for (digest, _) in evicted {
+    /// Moves the files of blobs taken out of the index out of their names; called with the index
+    /// lock held so that no writer can store the same digest meanwhile. Returns the files to
+    /// unlink afterwards.
+    fn move_to_trash(&self, removed: impl IntoIterator<Item = Digest>) -> Vec<PathBuf> {
+        let mut trash = Vec::new();
+        for digest in removed {
+            tracing::debug!(%digest, "removing blob");
             let path = self.blob_path(&digest);
             let to = self.temp_path("x");
             match std::fs::rename(&path, &to) {
@@ -319,6 +358,42 @@ impl Shared {
         }
         trash
     }
+
+    /// Remembers that the file of generation `id` of `digest` held the blob when it had `stamp`.
+    fn remember(&self, digest: &Digest, id: u64, stamp: Option<FileStamp>) {
+        let Some(stamp) = stamp else { return };
+        if let Some(meta) = lock(&self.index).value_mut(digest, id) {
+            meta.verified = Some(stamp);
+        }
+    }
+
+    /// The error for a blob file of generation `id` of `digest` that could not be served, once
+    /// the blob is forgotten (its file vanished) or dropped (its bytes are not the blob).
+    fn fault(&self, digest: &Digest, id: u64, fault: FileFault) -> BlobError {
+        match fault {
+            FileFault::Corrupt(actual) => {
+                let trash = {
+                    let mut index = lock(&self.index);
+                    match index.remove(digest, id) {
+                        Some(_) => self.move_to_trash([digest.clone()]),
+                        None => Vec::new(),
+                    }
+                };
+                remove_files_in_background(trash);
+                tracing::error!(%digest, %actual, "blob file is corrupt; dropped it so that the next upload stores it again");
+                BlobError::Corrupt {
+                    digest: digest.clone(),
+                    actual,
+                }
+            }
+            FileFault::Io(e) if e.kind() == io::ErrorKind::NotFound => {
+                lock(&self.index).remove(digest, id);
+                tracing::warn!(%digest, "blob file vanished");
+                BlobError::NotFound(digest.clone())
+            }
+            FileFault::Io(e) => io_error(format!("reading {digest}"), e),
+        }
+    }
 }
 
 impl PinOwner for Shared {
@@ -327,7 +402,7 @@ impl PinOwner for Shared {
             let mut index = lock(&self.index);
             index.unpin(digest, id);
             let evicted = index.evict(None);
-            self.move_to_trash(evicted)
+            self.move_to_trash(evicted.into_iter().map(|(digest, _)| digest))
         };
         remove_files_in_background(trash);
     }
@@ -442,9 +517,9 @@ impl BlobStore for FsBlobStore {
                 }
                 match index.touch(digest) {
                     None => missing.push(digest.clone()),
-                    Some(mtime) => {
-                        if is_stale(*mtime, now) {
-                            *mtime = now;
+                    Some(meta) => {
+                        if is_stale(meta.mtime, now) {
+                            meta.mtime = now;
                             refresh.push(self.shared.blob_path(digest));
                         }
                     }
@@ -461,6 +536,58 @@ impl BlobStore for FsBlobStore {
         Ok(missing)
     }
 
+    async fn find_missing_or_corrupt(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
+        let mut missing = Vec::new();
+        let mut present = Vec::new();
+        {
+            let mut index = lock(&self.shared.index);
+            for digest in digests {
+                if digest.is_empty_blob() {
+                    continue;
+                }
+                let Ok(verifier) = Verifier::new(digest) else {
+                    missing.push(digest.clone());
+                    continue;
+                };
+                match index.pin(digest) {
+                    None => missing.push(digest.clone()),
+                    Some(pinned) => {
+                        present.push((digest.clone(), pinned.id, verifier, pinned.value.verified))
+                    }
+                }
+            }
+        }
+        // Created after the lock is released (dropping them takes it): no blob being checked is
+        // evicted meanwhile.
+        let pins: Vec<PinGuard> = present
+            .iter()
+            .map(|(digest, id, ..)| PinGuard::new(self.shared.clone(), digest.clone(), *id))
+            .collect();
+        let mut checked = Vec::with_capacity(present.len());
+        let mut work = Vec::with_capacity(present.len());
+        for (digest, id, verifier, memo) in present {
+            work.push((self.shared.blob_path(&digest), verifier, memo));
+            checked.push((digest, id));
+        }
+        let verdicts = run_blocking("checking blobs", move || {
+            work.into_iter()
+                .map(|(path, verifier, memo)| check_file(&path, verifier, memo))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        for ((digest, id), verdict) in checked.into_iter().zip(verdicts) {
+            match verdict {
+                Ok(stamp) => self.shared.remember(&digest, id, stamp),
+                Err(fault) => match self.shared.fault(&digest, id, fault) {
+                    BlobError::Corrupt { .. } | BlobError::NotFound(_) => missing.push(digest),
+                    other => return Err(other),
+                },
+            }
+        }
+        drop(pins);
+        Ok(missing)
+    }
+
     async fn read(
         &self,
         digest: &Digest,
@@ -470,46 +597,60 @@ impl BlobStore for FsBlobStore {
         if digest.is_empty_blob() {
             return read_empty_blob(digest, offset);
         }
-        if checked_size(digest).is_none() {
+        let Ok(verifier) = Verifier::new(digest) else {
             return Err(BlobError::NotFound(digest.clone()));
-        }
+        };
         let now = SystemTime::now();
-        let (size, id, refresh) = {
+        let (size, id, refresh, memo) = {
             let mut index = lock(&self.shared.index);
             let pinned = index
                 .pin(digest)
                 .ok_or_else(|| BlobError::NotFound(digest.clone()))?;
-            let refresh = is_stale(*pinned.value, now);
+            let refresh = is_stale(pinned.value.mtime, now);
             if refresh {
-                *pinned.value = now;
+                pinned.value.mtime = now;
             }
-            (pinned.size, pinned.id, refresh)
+            (pinned.size, pinned.id, refresh, pinned.value.verified)
         };
         // Created after the lock is released: dropping it takes the lock.
         let pin = PinGuard::new(self.shared.clone(), digest.clone(), id);
         let (start, end) = byte_range(digest, size, offset, limit)?;
+        let whole = start == 0 && end == size;
         let rt = runtime()?;
         let path = self.shared.blob_path(digest);
         let opened = rt
             .spawn_blocking(move || {
-                let file = File::open(&path)?;
-                if refresh {
-                    let _ = file.set_modified(now);
-                }
-                Ok::<_, io::Error>(file)
+                open_checked(&path, verifier, whole, refresh.then_some(now), memo)
             })
             .await
             .map_err(|e| BlobError::Io(format!("opening {digest}: {e}")))?;
-        let file = match opened {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Deleted behind our back: forget it.
+        let (opened, stamp) = match opened {
+            Ok(opened) => opened,
+            Err(fault) => {
                 drop(pin);
-                lock(&self.shared.index).remove(digest, id);
-                tracing::warn!(%digest, "blob file vanished");
-                return Err(BlobError::NotFound(digest.clone()));
+                return Err(self.shared.fault(digest, id, fault));
             }
-            Err(e) => return Err(io_error(format!("opening {digest}"), e)),
+        };
+        let (file, check) = match opened {
+            Opened::Small(data) => {
+                self.shared.remember(digest, id, stamp);
+                // Both bounds are within the blob's size, which fits in memory.
+                let range = data.slice(start as usize..end as usize);
+                return Ok(Box::pin(SliceChunks::new(range, pin)));
+            }
+            Opened::Range(file) => {
+                self.shared.remember(digest, id, stamp);
+                (file, None)
+            }
+            Opened::Whole(file, verifier) => (
+                file,
+                Some(WholeCheck {
+                    verifier: Some(verifier),
+                    shared: self.shared.clone(),
+                    id,
+                    stamp,
+                }),
+            ),
         };
         let mut chunks = FileChunks {
             rt,
@@ -518,6 +659,7 @@ impl BlobStore for FsBlobStore {
             pos: start,
             end,
             in_flight: None,
+            check,
             done: false,
             _pin: pin,
         };
@@ -551,6 +693,76 @@ impl BlobStore for FsBlobStore {
     }
 }
 
+/// A blob file opened for a read, with what was checked of it.
+enum Opened {
+    /// A small blob, read whole and checked.
+    Small(Bytes),
+    /// A large blob for a range read, checked whole (or known unchanged since it last was).
+    Range(File),
+    /// A large blob for a whole read, to be checked as it streams.
+    Whole(File, Verifier),
+}
+
+/// A blob file, open, with the length its digest says and its stamp, and that stamp again if it
+/// had settled when taken (so may be remembered once the bytes are found good). Blocking.
+fn open_stamped(
+    path: &Path,
+    verifier: &Verifier,
+) -> Result<(File, FileStamp, Option<FileStamp>), FileFault> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    check_len(&meta, verifier)?;
+    let stamp = FileStamp::of(&meta);
+    let settled = stamp.settled(SystemTime::now()).then_some(stamp);
+    Ok((file, stamp, settled))
+}
+
+/// Opens a blob file for a read and checks what must be checked before any of it is served
+/// (see the module documentation); advances its mtime to `refresh` if given. Returns the
+/// file and the stamp to remember once its bytes are found good. Blocking.
+fn open_checked(
+    path: &Path,
+    verifier: Verifier,
+    whole: bool,
+    refresh: Option<SystemTime>,
+    memo: Option<FileStamp>,
+) -> Result<(Opened, Option<FileStamp>), FileFault> {
+    let (file, stamp, mut settled) = open_stamped(path, &verifier)?;
+    let known_good = memo == Some(stamp);
+    if let Some(now) = refresh {
+        let _ = file.set_modified(now);
+        // That moved the file's ctime: the stamp taken is no longer the file's.
+        settled = None;
+    }
+    if verifier.expected_size() <= CHECK_FIRST_BYTES {
+        let data = read_checked(&file, verifier)?;
+        return Ok((Opened::Small(data), settled));
+    }
+    if whole {
+        return Ok((Opened::Whole(file, verifier), settled));
+    }
+    if known_good {
+        return Ok((Opened::Range(file), None));
+    }
+    hash_checked(&file, verifier)?;
+    Ok((Opened::Range(file), settled))
+}
+
+/// Checks a blob file for `find_missing_or_corrupt`: hashed, unless `memo` shows it unchanged
+/// since its bytes last hashed right. Returns the stamp to remember. Blocking.
+fn check_file(
+    path: &Path,
+    verifier: Verifier,
+    memo: Option<FileStamp>,
+) -> Result<Option<FileStamp>, FileFault> {
+    let (file, stamp, settled) = open_stamped(path, &verifier)?;
+    if memo == Some(stamp) {
+        return Ok(None);
+    }
+    hash_checked(&file, verifier)?;
+    Ok(settled)
+}
+
 /// A byte range of a blob file read in chunks on the blocking pool, one chunk ahead of the
 /// consumer. Pins the blob until dropped.
 struct FileChunks {
@@ -559,9 +771,26 @@ struct FileChunks {
     digest: Digest,
     pos: u64,
     end: u64,
-    in_flight: Option<JoinHandle<io::Result<Bytes>>>,
+    /// The chunk being read, and the whole read's verifier, which hashes it on the way.
+    in_flight: Option<JoinHandle<io::Result<ReadChunk>>>,
+    /// Set for a whole read: what gives the verdict at the end.
+    check: Option<WholeCheck>,
     done: bool,
     _pin: PinGuard,
+}
+
+/// A chunk read by a [`FileChunks`], with the verifier that hashed it (for a whole read).
+type ReadChunk = (Bytes, Option<Verifier>);
+
+/// A whole read's check of the bytes it streams.
+struct WholeCheck {
+    /// Away while a chunk is being read (and hashed).
+    verifier: Option<Verifier>,
+    shared: Arc<Shared>,
+    /// The generation of the blob being read.
+    id: u64,
+    /// To remember if the bytes are the blob.
+    stamp: Option<FileStamp>,
 }
 
 impl FileChunks {
@@ -573,11 +802,34 @@ impl FileChunks {
         let len = (self.end - self.pos).min(READ_CHUNK as u64) as usize;
         let at = self.pos;
         let file = self.file.clone();
+        let mut verifier = self.check.as_mut().and_then(|c| c.verifier.take());
         self.in_flight = Some(self.rt.spawn_blocking(move || {
             let mut buf = vec![0; len];
             file.read_exact_at(&mut buf, at)?;
-            Ok(Bytes::from(buf))
+            if let Some(verifier) = verifier.as_mut() {
+                verifier.update(&buf);
+            }
+            Ok((Bytes::from(buf), verifier))
         }));
+    }
+
+    /// The last item of a whole read: the error if the bytes streamed were not the blob (which
+    /// is then dropped).
+    fn verdict(&mut self) -> Option<Result<Bytes, BlobError>> {
+        let check = self.check.take()?;
+        // Only missing if a read failed, which already ended the stream with its error.
+        let verifier = check.verifier?;
+        match verifier.check() {
+            Ok(()) => {
+                check.shared.remember(&self.digest, check.id, check.stamp);
+                None
+            }
+            Err(actual) => Some(Err(check.shared.fault(
+                &self.digest,
+                check.id,
+                hashes_to(actual),
+            ))),
+        }
     }
 }
 
@@ -592,12 +844,15 @@ impl Stream for FileChunks {
         this.start_read();
         let Some(handle) = this.in_flight.as_mut() else {
             this.done = true;
-            return Poll::Ready(None);
+            return Poll::Ready(this.verdict());
         };
         let result = ready!(Pin::new(handle).poll(cx));
         this.in_flight = None;
         match result {
-            Ok(Ok(chunk)) => {
+            Ok(Ok((chunk, verifier))) => {
+                if let Some(check) = this.check.as_mut() {
+                    check.verifier = verifier;
+                }
                 this.pos += chunk.len() as u64;
                 this.start_read();
                 Poll::Ready(Some(Ok(chunk)))

@@ -106,6 +106,24 @@ impl<V> LruIndex<V> {
         true
     }
 
+    /// Stores a blob as a new generation, as the most recently used one, in place of any entry
+    /// it had: pins of the old entry no longer count, and nothing done on behalf of the old
+    /// entry (by its id) touches the new one.
+    pub(crate) fn replace(&mut self, digest: Digest, size: u64, value: V) {
+        if let Some(old) = self.entries.get(&digest).map(|e| e.id) {
+            self.remove(&digest, old);
+        }
+        self.insert(digest, size, value);
+    }
+
+    /// The value of the entry of `digest` with generation `id`, without using it.
+    pub(crate) fn value_mut(&mut self, digest: &Digest, id: u64) -> Option<&mut V> {
+        self.entries
+            .get_mut(digest)
+            .filter(|e| e.id == id)
+            .map(|e| &mut e.value)
+    }
+
     /// Uses and pins a blob: it cannot be evicted until `unpin` is called with the returned id.
     pub(crate) fn pin(&mut self, digest: &Digest) -> Option<Pinned<'_, V>> {
         let tick = self.next_tick();
@@ -137,7 +155,8 @@ impl<V> LruIndex<V> {
         }
     }
 
-    /// Forgets a blob (pinned or not); for blobs found to be gone behind the store's back.
+    /// Forgets a blob (pinned or not); for blobs found to be gone or damaged behind the store's
+    /// back.
     pub(crate) fn remove(&mut self, digest: &Digest, id: u64) -> Option<V> {
         if self.entries.get(digest)?.id != id {
             return None;
@@ -244,6 +263,24 @@ mod tests {
         assert_eq!(keys(idx.evict(None)), vec![d(2)]);
         assert_eq!(idx.len(), 1);
         assert_eq!(idx.total(), 25);
+    }
+
+    #[test]
+    fn replacing_starts_a_new_generation() {
+        let mut idx = LruIndex::new(100);
+        idx.insert(d(1), 10, 'a');
+        let old = idx.pin(&d(1)).unwrap().id;
+        idx.replace(d(1), 10, 'b');
+        assert_eq!(idx.total(), 10);
+        assert_eq!(idx.len(), 1);
+        // Work for the old generation does not reach the new one.
+        assert!(idx.value_mut(&d(1), old).is_none());
+        assert!(idx.remove(&d(1), old).is_none());
+        // The new one is not pinned by the old pin: capacity pressure may take it.
+        idx.unpin(&d(1), old);
+        idx.insert(d(2), 95, 'c');
+        assert_eq!(idx.evict(Some(&d(2))).len(), 1);
+        assert_eq!(idx.len(), 1);
     }
 
     #[test]

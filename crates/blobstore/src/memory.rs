@@ -1,14 +1,11 @@
 //! [`MemoryBlobStore`]: blobs in memory, bounded by total size.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_core::Stream;
 
-use crate::chunks::{READ_CHUNK, byte_range, read_empty_blob};
+use crate::chunks::{SliceChunks, byte_range, read_empty_blob};
 use crate::index::{LruIndex, PinGuard, PinOwner, lock};
 use crate::verify::Verifier;
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
@@ -18,7 +15,9 @@ use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 ///
 /// A write is buffered in its writer (as the chunks it was given) and hashed as it arrives; only
 /// a blob whose size and SHA-256 match is added. Reads hand out slices of the stored buffer, so
-/// they copy nothing. Cheap to clone; clones share the blobs.
+/// they copy nothing; they are not hashed again, since a stored buffer is immutable (which is
+/// also why `find_missing_or_corrupt` is `find_missing` here). Cheap to clone; clones share the
+/// blobs.
 #[derive(Clone)]
 pub struct MemoryBlobStore {
     shared: Arc<Shared>,
@@ -96,7 +95,7 @@ impl BlobStore for MemoryBlobStore {
         let (start, end) = byte_range(digest, data.len() as u64, offset, limit)?;
         // Both bounds are within `data.len()`, so they fit in usize.
         let rest = data.slice(start as usize..end as usize);
-        Ok(Box::pin(SliceChunks { rest, _pin: pin }))
+        Ok(Box::pin(SliceChunks::new(rest, pin)))
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>, BlobError> {
@@ -112,25 +111,6 @@ impl BlobStore for MemoryBlobStore {
             accepted: 0,
             overflowed: false,
         }))
-    }
-}
-
-/// A stored buffer handed out in chunks of at most [`READ_CHUNK`], pinning the blob meanwhile.
-struct SliceChunks {
-    rest: Bytes,
-    _pin: PinGuard,
-}
-
-impl Stream for SliceChunks {
-    type Item = Result<Bytes, BlobError>;
-
-    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.rest.is_empty() {
-            return Poll::Ready(None);
-        }
-        let n = this.rest.len().min(READ_CHUNK);
-        Poll::Ready(Some(Ok(this.rest.split_to(n))))
     }
 }
 

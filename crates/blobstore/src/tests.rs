@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tempfile::TempDir;
 
 use crate::chunks::READ_CHUNK;
+use crate::fs;
 use crate::{
     BlobError, BlobStore, Digest, FsBlobStore, MemoryBlobStore, get, next_chunk, put, sha256_digest,
 };
@@ -706,4 +707,171 @@ async fn fs_abandoned_writer_removes_its_temp_file() {
             .unwrap(),
         vec![digest]
     );
+}
+
+/// Flips one bit of the byte at `at` of a file, in place (as damage on disk would).
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+}
+
+/// Every item of a read stream, data and errors, in order.
+async fn drain(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    offset: u64,
+) -> Vec<Result<Bytes, BlobError>> {
+    let mut stream = store.read(digest, offset, 0).await.unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = next_chunk(&mut stream).await {
+        items.push(item);
+    }
+    items
+}
+
+/// After a blob was found corrupt: reported missing, its file gone, and a new upload of the right
+/// bytes makes it readable again.
+async fn check_dropped_then_repaired(
+    store: &FsBlobStore,
+    dir: &Path,
+    digest: &Digest,
+    bytes: &Bytes,
+) {
+    assert_eq!(
+        store
+            .find_missing(std::slice::from_ref(digest))
+            .await
+            .unwrap(),
+        vec![digest.clone()]
+    );
+    assert!(!blob_file(dir, digest).exists());
+    put(store, digest, bytes.clone()).await.unwrap();
+    assert_eq!(get(store, digest, 64 * MIB).await.unwrap(), *bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_small_corrupt_blob_is_refused_before_any_byte_and_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(tmp.path().to_path_buf(), 64 * MIB).unwrap();
+    for (i, len) in [1, 1000, fs::CHECK_FIRST_BYTES as usize]
+        .into_iter()
+        .enumerate()
+    {
+        let (digest, bytes) = blob(len, 800 + i as u64);
+        put(&store, &digest, bytes.clone()).await.unwrap();
+        // Whole or in part, nothing is served.
+        for (offset, limit) in [(0, 0), (0, 1), (len as u64 / 2, 0)] {
+            flip_byte(&blob_file(tmp.path(), &digest), len as u64 / 2);
+            assert!(
+                matches!(
+                    store.read(&digest, offset, limit).await,
+                    Err(BlobError::Corrupt { .. })
+                ),
+                "{len} bytes from {offset}"
+            );
+            check_dropped_then_repaired(&store, tmp.path(), &digest, &bytes).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_large_corrupt_blob_ends_its_stream_with_an_error_and_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(tmp.path().to_path_buf(), 64 * MIB).unwrap();
+    let len = 3 * fs::CHECK_FIRST_BYTES as usize + 17;
+    let (digest, bytes) = blob(len, 900);
+    put(&store, &digest, bytes.clone()).await.unwrap();
+    // Intact, a whole read ends cleanly.
+    assert!(drain(&store, &digest, 0).await.iter().all(Result::is_ok));
+
+    flip_byte(&blob_file(tmp.path(), &digest), len as u64 - 5);
+    let items = drain(&store, &digest, 0).await;
+    let (last, data) = items.split_last().unwrap();
+    assert!(data.iter().all(Result::is_ok));
+    assert!(
+        matches!(last, Err(BlobError::Corrupt { .. })),
+        "the stream must not end cleanly: {last:?}"
+    );
+    check_dropped_then_repaired(&store, tmp.path(), &digest, &bytes).await;
+
+    // A range read checks the whole blob before serving any of it.
+    flip_byte(&blob_file(tmp.path(), &digest), 3);
+    assert!(matches!(
+        store.read(&digest, len as u64 - 100, 0).await,
+        Err(BlobError::Corrupt { .. })
+    ));
+    check_dropped_then_repaired(&store, tmp.path(), &digest, &bytes).await;
+    // Intact, it is served.
+    let tail = read_range(&store, &digest, len as u64 - 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(tail, bytes[len - 100..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_find_missing_or_corrupt_checks_the_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(tmp.path().to_path_buf(), 64 * MIB).unwrap();
+    let (good, good_bytes) = blob(2 * fs::CHECK_FIRST_BYTES as usize, 1000);
+    let (flipped, flipped_bytes) = blob(5000, 1001);
+    let (cut, cut_bytes) = blob(5000, 1002);
+    let (absent, _) = blob(10, 1003);
+    for (digest, bytes) in [
+        (&good, &good_bytes),
+        (&flipped, &flipped_bytes),
+        (&cut, &cut_bytes),
+    ] {
+        put(&store, digest, bytes.clone()).await.unwrap();
+    }
+    flip_byte(&blob_file(tmp.path(), &flipped), 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(blob_file(tmp.path(), &cut))
+        .unwrap()
+        .set_len(4999)
+        .unwrap();
+    let all = [
+        good.clone(),
+        flipped.clone(),
+        cut.clone(),
+        absent.clone(),
+        Digest::empty(),
+    ];
+    // The plain lookup trusts the index; the checking one does not.
+    assert_eq!(
+        store.find_missing(&all).await.unwrap(),
+        vec![absent.clone()]
+    );
+    let mut unusable = store.find_missing_or_corrupt(&all).await.unwrap();
+    unusable.sort();
+    let mut expected = vec![flipped.clone(), cut.clone(), absent.clone()];
+    expected.sort();
+    assert_eq!(unusable, expected);
+    // The damaged ones were dropped.
+    let mut missing = store.find_missing(&all).await.unwrap();
+    missing.sort();
+    assert_eq!(missing, expected);
+    assert_eq!(store.blob_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_upload_over_a_corrupt_copy_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(tmp.path().to_path_buf(), 64 * MIB).unwrap();
+    let (digest, bytes) = blob(5000, 1100);
+    put(&store, &digest, bytes.clone()).await.unwrap();
+    flip_byte(&blob_file(tmp.path(), &digest), 10);
+    // Nothing read it since, so the store still believes it holds it; the upload is stored all
+    // the same.
+    put(&store, &digest, bytes.clone()).await.unwrap();
+    assert_eq!(get(&store, &digest, MIB).await.unwrap(), bytes);
+    assert_eq!(store.blob_count(), 1);
+    assert_eq!(store.used_bytes(), 5000);
 }

@@ -2,11 +2,18 @@
 //! in the far one. The scheduler serves its CAS this way with the cluster's apiserver CAS behind
 //! it, so blobs a client put in the apiserver (Scoot's bzutil walk-through) are found without
 //! copying them.
+//!
+//! Bytes from the far store are checked too: a whole read of a far blob is hashed as it passes
+//! and ends with [`BlobError::Corrupt`] if it was not the blob (nothing is dropped: the far store
+//! is not ours to repair). A range of a far blob is passed as read, the far store checking its
+//! own bytes. A near copy found damaged is dropped by the near store, and the read or check
+//! falls through to the far one.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::verify::CheckedStream;
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 
 /// The read side of a store: what the far tier must offer (a remote CAS, say).
@@ -64,6 +71,20 @@ impl BlobStore for TieredBlobStore {
         }
     }
 
+    async fn find_missing_or_corrupt(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
+        let unusable_near = self.near.find_missing_or_corrupt(digests).await?;
+        if unusable_near.is_empty() {
+            return Ok(unusable_near);
+        }
+        match self.far.find_missing(&unusable_near).await {
+            Ok(missing) => Ok(missing),
+            Err(err) => {
+                tracing::warn!(error = %err, "far blob store unavailable; treating its blobs as missing");
+                Ok(unusable_near)
+            }
+        }
+    }
+
     async fn read(
         &self,
         digest: &Digest,
@@ -71,9 +92,16 @@ impl BlobStore for TieredBlobStore {
         limit: u64,
     ) -> Result<BlobStream, BlobError> {
         match self.near.read(digest, offset, limit).await {
-            Err(BlobError::NotFound(_)) => self.far.read(digest, offset, limit).await,
-            other => other,
+            Err(BlobError::NotFound(_) | BlobError::Corrupt { .. }) => {}
+            other => return other,
         }
+        let stream = self.far.read(digest, offset, limit).await?;
+        let whole = offset == 0
+            && (limit == 0 || u64::try_from(digest.size_bytes).is_ok_and(|size| limit >= size));
+        if !whole {
+            return Ok(stream);
+        }
+        Ok(Box::pin(CheckedStream::new(stream, digest)?))
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>, BlobError> {
@@ -116,5 +144,43 @@ mod tests {
             BlobStore::read(&tiered, &digest(&nowhere), 0, 0).await,
             Err(BlobError::NotFound(_))
         ));
+    }
+
+    /// A far source that serves whatever bytes it was given for a digest.
+    struct Liar(Bytes);
+
+    #[async_trait]
+    impl BlobSource for Liar {
+        async fn find_missing(&self, _: &[Digest]) -> Result<Vec<Digest>, BlobError> {
+            Ok(Vec::new())
+        }
+
+        async fn read(&self, _: &Digest, offset: u64, _: u64) -> Result<BlobStream, BlobError> {
+            let rest = self.0.slice(offset as usize..);
+            let near = MemoryBlobStore::new(1 << 20);
+            let digest = sha256_digest(&rest);
+            put(&near, &digest, rest).await?;
+            BlobStore::read(&near, &digest, 0, 0).await
+        }
+    }
+
+    #[tokio::test]
+    async fn far_bytes_that_are_not_the_blob_end_in_an_error() {
+        let good = Bytes::from(vec![5u8; 1000]);
+        let mut bad = good.to_vec();
+        bad[500] ^= 1;
+        let tiered = TieredBlobStore::new(
+            Arc::new(MemoryBlobStore::new(1 << 20)),
+            Arc::new(Liar(Bytes::from(bad))),
+        );
+        let d = sha256_digest(&good);
+        assert!(matches!(
+            get(&tiered, &d, 1000).await,
+            Err(BlobError::Corrupt { .. })
+        ));
+        // A range is passed as the far store serves it.
+        let mut range = BlobStore::read(&tiered, &d, 600, 0).await.unwrap();
+        let chunk = crate::next_chunk(&mut range).await.unwrap().unwrap();
+        assert_eq!(chunk.len(), 400);
     }
 }

@@ -1,8 +1,14 @@
-//! Checking that written bytes are the blob they claim to be.
+//! Checking that bytes are the blob they claim to be: as they are written, and as they are read
+//! back from somewhere that may have damaged them.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_core::Stream;
 use sha2::{Digest as _, Sha256};
 
-use crate::{BlobError, Digest};
+use crate::{BlobError, BlobStream, Digest};
 
 /// The size of a digest as a byte count, or `None` for a digest no blob can have: a negative size
 /// or a hash that is not 64 lowercase hex characters. (The fields of [`Digest`] are public, so
@@ -79,16 +85,69 @@ impl Verifier {
         self.hashed += chunk.len() as u64;
     }
 
-    /// Succeeds only if exactly the announced size was hashed and the hash matches.
-    pub(crate) fn finish(self) -> Result<(), BlobError> {
+    /// Succeeds only if exactly the announced size was hashed and the hash matches; otherwise
+    /// says what was hashed instead (`<hash>/<size>`).
+    pub(crate) fn check(self) -> Result<(), String> {
         let hash = hex::encode(self.hasher.finalize());
         if self.hashed != self.size || hash != self.expected.hash {
-            return Err(BlobError::DigestMismatch {
-                expected: self.expected,
-                actual: format!("{hash}/{}", self.hashed),
-            });
+            return Err(format!("{hash}/{}", self.hashed));
         }
         Ok(())
+    }
+
+    /// [`check`](Self::check) for a write: a mismatch is the writer's mistake.
+    pub(crate) fn finish(self) -> Result<(), BlobError> {
+        let expected = self.expected.clone();
+        self.check()
+            .map_err(|actual| BlobError::DigestMismatch { expected, actual })
+    }
+}
+
+/// A whole-blob read stream that hashes what passes through and, if it was not the blob, ends
+/// with [`BlobError::Corrupt`] instead of ending cleanly. For sources the store cannot repair (the
+/// far tier), so nothing is dropped.
+pub(crate) struct CheckedStream {
+    inner: BlobStream,
+    /// `None` once the verdict is given.
+    verifier: Option<Verifier>,
+    digest: Digest,
+}
+
+impl CheckedStream {
+    pub(crate) fn new(inner: BlobStream, digest: &Digest) -> Result<CheckedStream, BlobError> {
+        Ok(CheckedStream {
+            inner,
+            verifier: Some(Verifier::new(digest)?),
+            digest: digest.clone(),
+        })
+    }
+}
+
+impl Stream for CheckedStream {
+    type Item = Result<Bytes, BlobError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(verifier) = this.verifier.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(this.inner.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => {
+                verifier.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(e)) => {
+                this.verifier = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => match this.verifier.take().map(Verifier::check) {
+                Some(Err(actual)) => Poll::Ready(Some(Err(BlobError::Corrupt {
+                    digest: this.digest.clone(),
+                    actual: format!("the bytes read hash to {actual}"),
+                }))),
+                _ => Poll::Ready(None),
+            },
+        }
     }
 }
 

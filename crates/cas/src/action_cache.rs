@@ -3,8 +3,12 @@
 //!
 //! GetActionResult is a hit only when the result is complete: every blob it refers to (output
 //! files, stdout and stderr, output directory Trees and, within a budget of Tree bytes, every
-//! file in those Trees) is still in the CAS. Otherwise it is NOT_FOUND, so a client runs the
-//! action again instead of failing to download its outputs. Inline hints are not honoured (the
+//! file in those Trees) is still in the CAS with its bytes intact (checked by
+//! [`BlobStore::find_missing_or_corrupt`](scoot_blobstore::BlobStore::find_missing_or_corrupt),
+//! which drops corrupt blobs; the file store hashes each blob unless it knows the file unchanged
+//! since it last did). Otherwise it is NOT_FOUND, so a client runs the action again instead of
+//! failing to download its outputs or being served damaged ones. The scheduler's Execute looks
+//! the cache up through the same check. Inline hints are not honoured (the
 //! API allows a server to omit inlining). Entries are keyed by instance name and action digest.
 
 use std::sync::Arc;
@@ -87,7 +91,7 @@ fn referenced_blobs(result: &v2::ActionResult) -> Result<Vec<Digest>, CasError> 
 }
 
 impl Core {
-    /// A blob the result needs that the CAS lacks, if any.
+    /// A blob the result needs that the CAS lacks or holds corrupt, if any.
     async fn first_missing_blob(
         &self,
         result: &v2::ActionResult,
@@ -96,7 +100,7 @@ impl Core {
             Ok(digests) => digests,
             Err(e) => return Ok(Some(format!("an invalid reference ({e})"))),
         };
-        if let Some(missing) = self.missing_of(digests).await?.into_iter().next() {
+        if let Some(missing) = self.unusable_of(digests).await?.into_iter().next() {
             return Ok(Some(missing.to_string()));
         }
         // The files inside output directory Trees, as far as the budget goes.
@@ -113,7 +117,9 @@ impl Core {
             budget = rest;
             let bytes = match read_small_blob(self, &tree, size(&tree)).await {
                 Ok(bytes) => bytes,
-                Err(e) if e.code == tonic::Code::NotFound => return Ok(Some(tree.to_string())),
+                Err(e) if matches!(e.code, tonic::Code::NotFound | tonic::Code::DataLoss) => {
+                    return Ok(Some(tree.to_string()));
+                }
                 Err(e) => return Err(e),
             };
             let Ok(tree_message) = v2::Tree::decode(bytes) else {
@@ -129,7 +135,7 @@ impl Core {
             }
         }
         Ok(self
-            .missing_of(inner)
+            .unusable_of(inner)
             .await?
             .into_iter()
             .next()
@@ -155,7 +161,7 @@ impl Core {
         if let Some(missing) = self.first_missing_blob(&result).await? {
             tracing::debug!(action = %key.action_digest, %missing, "incomplete cached result");
             return Err(CasError::not_found(format!(
-                "the cached result for action {} refers to {missing}, which is no longer stored",
+                "the cached result for action {} refers to {missing}, which is no longer stored intact",
                 key.action_digest
             )));
         }
@@ -163,18 +169,30 @@ impl Core {
     }
 
     /// Which of `digests` the CAS lacks, each once; the empty blob is never missing.
-    pub(crate) async fn missing_of(
-        &self,
-        mut digests: Vec<Digest>,
-    ) -> Result<Vec<Digest>, CasError> {
-        digests.retain(|d| !d.is_empty_blob());
-        digests.sort();
-        digests.dedup();
+    pub(crate) async fn missing_of(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, CasError> {
+        let digests = distinct_blobs(digests);
         if digests.is_empty() {
             return Ok(Vec::new());
         }
         Ok(self.cas.find_missing(&digests).await?)
     }
+
+    /// Which of `digests` the CAS lacks or holds corrupt (dropping those), each once.
+    async fn unusable_of(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, CasError> {
+        let digests = distinct_blobs(digests);
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.cas.find_missing_or_corrupt(&digests).await?)
+    }
+}
+
+/// `digests` without repeats and without the empty blob (which always exists).
+fn distinct_blobs(mut digests: Vec<Digest>) -> Vec<Digest> {
+    digests.retain(|d| !d.is_empty_blob());
+    digests.sort();
+    digests.dedup();
+    digests
 }
 
 #[tonic::async_trait]

@@ -7,14 +7,18 @@
 //! * Write: `[instance/]uploads/<uuid>/blobs/<hash>/<size>`, named in the first message (later
 //!   ones may repeat it or leave it empty). Data goes straight into a
 //!   [`scoot_blobstore::BlobWriter`], never buffered whole. Offsets must continue
-//!   exactly where the previous message ended. A blob already stored ends the call at once with
-//!   `committed_size` = its size. Any mismatch (offset, data past the size, a short finish, a
-//!   wrong hash) is INVALID_ARGUMENT and stores nothing.
+//!   exactly where the previous message ended. A blob already stored intact (its bytes are
+//!   checked; a corrupt copy is dropped and the upload goes on to replace it) ends the call at
+//!   once with `committed_size` = its size. Any mismatch (offset, data past the size, a short
+//!   finish, a wrong hash) is INVALID_ARGUMENT and stores nothing.
 //! * Resuming: an upload whose stream ends without `finish_write` (or breaks) is kept, by
 //!   resource name, for `upload_idle_timeout` (at most `max_idle_uploads` of them). A new Write
 //!   of the same name at offset = what QueryWriteStatus reports carries on; offset 0 starts
 //!   over. QueryWriteStatus reports a stored blob as complete, a kept upload by its committed
 //!   size, and anything else as 0 bytes, not complete.
+//! * Stored bytes found corrupt on a Read (see [`scoot_blobstore::BlobStore::read`]) are
+//!   DATA_LOSS: before any data for a small blob or a range, as the stream's final status for a
+//!   large blob read whole. The blob is dropped, so the client's next upload stores it again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -289,7 +293,7 @@ impl ByteStreamService {
         let name = first.resource_name.clone();
         let upload = parse_write(&name)?;
         let total = size(&upload.digest);
-        if self.core.blob_exists(&upload.digest).await? {
+        if self.core.blob_intact(&upload.digest).await? {
             return Ok(total);
         }
         let key = upload.key();
@@ -430,7 +434,7 @@ impl ByteStream for ByteStreamService {
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         let upload = parse_write(&request.into_inner().resource_name)?;
-        let (committed, complete) = if self.core.blob_exists(&upload.digest).await? {
+        let (committed, complete) = if self.core.blob_intact(&upload.digest).await? {
             (size(&upload.digest), true)
         } else {
             let committed = self

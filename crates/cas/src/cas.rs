@@ -4,8 +4,10 @@
 //! The CAS is shared by all instance names: blobs are verified against their digests, so one
 //! instance can never corrupt another's. Batch requests are bounded by
 //! `max_batch_total_size_bytes` (over it, the whole request is INVALID_ARGUMENT); per-blob
-//! problems are per-blob statuses. GetTree is served from [`scoot_proto::raw`] so Directory blobs
-//! go out exactly as stored.
+//! problems are per-blob statuses (DATA_LOSS for a blob whose stored bytes are found corrupt: it
+//! is dropped, and BatchUpdateBlobs, which checks the stored copies of what it is sent, stores it
+//! again). GetTree is served from [`scoot_proto::raw`] so Directory blobs go out exactly as
+//! stored.
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
@@ -162,7 +164,7 @@ impl ContentAddressableStorage for CasService {
         check_function(request.digest_function)?;
         let total = request.requests.iter().map(|r| r.data.len() as u64).sum();
         self.core.check_batch_size(total, "BatchUpdateBlobs")?;
-        // Blobs already stored need no write.
+        // Blobs already stored intact need no write.
         let candidates: Vec<Digest> = request
             .requests
             .iter()
@@ -172,7 +174,7 @@ impl ContentAddressableStorage for CasService {
         let missing: HashSet<Digest> = self
             .core
             .cas
-            .find_missing(&candidates)
+            .find_missing_or_corrupt(&candidates)
             .await
             .map_err(CasError::from)?
             .into_iter()

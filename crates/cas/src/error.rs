@@ -71,6 +71,7 @@ impl From<BlobError> for CasError {
         let code = match &e {
             BlobError::NotFound(_) => Code::NotFound,
             BlobError::DigestMismatch { .. } => Code::InvalidArgument,
+            BlobError::Corrupt { .. } => Code::DataLoss,
             BlobError::OffsetOutOfRange { .. } => Code::OutOfRange,
             BlobError::TooLarge(_) => Code::ResourceExhausted,
             BlobError::Io(_) => Code::Internal,
@@ -120,5 +121,11 @@ mod tests {
         assert_eq!(e.to_rpc_status().code, 5);
         let io: CasError = BlobError::Io("disk".into()).into();
         assert_eq!(io.code, Code::Internal);
+        let corrupt: CasError = BlobError::Corrupt {
+            digest: scoot_core::Digest::empty(),
+            actual: "they hash to x/0".into(),
+        }
+        .into();
+        assert_eq!(corrupt.code, Code::DataLoss);
     }
 }

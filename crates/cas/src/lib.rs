@@ -9,8 +9,8 @@
 //!   execution only when [`CasConfig::exec_enabled`]).
 //! * [`cas`]: FindMissingBlobs, BatchUpdateBlobs, BatchReadBlobs, GetTree.
 //! * [`bytestream`]: Read, Write (streamed, verified, resumable), QueryWriteStatus.
-//! * [`action_cache`]: GetActionResult (hits only when every referenced blob still exists) and
-//!   UpdateActionResult, over an [`ActionCacheStore`] ([`MemoryActionCache`],
+//! * [`action_cache`]: GetActionResult (hits only when every referenced blob is still stored
+//!   intact) and UpdateActionResult, over an [`ActionCacheStore`] ([`MemoryActionCache`],
 //!   [`FileActionCache`]).
 //! * [`stores`]: opening the file-backed CAS and action cache in a directory.
 //! * [`resource`]: ByteStream resource names; [`digest`]: wire digests; [`error`]: [`CasError`],
@@ -112,6 +112,19 @@ impl Core {
         }
         let missing = self.cas.find_missing(std::slice::from_ref(digest)).await?;
         Ok(missing.is_empty())
+    }
+
+    /// Whether the CAS holds `digest` with its bytes intact, checking them (a corrupt copy is
+    /// dropped): for telling a client that it need not upload a blob.
+    pub(crate) async fn blob_intact(&self, digest: &Digest) -> Result<bool, CasError> {
+        if digest.is_empty_blob() {
+            return Ok(true);
+        }
+        let unusable = self
+            .cas
+            .find_missing_or_corrupt(std::slice::from_ref(digest))
+            .await?;
+        Ok(unusable.is_empty())
     }
 }
 

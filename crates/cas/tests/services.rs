@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use scoot_blobstore::{BlobError, BlobStore, BlobStream, BlobWriter, MemoryBlobStore};
+use scoot_blobstore::{BlobError, BlobStore, BlobStream, BlobWriter, FsBlobStore, MemoryBlobStore};
 use scoot_cas::{CasConfig, CasServices, MemoryActionCache};
 use scoot_core::{Digest, EMPTY_SHA256};
 use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
@@ -30,19 +30,28 @@ use tonic::transport::Channel;
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A memory store whose blobs can be made to vanish, to test action-cache completeness.
+/// A store whose blobs can be made to vanish, to test action-cache completeness.
 #[derive(Clone)]
 struct ForgetfulStore {
-    inner: MemoryBlobStore,
+    inner: Arc<dyn BlobStore>,
     forgotten: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl ForgetfulStore {
-    fn new() -> ForgetfulStore {
+    fn new(inner: Arc<dyn BlobStore>) -> ForgetfulStore {
         ForgetfulStore {
-            inner: MemoryBlobStore::new(1 << 30),
+            inner,
             forgotten: Arc::default(),
         }
+    }
+
+    fn with_forgotten(&self, mut missing: Vec<Digest>, digests: &[Digest]) -> Vec<Digest> {
+        for d in digests {
+            if self.is_forgotten(d) && !missing.contains(d) {
+                missing.push(d.clone());
+            }
+        }
+        missing
     }
 
     fn forget(&self, digest: &Digest) {
@@ -57,13 +66,13 @@ impl ForgetfulStore {
 #[async_trait]
 impl BlobStore for ForgetfulStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
-        let mut missing = self.inner.find_missing(digests).await?;
-        for d in digests {
-            if self.is_forgotten(d) && !missing.contains(d) {
-                missing.push(d.clone());
-            }
-        }
-        Ok(missing)
+        let missing = self.inner.find_missing(digests).await?;
+        Ok(self.with_forgotten(missing, digests))
+    }
+
+    async fn find_missing_or_corrupt(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
+        let unusable = self.inner.find_missing_or_corrupt(digests).await?;
+        Ok(self.with_forgotten(unusable, digests))
     }
 
     async fn read(
@@ -89,6 +98,8 @@ struct Server {
     store: ForgetfulStore,
     services: CasServices,
     stop: Option<oneshot::Sender<()>>,
+    /// The directory of a file blob store.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -100,7 +111,22 @@ impl Drop for Server {
 }
 
 async fn start(config: CasConfig) -> Server {
-    let store = ForgetfulStore::new();
+    start_over(Arc::new(MemoryBlobStore::new(1 << 30)), None, config).await
+}
+
+/// A server over a file blob store, whose files a test can damage.
+async fn start_on_disk() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(dir.path().to_path_buf(), 1 << 30).unwrap();
+    start_over(Arc::new(store), Some(dir), CasConfig::default()).await
+}
+
+async fn start_over(
+    blobs: Arc<dyn BlobStore>,
+    dir: Option<tempfile::TempDir>,
+    config: CasConfig,
+) -> Server {
+    let store = ForgetfulStore::new(blobs);
     let services = scoot_cas::server(
         Arc::new(store.clone()),
         Arc::new(MemoryActionCache::new(1 << 20)),
@@ -117,6 +143,7 @@ async fn start(config: CasConfig) -> Server {
         store,
         services,
         stop: Some(stop),
+        dir,
     }
 }
 
@@ -149,6 +176,39 @@ impl Server {
             .await
             .unwrap();
         digest
+    }
+
+    /// Flips one bit of the byte at `at` of a stored blob's file, in place.
+    fn damage(&self, digest: &Digest, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let dir = self.dir.as_ref().expect("a server on disk").path();
+        let path = dir
+            .join(&digest.hash[..2])
+            .join(format!("{}-{}", digest.hash, digest.size_bytes));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    }
+
+    /// What FindMissingBlobs says of `digest`.
+    async fn reported_missing(&self, digest: &Digest) -> bool {
+        let missing = self
+            .cas()
+            .await
+            .find_missing_blobs(v2::FindMissingBlobsRequest {
+                blob_digests: vec![wire(digest)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        missing == vec![wire(digest)]
     }
 
     async fn stored(&self, digest: &Digest) -> bool {
@@ -1232,4 +1292,205 @@ async fn action_results_are_kept_byte_for_byte() {
     .await
     .unwrap();
     assert_eq!(got, result);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged blobs
+// ---------------------------------------------------------------------------------------------
+
+/// The status and data BatchReadBlobs gives for one digest.
+async fn batch_read_one(server: &Server, digest: &Digest) -> (Code, Bytes) {
+    let response = server
+        .cas()
+        .await
+        .batch_read_blobs(v2::BatchReadBlobsRequest {
+            digests: vec![wire(digest)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let blob = response.responses.into_iter().next().unwrap();
+    (Code::from(blob.status.unwrap().code), blob.data)
+}
+
+async fn upload(server: &Server, uuid: &str, digest: &Digest, data: &[u8]) -> i64 {
+    server
+        .bytestream()
+        .await
+        .write(futures::stream::iter(write_messages(
+            &upload_name("", uuid, digest),
+            data,
+            64 << 10,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .committed_size
+}
+
+#[tokio::test]
+async fn corrupt_blobs_are_data_loss_then_missing_until_uploaded_again() {
+    let server = start_on_disk().await;
+    let data = blob(10_000, 40);
+    let digest = server.put(&data).await;
+    let name = format!("blobs/{}/{}", digest.hash, digest.size_bytes);
+
+    // ByteStream Read.
+    server.damage(&digest, 5000);
+    let mut bytestream = server.bytestream().await;
+    let err = read_all(&mut bytestream, &name, 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    assert!(server.reported_missing(&digest).await);
+    let response = server
+        .cas()
+        .await
+        .batch_update_blobs(v2::BatchUpdateBlobsRequest {
+            requests: vec![update(&digest, &data)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.responses[0].status.as_ref().unwrap().code, 0);
+    assert_eq!(
+        batch_read_one(&server, &digest).await,
+        (Code::Ok, data.clone().into())
+    );
+
+    // BatchReadBlobs, and a ranged ByteStream Read.
+    server.damage(&digest, 0);
+    let (code, bytes) = batch_read_one(&server, &digest).await;
+    assert_eq!(code, Code::DataLoss);
+    assert!(bytes.is_empty());
+    assert!(server.reported_missing(&digest).await);
+    assert_eq!(upload(&server, "again", &digest, &data).await, 10_000);
+    server.damage(&digest, 9_999);
+    let err = read_all(&mut bytestream, &name, 9_000, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    assert!(server.reported_missing(&digest).await);
+
+    // Damaged behind the server's back with no read since: FindMissingBlobs (which trusts the
+    // store's index) still says present, but a re-upload is not answered as done without
+    // looking, by ByteStream nor by BatchUpdateBlobs: it repairs the blob.
+    assert_eq!(upload(&server, "third", &digest, &data).await, 10_000);
+    server.damage(&digest, 1234);
+    assert_eq!(upload(&server, "fourth", &digest, &data).await, 10_000);
+    assert_eq!(
+        read_all(&mut bytestream, &name, 0, 0).await.unwrap().0,
+        data
+    );
+    server.damage(&digest, 4321);
+    server
+        .cas()
+        .await
+        .batch_update_blobs(v2::BatchUpdateBlobsRequest {
+            requests: vec![update(&digest, &data)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        batch_read_one(&server, &digest).await,
+        (Code::Ok, data.into())
+    );
+}
+
+#[tokio::test]
+async fn a_large_corrupt_blob_read_whole_ends_in_data_loss() {
+    let server = start_on_disk().await;
+    // Several MiB: streamed in many messages, checked as it goes.
+    let data = blob((5 << 20) + 17, 41);
+    let digest = server.put(&data).await;
+    let name = format!("blobs/{}/{}", digest.hash, digest.size_bytes);
+    server.damage(&digest, (4 << 20) + 3);
+    let mut stream = server
+        .bytestream()
+        .await
+        .read(ReadRequest {
+            resource_name: name.clone(),
+            read_offset: 0,
+            read_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(message)) => received += message.data.len(),
+            Ok(None) => panic!("the stream ended OK after {received} bytes of a corrupt blob"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DataLoss, "{status}");
+    assert!(server.reported_missing(&digest).await);
+
+    // Stored again: served whole and in part.
+    assert_eq!(
+        upload(&server, "u", &digest, &data).await,
+        data.len() as i64
+    );
+    let mut bytestream = server.bytestream().await;
+    assert_eq!(
+        read_all(&mut bytestream, &name, 0, 0).await.unwrap().0,
+        data
+    );
+    let (tail, _) = read_all(&mut bytestream, &name, 5 << 20, 0).await.unwrap();
+    assert_eq!(tail, data[5 << 20..]);
+    // A range of a damaged large blob is refused before any of it is sent.
+    server.damage(&digest, 7);
+    let err = read_all(&mut bytestream, &name, 5 << 20, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+}
+
+#[tokio::test]
+async fn action_cache_hits_with_corrupt_outputs_are_misses() {
+    let server = start_on_disk().await;
+    let mut client = server.ac().await;
+    let action = digest_of(b"an action with outputs on disk");
+    let outputs = stored_outputs(&server).await;
+    client
+        .update_action_result(v2::UpdateActionResultRequest {
+            action_digest: Some(wire(&action)),
+            action_result: Some(outputs.result.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let key = scoot_cas::AcKey::new("", action.clone());
+    let contents: [(&Digest, &[u8]); 3] = [
+        (&outputs.stdout, b"compiling..."),
+        (&outputs.file, b"object code"),
+        (&outputs.tree_file, b"header"),
+    ];
+    for (damaged, bytes) in contents {
+        assert!(
+            client
+                .get_action_result(get_request("", &action))
+                .await
+                .is_ok()
+        );
+        server.damage(damaged, 0);
+        let err = client
+            .get_action_result(get_request("", &action))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{damaged}: {err}");
+        // The scheduler's Execute looks the cache up the same way.
+        assert!(server.services.cached_result(&key).await.unwrap().is_none());
+        // The damaged blob was dropped; storing it again makes the result whole.
+        assert!(server.reported_missing(damaged).await);
+        server.put(bytes).await;
+    }
+    let hit = client
+        .get_action_result(get_request("", &action))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit, outputs.result);
 }
