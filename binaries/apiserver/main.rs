@@ -62,7 +62,7 @@ async fn snapshot_viewer(store: &Arc<dyn Store>) -> anyhow::Result<Option<Arc<dy
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    let args: Args = scoot_bin_util::parse_args();
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
     check_config_json(&args.config).map_err(anyhow::Error::msg)?;
 

@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let args = Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    let args: Args = scoot_bin_util::parse_args();
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
     let config = scoot_scheduler::SchedulerConfig::from_flag(&args.config)
         .with_context(|| format!("bad -config {:?}", args.config))?;

@@ -3,11 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args =
-        scoot_gitdb::cli::Args::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    let args: scoot_gitdb::cli::Args = scoot_bin_util::parse_args();
     if let Err(err) = scoot_bin_util::init_logging(&args.log_level) {
         eprintln!("scoot-snapshot-db: {err}");
         return ExitCode::FAILURE;

@@ -1,10 +1,7 @@
 //! `scootcl`: command-line client for the Scoot scheduler. See `scoot_client::scootcl`.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli =
-        scoot_client::scootcl::Cli::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    let cli: scoot_client::scootcl::Cli = scoot_bin_util::parse_args();
     if let Err(err) = scoot_bin_util::init_logging(&cli.log_level) {
         eprintln!("scootcl: {err}");
         return std::process::ExitCode::from(2);

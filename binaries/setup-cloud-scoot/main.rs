@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use scoot_cluster::cli::{Invocation, split_args};
+use scoot_cluster::cli::Invocation;
 use scoot_cluster::{Cluster, ClusterError, ClusterSpec, Strategy};
 
 /// How long `run`'s command has to stop after SIGTERM when the cluster goes down under it.
@@ -53,32 +53,27 @@ struct Args {
     /// Keep the logs (and the rest of the state directory) after teardown.
     #[arg(long = "keep_logs")]
     keep_logs: bool,
+    /// Nothing, or `run CMD [ARGS...]`; the flags end here, so CMD's own arguments are its own.
+    #[arg(
+        value_name = "run CMD [ARGS...]",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    positional: Vec<OsString>,
 }
 
 fn parse_strategy(value: &str) -> Result<Strategy, String> {
     value.parse().map_err(|e: ClusterError| e.to_string())
 }
 
-/// Whether the flag `name` (without dashes) takes the next argument as its value.
-fn takes_value(command: &clap::Command, name: &str) -> bool {
-    command.get_arguments().any(|arg| {
-        let named = arg.get_long() == Some(name)
-            || arg
-                .get_short()
-                .is_some_and(|c| name.len() == c.len_utf8() && name.starts_with(c));
-        named && arg.get_action().takes_values()
-    })
-}
-
 fn parse_command_line() -> (Args, Invocation) {
-    let command = Args::command();
-    let (flags, positional) = split_args(std::env::args_os(), |name| takes_value(&command, name));
-    let args = Args::parse_from(scoot_bin_util::go_style_args(flags));
-    let invocation = Invocation::from_positional(positional).unwrap_or_else(|err| {
-        Args::command()
-            .error(clap::error::ErrorKind::InvalidValue, err)
-            .exit()
-    });
+    let mut args: Args = scoot_bin_util::parse_args();
+    let invocation = Invocation::from_positional(std::mem::take(&mut args.positional))
+        .unwrap_or_else(|err| {
+            Args::command()
+                .error(clap::error::ErrorKind::InvalidValue, err)
+                .exit()
+        });
     (args, invocation)
 }
 
@@ -243,11 +238,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> (Args, Vec<OsString>) {
-        let command = Args::command();
-        let (flags, positional) = split_args(args.iter().map(OsString::from), |name| {
-            takes_value(&command, name)
-        });
-        let parsed = Args::try_parse_from(scoot_bin_util::go_style_args(flags)).unwrap();
+        let mut parsed = Args::try_parse_from(scoot_bin_util::go_style_args(
+            &Args::command(),
+            args.iter().map(OsString::from),
+        ))
+        .unwrap();
+        let positional = std::mem::take(&mut parsed.positional);
         (parsed, positional)
     }
 
@@ -276,6 +272,7 @@ mod tests {
             "-la",
             "-workers",
             "9",
+            "--help",
         ]);
         assert_eq!(args.strategy, Strategy::LocalLocal);
         assert_eq!(args.workers, 2);
@@ -285,9 +282,45 @@ mod tests {
             Invocation::from_positional(rest).unwrap(),
             Invocation::Run {
                 program: "ls".into(),
-                args: vec!["-la".into(), "-workers".into(), "9".into()],
+                args: vec!["-la".into(), "-workers".into(), "9".into(), "--help".into()],
             }
         );
+    }
+
+    #[test]
+    fn flag_values_are_not_positional() {
+        let (args, rest) = parse(&["setup", "-log_level", "run", "-keep_logs", "run", "true"]);
+        assert_eq!(args.log_level, "run");
+        assert!(args.keep_logs);
+        assert_eq!(rest, ["run", "true"]);
+    }
+
+    #[test]
+    fn double_dash_ends_the_flags() {
+        let (args, rest) = parse(&["setup", "--workers", "1", "--", "run", "-x", "--help"]);
+        assert_eq!(args.workers, 1);
+        assert_eq!(
+            Invocation::from_positional(rest).unwrap(),
+            Invocation::Run {
+                program: "-x".into(),
+                args: vec!["--help".into()],
+            }
+        );
+        let (_, rest) = parse(&["setup", "run", "--", "--weird-cmd", "--", "a"]);
+        assert_eq!(
+            Invocation::from_positional(rest).unwrap(),
+            Invocation::Run {
+                program: "--weird-cmd".into(),
+                args: vec!["--".into(), "a".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn lone_dash_is_positional() {
+        let (_, rest) = parse(&["setup", "-", "run"]);
+        assert_eq!(rest, ["-", "run"]);
+        assert!(Invocation::from_positional(rest).is_err());
     }
 
     #[test]
@@ -303,9 +336,7 @@ mod tests {
                 .try_get_matches_from(["s", "--api_strategy", "remote"])
                 .is_err()
         );
-        assert!(takes_value(&command(), "workers"));
-        assert!(!takes_value(&command(), "keep_logs"));
-        assert!(!takes_value(&command(), "unknown"));
+        assert!(command().try_get_matches_from(["s", "--workers"]).is_err());
     }
 
     #[test]

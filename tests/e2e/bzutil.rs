@@ -27,6 +27,19 @@ fn run_bzutil(args: &[&str]) -> String {
 }
 
 #[test]
+fn a_commands_arguments_are_stored_as_typed() {
+    let api = ApiServer::start();
+    let addr = format!("127.0.0.1:{}", api.grpc_port);
+    // Go-style flags before the argv are still flags; `-la` is the command's own. The digest
+    // is Scoot's: SHA-256 of the Command proto {arguments: ["ls", "-la"]}, 9 bytes.
+    let command = run_bzutil(&["upload_command", "-cas_addr", &addr, "ls", "-la"]);
+    assert_eq!(
+        command.trim(),
+        "9fcca010f4242b149eddc3b90c9a867710e63a7628d347c8c9a8f1416036e371/9"
+    );
+}
+
+#[test]
 fn seed_walkthrough_uploads_and_finds_blobs() {
     let api = ApiServer::start();
     // Seed 002, step 2: the same digest Scoot printed.

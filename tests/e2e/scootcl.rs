@@ -79,6 +79,26 @@ fn run_watch_status_and_kill_jobs() {
 }
 
 #[test]
+fn a_tasks_argv_reaches_it_as_typed() {
+    let w = Worker::start(&[]);
+    let sched = Scheduler::start(&[&w], json!({}));
+    let id = ok(scootcl(
+        &sched,
+        &[
+            "run_job", "-tag", "t", "printf", "%s|", "-hello", "-n", "-la",
+        ],
+    ))
+    .trim()
+    .to_string();
+    ok(scootcl(&sched, &["watch_job", &id, "--timeout", "30s"]));
+    let status: Value =
+        serde_json::from_str(&ok(scootcl(&sched, &["get_job_status", &id, "--json"]))).unwrap();
+    assert_eq!(status["taskStatus"]["task1"], 3, "{status}");
+    let out = status["taskData"]["task1"]["outUri"].as_str().unwrap();
+    assert_eq!(command_output(&file_of_uri(out)), "-hello|-n|-la|");
+}
+
+#[test]
 fn bad_input_is_reported() {
     let w = Worker::start(&[]);
     let sched = Scheduler::start(&[&w], json!({}));

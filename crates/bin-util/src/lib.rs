@@ -1,34 +1,78 @@
 //! What every scoot binary shares.
 //!
 //! Scoot's binaries take Go-style flags (`-thrift_addr localhost:9092`); scripts written for
-//! Scoot must keep working, so [`go_style_args`] turns them into the `--long` form clap parses.
+//! Scoot must keep working, so [`parse_args`] turns them into the `--long` form clap parses.
 //! [`init_logging`] maps Scoot's logrus levels onto tracing; [`shutdown_signal`] resolves on
 //! SIGINT or SIGTERM.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
-/// Rewrites `-name` and `-name=value` (a single dash followed by two or more characters) to
-/// `--name…`. Single-letter flags, `--` flags, a lone `-`, negative numbers and everything after
-/// `--` are left alone.
-pub fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut rest_positional = false;
-    for arg in args {
-        let converted = match arg.to_str() {
-            Some("--") => {
-                rest_positional = true;
-                None
+/// Parses this process's command line as `P`, accepting Go-style flags (see [`go_style_args`]).
+/// Bad input exits with clap's message, as `P::parse` does.
+pub fn parse_args<P: clap::Parser>() -> P {
+    P::parse_from(go_style_args(&P::command(), std::env::args_os()))
+}
+
+/// Rewrites the Go-style flags of a command line (program name first) for `command`:
+/// `-name` and `-name=value` (a single dash and two or more characters) become `--name…`.
+///
+/// Like Go's `flag` package, flags end at `--` or at the first positional argument that is not
+/// one of the current command's subcommands; from there on every argument is passed through
+/// untouched, so a task's own argv (`run_job printf -n -la`) reaches it exactly as typed. A
+/// flag's value is never rewritten, which is why `command` is needed: it tells which flags take
+/// the next argument as their value.
+pub fn go_style_args(
+    command: &clap::Command,
+    args: impl IntoIterator<Item = OsString>,
+) -> Vec<OsString> {
+    let mut root = command.clone();
+    // Building copies global flags into every subcommand, so each level knows all its flags.
+    root.build();
+    let mut current = &root;
+    let mut args = args.into_iter();
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.to_str().filter(|s| is_flag(s)) else {
+            match current.find_subcommand(&arg) {
+                Some(sub) => {
+                    current = sub;
+                    out.push(arg);
+                    continue;
+                }
+                None => {
+                    out.push(arg);
+                    break;
+                }
             }
-            Some(s) if !rest_positional && is_go_long_flag(s) => {
-                Some(OsString::from(format!("-{s}")))
-            }
-            _ => None,
         };
-        out.push(converted.unwrap_or(arg));
+        if flag == "--" {
+            out.push(arg);
+            break;
+        }
+        let value_follows = !flag.contains('=') && takes_value(current, flag);
+        out.push(if is_go_long_flag(flag) {
+            OsString::from(format!("-{flag}"))
+        } else {
+            arg
+        });
+        if value_follows && let Some(value) = args.next() {
+            out.push(value);
+        }
     }
+    out.extend(args);
     out
 }
 
+/// Whether `s` is written as a flag: a dash and something that is not a number (`-5`, `-.5`
+/// and a lone `-` are positional).
+fn is_flag(s: &str) -> bool {
+    s.strip_prefix('-').is_some_and(|rest| {
+        !rest.is_empty() && !rest.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    })
+}
+
+/// `-name` or `-name=value` with a name of two or more characters, the form Go's flag package
+/// reads as one long flag.
 fn is_go_long_flag(s: &str) -> bool {
     let Some(name) = s.strip_prefix('-') else {
         return false;
@@ -40,6 +84,29 @@ fn is_go_long_flag(s: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Whether `flag` (`-name`, `--name` or `-x`, without `=value`) names an option of `command`
+/// that consumes the next argument. Unknown flags take none; clap reports them.
+fn takes_value(command: &clap::Command, flag: &str) -> bool {
+    let long = flag.strip_prefix("--").or_else(|| {
+        let name = flag.strip_prefix('-')?;
+        (name.chars().count() > 1).then_some(name)
+    });
+    command.get_arguments().any(|arg| {
+        let named = match long {
+            Some(name) => {
+                arg.get_long() == Some(name)
+                    || arg
+                        .get_all_aliases()
+                        .is_some_and(|aliases| aliases.contains(&name))
+            }
+            None => arg
+                .get_short()
+                .is_some_and(|c| OsStr::new(flag) == OsStr::new(&format!("-{c}"))),
+        };
+        named && arg.get_action().takes_values()
+    })
 }
 
 /// Installs a stderr logger at Scoot's `-log_level` (trace, debug, info, warn/warning, error,
@@ -97,9 +164,34 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Arg, ArgAction, Command};
+
+    /// Shaped like scootcl and bzutil: global flags, a subcommand whose own flags precede a
+    /// command's argv, nested subcommands like scoot-snapshot-db's.
+    fn cli() -> Command {
+        Command::new("bin")
+            .arg(Arg::new("addr").long("addr").global(true))
+            .arg(Arg::new("verbose").short('v').action(ArgAction::SetTrue))
+            .arg(Arg::new("count").short('c').allow_negative_numbers(true))
+            .subcommand(
+                Command::new("run_job")
+                    .arg(Arg::new("tag").long("tag").allow_hyphen_values(true))
+                    .arg(Arg::new("json").long("json").action(ArgAction::SetTrue))
+                    .arg(
+                        Arg::new("argv")
+                            .num_args(1..)
+                            .trailing_var_arg(true)
+                            .allow_hyphen_values(true),
+                    ),
+            )
+            .subcommand(
+                Command::new("create")
+                    .subcommand(Command::new("ingest_dir").arg(Arg::new("dir").long("dir"))),
+            )
+    }
 
     fn convert(args: &[&str]) -> Vec<String> {
-        go_style_args(args.iter().map(OsString::from))
+        go_style_args(&cli(), args.iter().map(OsString::from))
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -108,29 +200,47 @@ mod tests {
     #[test]
     fn single_dash_long_flags_become_double_dash() {
         assert_eq!(
-            convert(&[
-                "bin",
-                "-thrift_addr",
-                "localhost:1",
-                "-log_level=debug",
-                "--http_addr",
-                "x"
-            ]),
-            vec![
-                "bin",
-                "--thrift_addr",
-                "localhost:1",
-                "--log_level=debug",
-                "--http_addr",
-                "x"
+            convert(&["bin", "-addr", "-x:1", "-v", "-c", "-5", "run_job", "-json"]),
+            [
+                "bin", "--addr", "-x:1", "-v", "-c", "-5", "run_job", "--json"
             ]
+        );
+        assert_eq!(
+            convert(&["bin", "-addr=h:1", "create", "ingest_dir", "-dir", "-d"]),
+            ["bin", "--addr=h:1", "create", "ingest_dir", "--dir", "-d"]
         );
     }
 
     #[test]
-    fn other_arguments_are_untouched() {
-        let args = ["bin", "-v", "-", "-5", "-1.5", "run", "--", "-not_a_flag"];
-        assert_eq!(convert(&args), args.to_vec());
+    fn a_commands_argv_reaches_it_as_typed() {
+        let args = [
+            "bin", "run_job", "-addr", "h:1", "-tag", "-t", "printf", "%s|", "-hello", "-n", "-la",
+            "--", "-x",
+        ];
+        let converted = convert(&args);
+        assert_eq!(
+            converted[..7],
+            ["bin", "run_job", "--addr", "h:1", "--tag", "-t", "printf"]
+        );
+        assert_eq!(converted[7..], args[7..]);
+        let matches = cli().try_get_matches_from(converted).unwrap();
+        let (_, run) = matches.subcommand().unwrap();
+        let argv: Vec<&String> = run.get_many("argv").unwrap().collect();
+        assert_eq!(argv, ["printf", "%s|", "-hello", "-n", "-la", "--", "-x"]);
+        assert_eq!(run.get_one::<String>("addr").unwrap(), "h:1");
+    }
+
+    #[test]
+    fn flags_end_at_double_dash_or_the_first_positional() {
+        for args in [
+            &["bin", "run_job", "--", "-not_a_flag", "-json"][..],
+            &["bin", "run_job", "ls", "-la", "-json"],
+            &["bin", "-", "-addr"],
+            &["bin", "-5", "-addr"],
+            &["bin", "elsewhere", "-addr"],
+        ] {
+            assert_eq!(convert(args), args.to_vec());
+        }
     }
 
     #[test]

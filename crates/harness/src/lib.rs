@@ -95,7 +95,7 @@ where
     F: FnOnce(HarnessOptions) -> Fut,
     Fut: std::future::Future<Output = Result<(), HarnessError>>,
 {
-    let args = HarnessArgs::parse_from(scoot_bin_util::go_style_args(std::env::args_os()));
+    let args: HarnessArgs = scoot_bin_util::parse_args();
     scoot_bin_util::init_logging(&args.log_level).map_err(HarnessError::Failed)?;
     let options = HarnessOptions::next_to_current_exe(&args.log_level, args.port_offset)?;
     let runtime = tokio::runtime::Runtime::new()

@@ -56,7 +56,7 @@ enum Recorded {
     Unknown,
     /// The job cannot be read back, so it can never run; why.
     Unreadable(String),
-    Job(SagaState, Job),
+    Job(SagaState, Box<Job>),
 }
 
 /// A job whose definition is unreadable is over: finished, with one pseudo-task whose FAILED
@@ -132,7 +132,7 @@ impl SchedulerApi {
         match self.sagas.get_state(job_id).await {
             Ok(None) => Ok(Recorded::Unknown),
             Ok(Some(state)) => match Job::from_bytes(state.job()) {
-                Ok(job) => Ok(Recorded::Job(state, job)),
+                Ok(job) => Ok(Recorded::Job(state, Box::new(job))),
                 Err(err) => Ok(Recorded::Unreadable(format!(
                     "saga log damaged: job definition unreadable ({err})"
                 ))),
@@ -149,7 +149,7 @@ impl SchedulerApi {
         match self.recorded(job_id).await? {
             Recorded::Unknown => Ok(None),
             Recorded::Unreadable(reason) => Err(ApiError::SagaLog(reason)),
-            Recorded::Job(_, job) => Ok(Some(job)),
+            Recorded::Job(_, job) => Ok(Some(*job)),
         }
     }
 
