@@ -9,6 +9,8 @@ use nix::sys::signal::{Signal, killpg};
 use prost::Message;
 use scoot_cas_client::{CasClient, digest_of, encode, to_proto};
 use scoot_core::Digest;
+use scoot_proto::bytestream::ReadRequest;
+use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
 use scoot_proto::longrunning::operations_client::OperationsClient;
 use scoot_proto::longrunning::{CancelOperationRequest, GetOperationRequest, Operation, operation};
 use scoot_proto::reapi::v2;
@@ -753,4 +755,55 @@ fn scoot_jdk_symlink_platform_property_links_the_workers_java_home() {
         cluster.read(result.stdout_digest.as_ref().unwrap()),
         "/opt/scoot-test-jdk\n"
     );
+}
+
+/// The first answer to a ByteStream Read of `resource_name` at `addr`: OK or the error's code.
+async fn read_answer(addr: &str, resource_name: String) -> tonic::Code {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ReadRequest {
+        resource_name,
+        read_offset: 0,
+        read_limit: 0,
+    };
+    match ByteStreamClient::new(channel).read(request).await {
+        Ok(response) => match response.into_inner().message().await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        },
+        Err(status) => status.code(),
+    }
+}
+
+#[test]
+fn a_read_claiming_an_absurd_size_is_refused_and_the_scheduler_keeps_serving() {
+    let api = ApiServer::start();
+    let fallback = format!("127.0.0.1:{}", api.grpc_port);
+    let mut sched =
+        Scheduler::start_with_flags(&[], serde_json::json!({}), &["-cas_fallback", &fallback]);
+    let scheduler = format!("127.0.0.1:{}", sched.grpc_port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let absurd = format!("blobs/{}/9223372036854775000", "ab".repeat(32));
+    // Missing near, so the scheduler asks its fallback, with a deadline grown from the size.
+    for addr in [&scheduler, &fallback] {
+        let code = runtime.block_on(read_answer(addr, absurd.clone()));
+        assert!(
+            matches!(code, tonic::Code::NotFound | tonic::Code::InvalidArgument),
+            "{addr}: {code:?}"
+        );
+    }
+    sched.proc.assert_running();
+    let data = Bytes::from_static(b"still serving");
+    let digest = digest_of(&data);
+    let cas = runtime
+        .block_on(CasClient::connect(&scheduler, ""))
+        .unwrap();
+    runtime
+        .block_on(cas.upload_blobs(vec![(digest.clone(), data.clone())]))
+        .unwrap();
+    let read = runtime.block_on(cas.read_blobs(&[digest])).unwrap();
+    assert_eq!(read[0].1, data);
 }

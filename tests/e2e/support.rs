@@ -403,10 +403,19 @@ impl Scheduler {
     pub fn start(workers: &[&Worker], scheduler_config: Value) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let workers_file = dir.path().join("workers");
+        Scheduler::start_with_flags(workers, scheduler_config, &[])
+    }
+
+    /// [`Scheduler::start`] with more command-line flags (e.g. `-cas_fallback`).
+    pub fn start_with_flags(
+        workers: &[&Worker],
+        scheduler_config: Value,
+        flags: &[&str],
+    ) -> Scheduler {
         let saga_dir = dir.path().join("sagas");
         write_workers(&workers_file, workers);
         let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
-        Scheduler::start_with(dir, workers_file, saga_dir, config)
+        Scheduler::start_with(dir, workers_file, saga_dir, config, flags)
     }
 
     pub fn start_with(
@@ -416,6 +425,7 @@ impl Scheduler {
         config: Value,
     ) -> Scheduler {
         let cas_dir = dir.path().join("cas");
+        flags: &[&str],
         let (proc, ports) = spawn_listening("scheduler", 3, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
             cmd.arg("-thrift_addr")
@@ -430,6 +440,7 @@ impl Scheduler {
                 .arg(config.to_string())
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
             cmd
+                .args(flags)
         });
         let (thrift_port, http_port, grpc_port) = (ports[0], ports[1], ports[2]);
         Scheduler {
@@ -466,7 +477,7 @@ impl Scheduler {
         let _ = proc.child.wait();
         meanwhile(&saga_dir);
         let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
-        Scheduler::start_with(_dir, workers_file, saga_dir, config)
+        Scheduler::start_with(_dir, workers_file, saga_dir, config, &[])
     }
 
     pub fn client(&self) -> CloudScoot {

@@ -65,6 +65,9 @@ pub const WRITE_CHUNK_BYTES: usize = 64 << 10;
 /// Streams get this long plus the time the blob takes at [`STREAM_BYTES_PER_SECOND`].
 const STREAM_BASE_DEADLINE: Duration = Duration::from_secs(60);
 const STREAM_BYTES_PER_SECOND: u64 = 10_000_000;
+/// No stream waits longer, whatever size a digest claims: a size near 2^63 would otherwise ask
+/// for a deadline that gRPC's timeout header cannot carry (tonic panics formatting it).
+const STREAM_MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Largest gRPC message sent or accepted: a full batch plus per-blob overhead fits easily.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Batch requests and streams in flight at once per call.
@@ -76,7 +79,9 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// The deadline of a ByteStream Read or Write of `size` bytes.
 pub fn stream_deadline(size: u64) -> Duration {
-    STREAM_BASE_DEADLINE + Duration::from_secs(size / STREAM_BYTES_PER_SECOND)
+    STREAM_BASE_DEADLINE
+        .saturating_add(Duration::from_secs(size / STREAM_BYTES_PER_SECOND))
+        .min(STREAM_MAX_DEADLINE)
 }
 
 /// A connection to a CAS and action cache for one instance name. Cloning is cheap and clones

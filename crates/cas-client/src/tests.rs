@@ -300,4 +300,16 @@ fn stream_deadlines_grow_with_size() {
         stream_deadline(1_000_000_000),
         std::time::Duration::from_secs(160)
     );
+    let day = std::time::Duration::from_secs(24 * 60 * 60);
+    assert_eq!(stream_deadline(9_223_372_036_854_775_000), day);
+    assert_eq!(stream_deadline(u64::MAX), day);
+}
+
+#[tokio::test]
+async fn a_read_of_an_absurd_size_is_an_error_not_a_panic() {
+    let server = TestServer::start().await.unwrap();
+    let client = server.client("").await.unwrap();
+    let digest = Digest::new("ab".repeat(32), 9_223_372_036_854_775_000).unwrap();
+    let err = client.read_blobs(&[digest]).await.unwrap_err();
+    assert_eq!(err.code, Code::NotFound, "{err}");
 }
