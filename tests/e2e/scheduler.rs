@@ -98,6 +98,13 @@ fn invalid_requests_are_refused_with_clear_messages() {
             with_priority(3),
             "invalid priority 3, must be between 0-2 inclusive",
         ),
+        (
+            scoot::JobDefinition {
+                tag: Some("t".repeat(1 << 20)),
+                ..job(vec![task("a", &["true"])])
+            },
+            "tag is 1048576 bytes, over the limit of 1024",
+        ),
     ];
     for (def, message) in cases {
         let err = app_error(client.0.run_job(def).unwrap_err());

@@ -54,7 +54,6 @@ impl Invoker {
             run_id = %run_id,
             job_id = %cmd.tags.job_id,
             task_id = %cmd.tags.task_id,
-            tag = %cmd.tags.tag,
         );
         self.drive(run_id, cmd, abort).instrument(span).await
     }

@@ -172,7 +172,6 @@ impl QueueRunner {
             run_id = %pending.run_id,
             job_id = %cmd.tags.job_id,
             task_id = %cmd.tags.task_id,
-            tag = %cmd.tags.tag,
             argv = ?cmd.argv,
             "run accepted"
         );

@@ -12,6 +12,10 @@ use scoot_thrift::{codec, sched, scoot};
 /// whose actions run longer than Bazel's retries last.
 pub const REAPI_JOB_TYPE: &str = "bazel";
 
+/// Most bytes in a job's tag, basis, requestor or jobType and in a task id. Scoot's clients use
+/// a few dozen; a bigger value would only multiply in logs, saga records and status replies.
+pub const MAX_NAME_BYTES: usize = 1024;
+
 /// Why a job was refused; the message goes back to the client verbatim.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -52,6 +56,10 @@ pub fn validate(def: scoot::JobDefinition) -> Result<JobDefinition, InvalidJob> 
             "invalid priority {priority}, must be between 0-2 inclusive"
         )));
     }
+    let tag = bounded("tag", def.tag)?;
+    let basis = bounded("basis", def.basis)?;
+    let requestor = bounded("requestor", def.requestor)?;
+    let job_type = bounded("jobType", def.job_type)?;
     let mut seen = HashSet::new();
     let mut tasks = Vec::with_capacity(def.tasks.len());
     for (index, task) in def.tasks.into_iter().enumerate() {
@@ -59,6 +67,12 @@ pub fn validate(def: scoot::JobDefinition) -> Result<JobDefinition, InvalidJob> 
         if task_id.is_empty() {
             return Err(InvalidJob(format!(
                 "invalid job: task {index} has an empty taskId"
+            )));
+        }
+        if task_id.len() > MAX_NAME_BYTES {
+            return Err(InvalidJob(format!(
+                "invalid job: task {index}'s taskId is {} bytes, over the limit of {MAX_NAME_BYTES}",
+                task_id.len()
             )));
         }
         if !seen.insert(task_id.clone()) {
@@ -94,11 +108,23 @@ pub fn validate(def: scoot::JobDefinition) -> Result<JobDefinition, InvalidJob> 
     Ok(JobDefinition {
         tasks,
         priority,
-        tag: def.tag.unwrap_or_default(),
-        basis: def.basis.unwrap_or_default(),
-        requestor: def.requestor.unwrap_or_default(),
-        job_type: def.job_type.unwrap_or_default(),
+        tag,
+        basis,
+        requestor,
+        job_type,
     })
+}
+
+/// The value of the optional job field `field`, refused when over [`MAX_NAME_BYTES`].
+fn bounded(field: &str, value: Option<String>) -> Result<String, InvalidJob> {
+    let value = value.unwrap_or_default();
+    if value.len() > MAX_NAME_BYTES {
+        return Err(InvalidJob(format!(
+            "invalid job: {field} is {} bytes, over the limit of {MAX_NAME_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(value)
 }
 
 impl Job {
@@ -247,6 +273,39 @@ mod tests {
             let err = validate(def).unwrap_err().0;
             assert!(err.contains(message), "{err:?} lacks {message:?}");
         }
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let at_limit = "x".repeat(MAX_NAME_BYTES);
+        let with = |field: &str, value: &str| {
+            let mut def = job(vec![task(Some("t"), &["true"], None)]);
+            let value = Some(value.to_string());
+            match field {
+                "tag" => def.tag = value,
+                "basis" => def.basis = value,
+                "requestor" => def.requestor = value,
+                "jobType" => def.job_type = value,
+                _ => def.tasks[0].task_id = value,
+            }
+            validate(def)
+        };
+        for field in ["tag", "basis", "requestor", "jobType"] {
+            assert_eq!(
+                with(field, &long).unwrap_err().0,
+                format!("invalid job: {field} is 1025 bytes, over the limit of 1024")
+            );
+            assert!(with(field, &at_limit).is_ok(), "{field}");
+        }
+        assert_eq!(
+            with("taskId", &long).unwrap_err().0,
+            "invalid job: task 0's taskId is 1025 bytes, over the limit of 1024"
+        );
+        assert_eq!(
+            with("taskId", &at_limit).unwrap().tasks[0].task_id,
+            at_limit
+        );
     }
 
     #[test]

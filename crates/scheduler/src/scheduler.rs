@@ -295,8 +295,11 @@ impl Loop {
 
     async fn add_job(&mut self, job: Job, saga: Saga) {
         let job_id = job.id.clone();
-        tracing::info!(job_id = %job_id, tag = %job.def.tag, requestor = %job.def.requestor,
-            tasks = job.def.tasks.len(), "job added");
+        // The only line that names the job's tag, basis, requestor and type: task lines carry
+        // the job id, so these (up to a KiB each) are not repeated for every task.
+        tracing::info!(job_id = %job_id, tag = %job.def.tag, basis = %job.def.basis,
+            requestor = %job.def.requestor, job_type = %job.def.job_type,
+            priority = job.def.priority, tasks = job.def.tasks.len(), "job added");
         if !job.def.basis.is_empty() {
             // A newer job for the same basis replaces older jobs with other tags.
             let replaced: Vec<String> = self
@@ -695,7 +698,7 @@ impl Loop {
         node.snapshot = def.command.snapshot_id.clone();
         let mut cmd = def.command.clone();
         cmd.timeout = Some(cmd.timeout.unwrap_or(self.config.default_task_timeout));
-        tracing::info!(job_id, task_id = %def.task_id, tag = %job.job.def.tag, node = node_id, "starting task");
+        tracing::info!(job_id, task_id = %def.task_id, node = node_id, "starting task");
         let attempt = TaskAttempt {
             job_id: job_id.to_string(),
             task_id: def.task_id.clone(),

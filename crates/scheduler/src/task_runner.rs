@@ -100,7 +100,7 @@ struct Outcome {
 pub async fn run(mut attempt: TaskAttempt) -> AttemptFinished {
     let started = Instant::now();
     let span = tracing::info_span!("task", job_id = %attempt.job_id, task_id = %attempt.task_id,
-        tag = %attempt.cmd.tags.tag, node = %attempt.node);
+        node = %attempt.node);
     let outcome = tracing::Instrument::instrument(execute(&attempt), span.clone()).await;
     let state = outcome.status.state;
     // A REAPI action that failed with a response was refused for a reason of its own (a missing

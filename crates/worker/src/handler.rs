@@ -42,7 +42,6 @@ impl worker::WorkerSyncHandler for WorkerHandler {
                 tracing::info!(
                     job_id = %cmd.tags.job_id,
                     task_id = %cmd.tags.task_id,
-                    tag = %cmd.tags.tag,
                     reason = %refused,
                     "run refused"
                 );
