@@ -36,6 +36,9 @@ struct Args {
     /// Bound of the local CAS cache in bytes.
     #[arg(long = "cas_cache_size", default_value_t = 4 << 30)]
     cas_cache_size: u64,
+    /// Bound in bytes of the kept stdout/stderr of past runs (the oldest are removed first).
+    #[arg(long = "output_retention_bytes", default_value_t = 4 << 30)]
+    output_retention_bytes: u64,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
@@ -75,6 +78,7 @@ async fn serve() -> anyhow::Result<()> {
         cas_addr: args.cas_addr.clone(),
         action_dir: args.action_dir.clone(),
         cas_cache_bytes: args.cas_cache_size,
+        retained_output_bytes: args.output_retention_bytes,
         ..scoot_worker::WorkerConfig::default()
     };
     scoot_worker::run(thrift, http, config, scoot_bin_util::shutdown_signal())

@@ -4,7 +4,10 @@
 //!
 //! A run's output is addressed by a URI: `file://<host><path>`, or, when the worker serves its
 //! outputs over HTTP, `http://<http_addr>/output/<name>?file=file://<host><path>` (the form
-//! Scoot's clients parse). Only the outputs of the most recent `retained_runs` runs are kept.
+//! Scoot's clients parse). Only the outputs of the most recent `retained_runs` runs are kept,
+//! and of those only the most recent whose files add up to at most `retained_bytes` (the run in
+//! progress is never removed, whatever it writes; older runs make room for it when the next run
+//! starts). Removed outputs answer [`OutputLookup::Gone`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -19,6 +22,9 @@ use scoot_core::{Command, RunId};
 pub const CMD_LOG_MARKER: &str = "SCOOT_CMD_LOG";
 
 const STREAMS: [&str; 3] = ["stdout", "stderr", "stdlog"];
+
+/// Default bound on the bytes of retained outputs.
+pub const DEFAULT_RETAINED_BYTES: u64 = 4 << 30;
 
 /// What an output name refers to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +41,14 @@ pub struct OutputStore {
     /// `http://<http_addr>/output/` when outputs are served over HTTP.
     http_base: Option<String>,
     retained_runs: usize,
-    runs: Mutex<VecDeque<RunId>>,
+    retained_bytes: u64,
+    runs: Mutex<VecDeque<Retained>>,
+}
+
+/// A run whose outputs are on disk, and their size once the run is over.
+struct Retained {
+    run: RunId,
+    bytes: Option<u64>,
 }
 
 impl OutputStore {
@@ -48,8 +61,15 @@ impl OutputStore {
             host,
             http_base: http_addr.map(|addr| format!("http://{addr}/output/")),
             retained_runs: retained_runs.max(1),
+            retained_bytes: DEFAULT_RETAINED_BYTES,
             runs: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Bounds the outputs of past runs to `bytes` in total (default [`DEFAULT_RETAINED_BYTES`]).
+    pub fn with_retained_bytes(mut self, bytes: u64) -> OutputStore {
+        self.retained_bytes = bytes;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -69,9 +89,9 @@ impl OutputStore {
         }
         let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         let path = self.dir.join(name);
-        if runs.iter().any(|r| r.0 == run) && path.exists() {
+        if runs.iter().any(|r| r.run.0 == run) && path.exists() {
             OutputLookup::Found(path)
-        } else if runs.back().and_then(|r| r.0.parse::<u64>().ok()) >= Some(run_number) {
+        } else if runs.back().and_then(|r| r.run.0.parse::<u64>().ok()) >= Some(run_number) {
             OutputLookup::Gone
         } else {
             OutputLookup::NotFound
@@ -82,7 +102,7 @@ impl OutputStore {
     pub fn names(&self) -> Vec<String> {
         let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         runs.iter()
-            .flat_map(|run| STREAMS.map(|stream| format!("{run}-{stream}")))
+            .flat_map(|r| STREAMS.map(|stream| format!("{}-{stream}", r.run)))
             .collect()
     }
 
@@ -126,12 +146,29 @@ impl OutputStore {
         }
     }
 
+    /// Adds `run_id` as the run in progress and removes the oldest runs' outputs while over
+    /// either bound. Runs before it are over, so their sizes are final and measured once.
     fn retain(&self, run_id: &RunId) {
         let expired: Vec<RunId> = {
             let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-            runs.push_back(run_id.clone());
-            let excess = runs.len().saturating_sub(self.retained_runs);
-            runs.drain(..excess).collect()
+            for retained in runs.iter_mut().filter(|r| r.bytes.is_none()) {
+                retained.bytes = Some(self.size_of(&retained.run));
+            }
+            runs.push_back(Retained {
+                run: run_id.clone(),
+                bytes: None,
+            });
+            let mut total: u64 = runs.iter().filter_map(|r| r.bytes).sum();
+            let mut expired = Vec::new();
+            while runs.len() > 1 && (runs.len() > self.retained_runs || total > self.retained_bytes)
+            {
+                let Some(oldest) = runs.pop_front() else {
+                    break;
+                };
+                total -= oldest.bytes.unwrap_or(0);
+                expired.push(oldest.run);
+            }
+            expired
         };
         for run in expired {
             for stream in STREAMS {
@@ -143,6 +180,15 @@ impl OutputStore {
                 }
             }
         }
+    }
+
+    /// Bytes on disk of a run's output files (a file that cannot be read counts as empty).
+    fn size_of(&self, run: &RunId) -> u64 {
+        STREAMS
+            .iter()
+            .filter_map(|stream| std::fs::metadata(self.dir.join(format!("{run}-{stream}"))).ok())
+            .map(|meta| meta.len())
+            .sum()
     }
 }
 
@@ -272,6 +318,43 @@ mod tests {
         assert!(!dir.path().join("0-stdout").exists());
         assert!(dir.path().join("1-stdlog").exists());
         assert!(dir.path().join("2-stderr").exists());
+    }
+
+    #[test]
+    fn outputs_over_the_byte_bound_are_removed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each run below writes 100 bytes to stdout, so 200 with stdlog: two runs fit in 450.
+        let store = OutputStore::new(dir.path().to_path_buf(), None, 10).with_retained_bytes(450);
+        let action = Command {
+            reapi_request: Some(Vec::new()),
+            ..Command::default()
+        };
+        for id in ["0", "1", "2"] {
+            let outputs = store.create(&RunId::from(id), &action).unwrap();
+            outputs.write_stdout(&[b'x'; 100]);
+        }
+        store.create(&RunId::from("3"), &action).unwrap();
+        assert!(!dir.path().join("0-stdout").exists());
+        assert!(!dir.path().join("0-stdlog").exists());
+        assert_eq!(store.lookup("0-stdout"), OutputLookup::Gone);
+        for kept in ["1-stdout", "2-stdlog", "3-stdout"] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
+
+        // A run bigger than the bound is kept while it is the latest, then makes way.
+        let outputs = store.create(&RunId::from("4"), &action).unwrap();
+        outputs.write_stdout(&[b'x'; 1000]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("4-stdout"))
+                .unwrap()
+                .len(),
+            1000
+        );
+        store.create(&RunId::from("5"), &action).unwrap();
+        assert_eq!(store.names(), vec!["5-stdout", "5-stderr", "5-stdlog"]);
+        for gone in ["1-stdout", "2-stdout", "3-stdout", "4-stdout", "4-stdlog"] {
+            assert!(!dir.path().join(gone).exists(), "{gone}");
+        }
     }
 
     #[test]

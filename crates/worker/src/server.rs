@@ -55,6 +55,9 @@ pub struct WorkerConfig {
     pub output_dir: Option<PathBuf>,
     /// Outputs of this many most recent runs are kept on disk.
     pub retained_outputs: usize,
+    /// ... and only as many of those as fit in this many bytes (the current run's are kept
+    /// whatever their size).
+    pub retained_output_bytes: u64,
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     pub kill_grace: Duration,
     /// On shutdown, how long the current run may go on before it is aborted.
@@ -77,6 +80,7 @@ impl Default for WorkerConfig {
             advertised_http_addr: None,
             output_dir: None,
             retained_outputs: 1000,
+            retained_output_bytes: scoot_runner::output::DEFAULT_RETAINED_BYTES,
             kill_grace: Duration::from_secs(10),
             drain_grace: Duration::from_secs(10),
             cas_addr: None,
@@ -122,11 +126,10 @@ pub async fn run(
             .map_err(WorkerError::Listener)?
             .to_string(),
     };
-    let outputs = Arc::new(OutputStore::new(
-        output_dir,
-        Some(&http_addr),
-        config.retained_outputs,
-    ));
+    let outputs = Arc::new(
+        OutputStore::new(output_dir, Some(&http_addr), config.retained_outputs)
+            .with_retained_bytes(config.retained_output_bytes),
+    );
     let filer: Arc<GitFiler> = Arc::new(
         GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
             .map_err(WorkerError::Bundlestore)?,
