@@ -39,6 +39,11 @@ struct Args {
     /// Bound in bytes of the kept stdout/stderr of past runs (the oldest are removed first).
     #[arg(long = "output_retention_bytes", default_value_t = 4 << 30)]
     output_retention_bytes: u64,
+    /// Who REAPI actions run as, UID[:GID] (the group defaults to the UID's number). A root
+    /// worker runs them as 65534:65534 (nobody) unless told otherwise, so that they cannot
+    /// write its cache; a worker that is not root runs them as itself.
+    #[arg(long = "action_user")]
+    action_user: Option<scoot_worker::Identity>,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
@@ -78,6 +83,7 @@ async fn serve() -> anyhow::Result<()> {
         cas_addr: args.cas_addr.clone(),
         action_dir: args.action_dir.clone(),
         cas_cache_bytes: args.cas_cache_size,
+        action_user: args.action_user,
         retained_output_bytes: args.output_retention_bytes,
         ..scoot_worker::WorkerConfig::default()
     };

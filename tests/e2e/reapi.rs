@@ -807,3 +807,50 @@ fn a_read_claiming_an_absurd_size_is_refused_and_the_scheduler_keeps_serving() {
     let read = runtime.block_on(cas.read_blobs(&[digest])).unwrap();
     assert_eq!(read[0].1, data);
 }
+
+#[test]
+fn an_action_cannot_change_the_cached_inputs_of_later_actions() {
+    let cluster = Cluster::start(1);
+    let input = ("input.txt", "original\n", false);
+    // Overwrite the input's first byte in place, restoring its mode and modification time (to
+    // the nanosecond, through a reference file), so that only the change time tells.
+    let tamper = "touch -r input.txt .stamp; chmod 644 input.txt; \
+                  printf X | dd of=input.txt bs=1 count=1 conv=notrunc; \
+                  chmod 444 input.txt; touch -m -r .stamp input.txt; cat input.txt";
+    let tamper = cluster.action(command(tamper, &[], &[]), &[input], None);
+    let tampered = response_of(cluster.execute(&tamper, false).last().unwrap());
+    assert_eq!(status_code(&tampered), tonic::Code::Ok, "{tampered:?}");
+
+    let expected = digest_of(b"original\n");
+    for i in 0..3 {
+        // Distinct commands: each one runs, on the worker whose cache held the input.
+        let reader = cluster.action(
+            command(
+                &format!("cat input.txt > out.txt; echo {i}"),
+                &["out.txt"],
+                &[],
+            ),
+            &[input],
+            None,
+        );
+        let response = response_of(cluster.execute(&reader, false).last().unwrap());
+        let result = response.result.expect("a result");
+        assert_eq!(result.exit_code, 0, "{result:?}");
+        let out = &result.output_files[0];
+        assert_eq!(
+            cluster.read(out.digest.as_ref().unwrap()),
+            "original\n",
+            "reader {i} saw a changed input"
+        );
+        let cached = cluster
+            .runtime
+            .block_on(cluster.cas.get_action_result(&reader))
+            .unwrap()
+            .expect("the reader's result is cached");
+        assert_eq!(
+            cached.output_files[0].digest,
+            Some(to_proto(&expected)),
+            "reader {i}'s cached result"
+        );
+    }
+}

@@ -48,8 +48,10 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         use std::os::unix::process::CommandExt;
+        // Passable (0711) for the unprivileged user a root worker runs actions as.
         let scratch = tempfile::Builder::new()
             .prefix("e2e-scratch")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .tempdir()
             .unwrap();
         // A TMPDIR the caller chose is kept (Bazel's server outlives the client started here).

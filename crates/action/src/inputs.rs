@@ -1,8 +1,8 @@
 //! Before an action runs: fetching its Action, Command and input tree, checking that every
 //! blob exists, and laying the input root out in a directory of its own.
 //!
-//! Files come from the local [`Cache`] by hard link; blobs the cache lacks are fetched into it
-//! first (small ones in batches written from memory, large ones streamed to disk), each distinct
+//! Files come from the local [`Cache`] (hard links or copies, as it says); blobs the cache lacks
+//! are fetched into it first (small ones in batches written from memory, large ones streamed to disk), each distinct
 //! digest once, a bounded number of fetches at a time.
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,9 @@ use scoot_core::Digest;
 use scoot_proto::reapi::v2;
 use tonic::Code;
 
-use crate::cache::{Cache, Key, link_all};
+use scoot_runner::execer::identity::Identity;
+
+use crate::cache::{Cache, Key};
 use crate::failure::Failure;
 use crate::rules::{self, CommandLayout};
 use crate::under;
@@ -194,12 +196,13 @@ impl Wanted {
 }
 
 /// Lays the input tree out under `root_dir` (which exists and is empty), then creates the
-/// working directory and the parents of the outputs.
+/// working directory and the parents of the outputs; with a `user`, gives it the directories.
 pub(crate) async fn materialise(
     client: &CasClient,
     cache: &Arc<Cache>,
     inputs: &Inputs,
     root_dir: &Path,
+    user: Option<Identity>,
 ) -> Result<(), Failure> {
     let (dir, root, directories) = (
         root_dir.to_path_buf(),
@@ -212,13 +215,38 @@ pub(crate) async fn materialise(
     fetch_into_cache(client, cache, to_fetch).await?;
     let (dir, layout) = (root_dir.to_path_buf(), inputs.layout.clone());
     tokio::task::spawn_blocking(move || prepare_outputs(&dir, &layout)).await??;
-    match &inputs.jdk_symlink {
-        Some(path) => {
-            let (dir, path) = (root_dir.to_path_buf(), path.clone());
-            tokio::task::spawn_blocking(move || link_java_home(&dir, &path)).await?
-        }
-        None => Ok(()),
+    if let Some(path) = &inputs.jdk_symlink {
+        let (dir, path) = (root_dir.to_path_buf(), path.clone());
+        tokio::task::spawn_blocking(move || link_java_home(&dir, &path)).await??;
     }
+    let Some(user) = user else {
+        return Ok(());
+    };
+    let dir = root_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        hand_over(&dir, user).map_err(|e| {
+            Failure::io(
+                &e,
+                format!("giving the directories of {} to {user}", dir.display()),
+            )
+        })
+    })
+    .await?
+}
+
+/// Gives every directory of the input root (input, output and working directories alike) to
+/// the user actions run as, so that they can create outputs anywhere in it, as they could
+/// locally. Files and symlinks stay the worker's: input files are read-only to the action.
+/// Blocking.
+fn hand_over(dir: &Path, user: Identity) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            hand_over(&entry.path(), user)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the `JDK_SYMLINK` symlink to this worker's `$JAVA_HOME`. Blocking.
@@ -329,14 +357,16 @@ fn link_cached(cache: &Cache, wanted: Vec<Wanted>) -> Result<Vec<Wanted>, Failur
                 digest: want.digest.clone(),
                 executable,
             };
-            if let Some(path) = cache.acquire(&key) {
-                let linked = link_all(&path, want.destinations(executable));
+            if cache.acquire(&key).is_some() {
+                let placed = cache.place(&key, want.destinations(executable));
                 cache.release(&key);
-                linked.map_err(|e| link_failure(&e, &want.digest))?;
-                if executable {
-                    want.executable.clear();
-                } else {
-                    want.plain.clear();
+                // Not placed: the entry had changed and was dropped; fetch the blob again.
+                if placed.map_err(|e| link_failure(&e, &want.digest))? {
+                    if executable {
+                        want.executable.clear();
+                    } else {
+                        want.plain.clear();
+                    }
                 }
             }
         }
@@ -368,8 +398,8 @@ fn link_cached(cache: &Cache, wanted: Vec<Wanted>) -> Result<Vec<Wanted>, Failur
     Ok(to_fetch)
 }
 
-/// Puts `temp`, a verified copy of the blob, into the cache in every mode still wanted and links
-/// the destinations. Blocking.
+/// Puts `temp`, a verified copy of the blob, into the cache in every mode still wanted and
+/// places it at the destinations. Blocking.
 fn install(cache: &Cache, want: &Wanted, temp: PathBuf) -> Result<(), Failure> {
     let modes: Vec<bool> = [false, true]
         .into_iter()
@@ -385,26 +415,42 @@ fn install(cache: &Cache, want: &Wanted, temp: PathBuf) -> Result<(), Failure> {
             let _ = fs::remove_file(&file);
             Failure::io(&e, format!("adding blobs/{} to the cache", want.digest))
         })?;
-        // The other mode needs its own inode: copy this entry while it is pinned.
-        let next = if i + 1 < modes.len() {
-            let copy = cache.temp_path();
-            if let Err(e) = fs::copy(&path, &copy) {
-                cache.release(&key);
-                let _ = fs::remove_file(&copy);
-                return Err(Failure::io(&e, format!("copying {}", path.display())));
-            }
-            Some(copy)
-        } else {
-            None
-        };
-        let linked = link_all(&path, want.destinations(executable));
+        let placed = place_pinned(cache, &key, &path, want, i + 1 < modes.len());
         cache.release(&key);
-        linked.map_err(|e| link_failure(&e, &want.digest))?;
-        if let Some(next) = next {
+        if let Some(next) = placed? {
             file = next;
         }
     }
     Ok(())
+}
+
+/// Places an entry just inserted (and pinned) at its destinations; with `copy`, also copies it
+/// to a new temporary file for the other mode, which needs its own inode. Blocking.
+fn place_pinned(
+    cache: &Cache,
+    key: &Key,
+    path: &Path,
+    want: &Wanted,
+    copy: bool,
+) -> Result<Option<PathBuf>, Failure> {
+    let placed = cache
+        .place(key, want.destinations(key.executable))
+        .map_err(|e| link_failure(&e, &want.digest))?;
+    if !placed {
+        return Err(Failure::internal(format!(
+            "blobs/{} changed in the local cache as it was placed",
+            want.digest
+        )));
+    }
+    if !copy {
+        return Ok(None);
+    }
+    let next = cache.temp_path();
+    fs::copy(path, &next).map_err(|e| {
+        let _ = fs::remove_file(&next);
+        Failure::io(&e, format!("copying {}", path.display()))
+    })?;
+    Ok(Some(next))
 }
 
 fn link_failure(error: &std::io::Error, digest: &Digest) -> Failure {

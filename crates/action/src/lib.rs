@@ -11,10 +11,15 @@
 //! `ExecuteResponse`; [`PreparedAction::release`] removes the directory.
 //!
 //! Invariants:
-//! * Input files are hard links to a local, size-bounded CAS cache in
-//!   [`ActionConfig::cache_dir`] (see `cache`): read-only, one entry per blob and mode, fetched
-//!   once and verified before any action sees it. The cache is emptied at open. `open` refuses
-//!   a cache on another filesystem than the work directory, where links are impossible.
+//! * Input files come from a local, size-bounded CAS cache in [`ActionConfig::cache_dir`] (see
+//!   `cache`): read-only, one entry per blob and mode, fetched once and verified before any
+//!   action sees it. They are hard links when actions run as a user who cannot write the
+//!   cache's files ([`ActionConfig::user`]), copies otherwise; an entry whose file changed
+//!   anyway is dropped and fetched again. The cache is emptied at open. `open` refuses a cache
+//!   on another filesystem than the work directory, where links are impossible.
+//! * With a [`ActionConfig::user`], the action runs as that user and owns the directories of
+//!   its input root, so it can write its outputs; `open` checks that it can reach the work
+//!   directory.
 //! * A failure reaches the client as an `ExecuteResponse` status: missing blobs are
 //!   FAILED_PRECONDITION with one `MISSING` violation per blob (all of them, not the first),
 //!   invalid actions INVALID_ARGUMENT, CAS trouble UNAVAILABLE or INTERNAL.
@@ -48,9 +53,10 @@ use scoot_core::{Digest, LogTags, exit_code};
 use scoot_proto::reapi::v2;
 use scoot_proto::{prost_types, rpc};
 use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedAction};
+use scoot_runner::execer::identity::Identity;
 use tracing::Instrument;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Staging};
 use crate::failure::Failure;
 use crate::rules::CommandLayout;
 
@@ -77,6 +83,10 @@ pub struct ActionConfig {
     pub cache_max_bytes: u64,
     /// Reported as `ExecutedActionMetadata.worker`.
     pub worker_name: String,
+    /// Who actions run as; `None` for the worker itself (see
+    /// [`Identity::for_actions`]). Inputs are hard links into the cache only when this is a
+    /// user other than root and the worker, who cannot write the cache's read-only files.
+    pub user: Option<Identity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +103,15 @@ pub enum ActionError {
     DifferentFilesystems {
         cache_dir: PathBuf,
         work_dir: PathBuf,
+    },
+    #[error(
+        "actions run as {user} cannot reach the work directory {work_dir}: {blocked} is not \
+         searchable by them; choose a directory they can reach, or another user"
+    )]
+    Unreachable {
+        user: Identity,
+        work_dir: PathBuf,
+        blocked: PathBuf,
     },
     #[error("CAS address: {0}")]
     Cas(#[from] ClientError),
@@ -112,6 +131,7 @@ struct Shared {
     cache: Arc<Cache>,
     work_dir: PathBuf,
     worker_name: String,
+    user: Option<Identity>,
 }
 
 impl ReapiActions {
@@ -120,15 +140,17 @@ impl ReapiActions {
     pub async fn open(config: ActionConfig) -> Result<ReapiActions, ActionError> {
         let client = CasClient::connect_lazy(&config.cas_addr, "")?;
         let (work_dir, cache_dir) = (config.work_dir.clone(), config.cache_dir.clone());
-        let max_bytes = config.cache_max_bytes;
+        let (max_bytes, user) = (config.cache_max_bytes, config.user);
         let cache =
-            tokio::task::spawn_blocking(move || set_up(&work_dir, &cache_dir, max_bytes)).await??;
+            tokio::task::spawn_blocking(move || set_up(&work_dir, &cache_dir, max_bytes, user))
+                .await??;
         Ok(ReapiActions {
             inner: Arc::new(Shared {
                 client,
                 cache: Arc::new(cache),
                 work_dir: config.work_dir,
                 worker_name: config.worker_name,
+                user: config.user,
             }),
         })
     }
@@ -170,12 +192,12 @@ impl ReapiActions {
             .join(format!("{ACTION_DIR_PREFIX}{}", uuid::Uuid::new_v4()));
         // Owned from before it exists: an abort or timeout can drop this future at any await,
         // and the half-laid-out input root must not stay behind.
-        let unfinished = RemoveOnDrop(Some(dir.clone()));
+        let unfinished = RemoveOnDrop(Some((shared.cache.clone(), dir.clone())));
         let created = dir.clone();
         tokio::task::spawn_blocking(move || std::fs::create_dir(&created))
             .await?
             .map_err(|e| Failure::io(&e, format!("creating {}", dir.display())))?;
-        inputs::materialise(&client, &shared.cache, &inputs, &dir).await?;
+        inputs::materialise(&client, &shared.cache, &inputs, &dir, shared.user).await?;
         unfinished.disarm();
         metadata.input_fetch_completed_timestamp = now();
         tracing::info!(
@@ -195,10 +217,12 @@ impl ReapiActions {
                 .map(|var| (var.name.clone(), var.value.clone()))
                 .collect(),
             dir: under(&dir, &inputs.layout.working_directory),
+            user: shared.user,
         };
         metadata.execution_start_timestamp = now();
         Ok(PreparedReapiAction {
             spec,
+            cache: shared.cache.clone(),
             client,
             action_digest,
             do_not_cache: inputs.action.do_not_cache,
@@ -211,7 +235,12 @@ impl ReapiActions {
 }
 
 /// The blocking part of [`ReapiActions::open`].
-fn set_up(work_dir: &Path, cache_dir: &Path, max_bytes: u64) -> Result<Cache, ActionError> {
+fn set_up(
+    work_dir: &Path,
+    cache_dir: &Path,
+    max_bytes: u64,
+    user: Option<Identity>,
+) -> Result<Cache, ActionError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ActionError::Io { path, source }
@@ -235,7 +264,20 @@ fn set_up(work_dir: &Path, cache_dir: &Path, max_bytes: u64) -> Result<Cache, Ac
             tracing::warn!(dir = %path.display(), error = %e, "cannot remove an old action directory");
         }
     }
-    Cache::open(cache_dir, max_bytes).map_err(io(cache_dir))
+    let staging = match user {
+        Some(user) if user.uid != 0 && user.uid != Identity::current().uid => {
+            if let Some(blocked) = user.unsearchable(work_dir).map_err(io(work_dir))? {
+                return Err(ActionError::Unreachable {
+                    user,
+                    work_dir: work_dir.to_path_buf(),
+                    blocked,
+                });
+            }
+            Staging::Link
+        }
+        _ => Staging::Copy,
+    };
+    Cache::open(cache_dir, max_bytes, staging).map_err(io(cache_dir))
 }
 
 #[async_trait]
@@ -269,6 +311,8 @@ impl ActionRunner for ReapiActions {
 
 struct PreparedReapiAction {
     spec: ActionSpec,
+    /// Removes the input root (its files may be links to the cache's).
+    cache: Arc<Cache>,
     /// For the request's instance name.
     client: CasClient,
     action_digest: Digest,
@@ -364,12 +408,14 @@ impl PreparedAction for PreparedReapiAction {
 
     async fn release(self: Box<Self>) {
         let span = self.span.clone();
-        remove_action_dir(self.dir).instrument(span).await;
+        remove_action_dir(self.cache, self.dir)
+            .instrument(span)
+            .await;
     }
 }
 
 /// Removes an action directory whose preparation did not finish, in the background.
-struct RemoveOnDrop(Option<PathBuf>);
+struct RemoveOnDrop(Option<(Arc<Cache>, PathBuf)>);
 
 impl RemoveOnDrop {
     fn disarm(mut self) {
@@ -379,13 +425,13 @@ impl RemoveOnDrop {
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
+        if let Some((cache, dir)) = self.0.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(remove_action_dir(dir));
+                    runtime.spawn(remove_action_dir(cache, dir));
                 }
                 Err(_) => {
-                    if let Err(e) = inputs::remove_tree(&dir) {
+                    if let Err(e) = cache.remove_input_root(&dir) {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the action directory");
                     }
                 }
@@ -394,9 +440,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn remove_action_dir(dir: PathBuf) {
+async fn remove_action_dir(cache: Arc<Cache>, dir: PathBuf) {
     let shown = dir.display().to_string();
-    let removed = tokio::task::spawn_blocking(move || inputs::remove_tree(&dir)).await;
+    let removed = tokio::task::spawn_blocking(move || cache.remove_input_root(&dir)).await;
     let error = match removed {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),

@@ -14,6 +14,7 @@ use scoot_core::{Digest, LogTags, exit_code};
 use scoot_proto::reapi::v2;
 use scoot_proto::rpc;
 use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedAction};
+use scoot_runner::execer::identity::Identity;
 use tonic::Code;
 
 use crate::{ActionConfig, ActionError, ReapiActions};
@@ -23,20 +24,33 @@ struct Harness {
     client: CasClient,
     actions: ReapiActions,
     dir: tempfile::TempDir,
+    /// Who actions run as: as root, someone else, and inputs are then links into the cache.
+    user: Option<Identity>,
     _server: TestServer,
+}
+
+/// A temporary directory other users can pass through (not list), as actions running as
+/// another user must.
+fn passable_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .permissions(fs::Permissions::from_mode(0o711))
+        .tempdir()
+        .unwrap()
 }
 
 impl Harness {
     async fn start(cache_max_bytes: u64) -> Harness {
         let server = TestServer::start().await.unwrap();
         let client = server.client("").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = passable_tempdir();
+        let user = Identity::for_actions(None).unwrap();
         let actions = ReapiActions::open(ActionConfig {
             cas_addr: server.address(),
             work_dir: dir.path().join("work"),
             cache_dir: dir.path().join("cache"),
             cache_max_bytes,
             worker_name: "worker-7".into(),
+            user,
         })
         .await
         .unwrap();
@@ -44,6 +58,7 @@ impl Harness {
             client,
             actions,
             dir,
+            user,
             _server: server,
         }
     }
@@ -200,7 +215,7 @@ fn root_of(spec: &ActionSpec, working_directory: &str) -> PathBuf {
 }
 
 #[tokio::test]
-async fn inputs_are_hard_links_into_the_cache() {
+async fn inputs_come_from_the_cache() {
     let h = Harness::start(1 << 30).await;
     let shared = b"#!/bin/sh\necho shared\n";
     let big: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
@@ -277,29 +292,38 @@ async fn inputs_are_hard_links_into_the_cache() {
 
     let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
     let mode = |p: &Path| meta(p).permissions().mode() & 0o777;
+    let same_file = |a: &Path, b: &Path| meta(a).ino() == meta(b).ino();
+    // Links only where actions cannot write the cache's files: as another user than the worker.
+    let links = h.user.is_some();
     assert_eq!(mode(&root_dir.join("tool")), 0o555);
     assert_eq!(mode(&root_dir.join("data")), 0o444);
-    // Same content, two modes: two cache entries, each hard-linked.
+    // Same content, two modes: two cache entries, each linked (or copied).
     assert_eq!(
-        meta(&root_dir.join("tool")).ino(),
-        meta(&h.cache_entry(shared, true)).ino()
-    );
-    assert_eq!(
-        meta(&root_dir.join("data")).ino(),
-        meta(&h.cache_entry(shared, false)).ino()
-    );
-    assert_ne!(
-        meta(&root_dir.join("tool")).ino(),
-        meta(&root_dir.join("data")).ino()
+        same_file(&root_dir.join("tool"), &h.cache_entry(shared, true)),
+        links
     );
     assert_eq!(
-        meta(&root_dir.join("sub/big.bin")).ino(),
-        meta(&h.cache_entry(&big, false)).ino()
+        same_file(&root_dir.join("data"), &h.cache_entry(shared, false)),
+        links
     );
-    // Parents of outputs, and legacy output directories themselves, exist and are writable.
+    assert!(!same_file(&root_dir.join("tool"), &root_dir.join("data")));
+    assert_eq!(
+        same_file(&root_dir.join("sub/big.bin"), &h.cache_entry(&big, false)),
+        links
+    );
+    // Parents of outputs, and legacy output directories themselves, exist and are writable by
+    // the action; its input files are not.
     assert!(root_dir.join("sub/out").is_dir());
     assert!(root_dir.join("sub/gen").is_dir());
     assert_eq!(mode(&root_dir.join("sub")) & 0o200, 0o200);
+    let owner = h.user.unwrap_or_else(Identity::current);
+    for dir in ["", "sub", "sub/out", "sub/gen", "sub/deeper"] {
+        let m = meta(&root_dir.join(dir));
+        assert_eq!((m.uid(), m.gid()), (owner.uid, owner.gid), "{dir:?}");
+    }
+    if links {
+        assert_ne!(meta(&root_dir.join("data")).uid(), owner.uid);
+    }
 
     // A second action hits the cache, and takes the executable from the plain entry.
     let root2 = v2::Directory {
@@ -311,10 +335,7 @@ async fn inputs_are_hard_links_into_the_cache() {
     let again = prepared2.spec().dir.join("again");
     assert_eq!(fs::read(&again).unwrap(), b"nested");
     assert_eq!(mode(&again), 0o555);
-    assert_eq!(
-        meta(&again).ino(),
-        meta(&h.cache_entry(b"nested", true)).ino()
-    );
+    assert_eq!(same_file(&again, &h.cache_entry(b"nested", true)), links);
 
     assert_eq!(h.work_entries(), 2);
     prepared.release().await;
@@ -783,6 +804,7 @@ async fn open_checks_filesystems_but_not_the_cas() {
         cache_dir: dir.path().join("cache"),
         cache_max_bytes: 1 << 20,
         worker_name: "w".into(),
+        user: None,
     };
     fs::create_dir_all(config.work_dir.join("action-left-over/sub")).unwrap();
     fs::set_permissions(
@@ -816,4 +838,70 @@ async fn open_checks_filesystems_but_not_the_cas() {
     .err()
     .unwrap();
     assert!(matches!(e, ActionError::DifferentFilesystems { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_cache_entry_rewritten_in_place_is_fetched_again() {
+    let h = Harness::start(1 << 30).await;
+    let root = v2::Directory {
+        files: vec![file("input", b"original", false)],
+        ..Default::default()
+    };
+    let (request, _) = h
+        .action(&shell("true"), &root, vec![blob(b"original")], false)
+        .await;
+    let first = h.prepare(&request).await.unwrap();
+    first.release().await;
+
+    // What `dd conv=notrunc` then `touch -m -d @<before>` do: size, mode and modification time
+    // are as before (root needs no chmod, an unprivileged owner does).
+    let entry = h.cache_entry(b"original", false);
+    let before = fs::metadata(&entry).unwrap();
+    fs::set_permissions(&entry, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut writer = fs::File::options().write(true).open(&entry).unwrap();
+    std::io::Write::write_all(&mut writer, b"poisone").unwrap();
+    writer.set_modified(before.modified().unwrap()).unwrap();
+    drop(writer);
+    fs::set_permissions(&entry, before.permissions()).unwrap();
+    let after = fs::metadata(&entry).unwrap();
+    assert_eq!(
+        (after.len(), after.mode(), after.modified().unwrap()),
+        (before.len(), before.mode(), before.modified().unwrap())
+    );
+
+    let second = h.prepare(&request).await.unwrap();
+    assert_eq!(
+        fs::read(second.spec().dir.join("input")).unwrap(),
+        b"original"
+    );
+    assert_eq!(fs::read(&entry).unwrap(), b"original", "fetched again");
+    second.release().await;
+}
+
+#[tokio::test]
+async fn open_refuses_a_work_directory_the_action_user_cannot_reach() {
+    let closed = tempfile::tempdir().unwrap();
+    fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let me = Identity::current();
+    let stranger = Identity {
+        uid: me.uid.wrapping_add(1).max(1),
+        gid: me.gid.wrapping_add(1),
+    };
+    let config = ActionConfig {
+        cas_addr: "127.0.0.1:1".into(),
+        work_dir: closed.path().join("work"),
+        cache_dir: closed.path().join("cache"),
+        cache_max_bytes: 1 << 20,
+        worker_name: "w".into(),
+        user: Some(stranger),
+    };
+    let e = ReapiActions::open(config.clone()).await.err().unwrap();
+    match &e {
+        ActionError::Unreachable { blocked, .. } => {
+            assert_eq!(blocked, &fs::canonicalize(closed.path()).unwrap())
+        }
+        other => panic!("{other}"),
+    }
+    fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    ReapiActions::open(config).await.unwrap();
 }

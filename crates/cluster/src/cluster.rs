@@ -98,8 +98,10 @@ impl Cluster {
             prepared = prepare(&spec) => prepared?,
         };
 
+        // Passable (0711): root workers run actions as another user, whose input roots are in here.
         let state = tempfile::Builder::new()
             .prefix("scoot-cluster-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .tempdir()
             .map_err(ClusterError::StateDir)?;
         let state_path = std::path::absolute(state.path()).map_err(ClusterError::StateDir)?;

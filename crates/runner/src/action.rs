@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use scoot_core::LogTags;
 
+use crate::execer::identity::Identity;
+
 /// What the invoker runs for a prepared action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActionSpec {
@@ -23,6 +25,8 @@ pub struct ActionSpec {
     pub env: BTreeMap<String, String>,
     /// The working directory (inside the input root).
     pub dir: PathBuf,
+    /// Who the process runs as; `None` for the worker itself.
+    pub user: Option<Identity>,
 }
 
 /// Why an action could not be prepared or finished. The run ends FAILED with `exit_code` and

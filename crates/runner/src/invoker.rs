@@ -124,9 +124,9 @@ impl Invoker {
         held: &mut Resources,
         reports: &mut Reports,
     ) -> Event {
-        let (argv, env, dir, clear_env) = match &cmd.reapi_request {
+        let (argv, env, dir, clear_env, user) = match &cmd.reapi_request {
             Some(request) => match self.prepare_action(request, cmd, held).await {
-                Ok(spec) => (spec.argv, spec.env, spec.dir, true),
+                Ok(spec) => (spec.argv, spec.env, spec.dir, true, spec.user),
                 Err(failure) => {
                     let event = Event::PrepareFailed {
                         exit_code: failure.exit_code,
@@ -139,7 +139,7 @@ impl Invoker {
             None => match self.checkout(&cmd.snapshot_id).await {
                 Ok(checkout) => {
                     let dir = held.checkout.insert(checkout).path().to_path_buf();
-                    (cmd.argv.clone(), cmd.env.clone(), dir, false)
+                    (cmd.argv.clone(), cmd.env.clone(), dir, false, None)
                 }
                 Err(err) => {
                     return Event::PrepareFailed {
@@ -164,6 +164,7 @@ impl Invoker {
             dir,
             clear_env,
             outputs: outputs.clone(),
+            user,
         };
         match self.execer.start(spec).await {
             Ok(process) => held.process = Some(process),
@@ -339,6 +340,7 @@ mod tests {
                 argv: vec!["/bin/sh".into(), "-c".into(), script],
                 env: BTreeMap::from([("ONLY".to_string(), "this".to_string())]),
                 dir: dir.path().to_path_buf(),
+                user: None,
             };
             Ok(Box::new(ShellAction { spec, _dir: dir }))
         }

@@ -10,4 +10,5 @@ pub mod http;
 pub mod server;
 pub mod snapshots;
 
+pub use scoot_runner::execer::identity::Identity;
 pub use server::{WorkerConfig, run};

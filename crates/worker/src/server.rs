@@ -1,6 +1,7 @@
 //! Wires a worker together and runs it until shutdown.
 
 use std::future::{Future, IntoFuture};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use scoot_action::{ActionConfig, ReapiActions};
 use scoot_runner::action::ActionRunner;
 use scoot_runner::execer::Dispatch;
+use scoot_runner::execer::identity::{Identity, IdentityError};
 use scoot_runner::execer::os::OsExecer;
 use scoot_runner::execer::sim::SimExecer;
 use scoot_runner::invoker::Invoker;
@@ -40,6 +42,8 @@ pub enum WorkerError {
     ActionDir(std::io::Error),
     #[error("cannot set up REAPI actions: {0}")]
     Actions(#[from] scoot_action::ActionError),
+    #[error("-action_user: {0}")]
+    ActionUser(#[from] IdentityError),
 }
 
 /// Everything about a worker that is not a listener.
@@ -70,6 +74,9 @@ pub struct WorkerConfig {
     pub action_dir: Option<PathBuf>,
     /// Bound of the local CAS cache in bytes.
     pub cas_cache_bytes: u64,
+    /// `-action_user`: who actions run as; by default someone unprivileged when the worker is
+    /// root (so they cannot write the cache), else the worker itself. See [`Identity`].
+    pub action_user: Option<Identity>,
 }
 
 impl Default for WorkerConfig {
@@ -86,6 +93,7 @@ impl Default for WorkerConfig {
             cas_addr: None,
             action_dir: None,
             cas_cache_bytes: 4 << 30,
+            action_user: None,
         }
     }
 }
@@ -139,6 +147,13 @@ pub async fn run(
         Some(cas_addr) => {
             let (dir, owned) = dir_or_temp(config.action_dir.as_deref(), "scoot-worker-actions")
                 .map_err(WorkerError::ActionDir)?;
+            let user = Identity::for_actions(config.action_user)?;
+            if let Some(temp) = &owned {
+                // A temporary directory is private to its owner; actions run as someone else
+                // must pass through it to their input roots.
+                std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
+                    .map_err(WorkerError::ActionDir)?;
+            }
             _owned_action_dir = owned;
             let actions = ReapiActions::open(ActionConfig {
                 cas_addr: cas_addr.clone(),
@@ -146,6 +161,7 @@ pub async fn run(
                 cache_dir: dir.join("cache"),
                 cache_max_bytes: config.cas_cache_bytes,
                 worker_name: http_addr.clone(),
+                user,
             })
             .await?;
             Some(Arc::new(actions))

@@ -5,6 +5,7 @@
 //! real processes and [`sim`] plays Scoot's `#! sim execer` scripts; [`Dispatch`] routes a command
 //! to the right one as Scoot's worker did.
 
+pub mod identity;
 pub mod memory;
 pub mod os;
 pub mod sim;
@@ -26,6 +27,8 @@ pub struct ExecSpec {
     pub clear_env: bool,
     pub dir: PathBuf,
     pub outputs: Arc<RunOutputs>,
+    /// Run as this user and group instead of the worker's own (see [`identity`]).
+    pub user: Option<identity::Identity>,
 }
 
 /// How a process ended.

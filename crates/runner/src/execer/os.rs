@@ -58,6 +58,11 @@ impl Execer for OsExecer {
         if spec.clear_env {
             command.env_clear();
         }
+        // In the child, std drops the supplementary groups and sets the group, then the user,
+        // before any pre_exec hook runs.
+        if let Some(user) = spec.user {
+            command.uid(user.uid).gid(user.gid);
+        }
         let mut child = command
             .args(&spec.argv[1..])
             .envs(&spec.env)
