@@ -35,6 +35,15 @@ struct Args {
     /// default, local.local, local.memory, a JSON file or JSON text.
     #[arg(long = "config", default_value = "local.memory")]
     config: String,
+    /// Connections the Thrift port holds at once; past this, new ones are closed at once.
+    #[arg(long = "thrift_max_conns", default_value_t = 10_000)]
+    thrift_max_conns: usize,
+    /// Longest time a Thrift request may take to arrive, from its first byte.
+    #[arg(long = "thrift_message_timeout", default_value = "30s", value_parser = humantime::parse_duration)]
+    thrift_message_timeout: std::time::Duration,
+    /// A Thrift connection that starts no request for this long is closed.
+    #[arg(long = "thrift_idle_timeout", default_value = "15m", value_parser = humantime::parse_duration)]
+    thrift_idle_timeout: std::time::Duration,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
@@ -47,8 +56,14 @@ fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let args: Args = scoot_bin_util::parse_args();
     scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
-    let config = scoot_scheduler::SchedulerConfig::from_flag(&args.config)
+    let mut config = scoot_scheduler::SchedulerConfig::from_flag(&args.config)
         .with_context(|| format!("bad -config {:?}", args.config))?;
+    config.thrift = scoot_thrift::server::ServeOptions::with_limits(
+        args.thrift_max_conns,
+        args.thrift_message_timeout,
+        args.thrift_idle_timeout,
+    )
+    .context("bad -thrift_max_conns, -thrift_message_timeout or -thrift_idle_timeout")?;
     let thrift = tokio::net::TcpListener::bind(&args.thrift_addr)
         .await
         .with_context(|| format!("cannot listen on -thrift_addr {}", args.thrift_addr))?;

@@ -12,4 +12,5 @@ mod scheduler;
 mod scootcl;
 mod snapshots;
 mod support;
+mod thrift_ports;
 mod worker;

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use scoot_thrift::server::ServeOptions;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,9 @@ pub struct SchedulerConfig {
     /// Used for tasks without a timeout of their own.
     pub default_task_timeout: Duration,
     pub saga_log: SagaLogKind,
+    /// Limits of the CloudScoot Thrift port; not part of Scoot's JSON (the binary's
+    /// `-thrift_*` flags set them).
+    pub thrift: ServeOptions,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -245,6 +249,7 @@ impl SchedulerConfig {
             recover_jobs_on_startup: sched.recover_jobs_on_startup,
             default_task_timeout,
             saga_log,
+            thrift: ServeOptions::default(),
         })
     }
 }

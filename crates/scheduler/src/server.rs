@@ -12,7 +12,6 @@ use scoot_cas::stores::CasStores;
 use scoot_cas_client::{CasClient, RemoteBlobSource};
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
-use scoot_thrift::server::ServeOptions;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -150,7 +149,7 @@ pub async fn run(
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
         processor,
-        ServeOptions::default(),
+        config.thrift,
         stop.clone().cancelled_owned(),
     ));
     let app = Router::new().route("/health", get(|| async { "ok" }));

@@ -77,6 +77,8 @@ pub struct WorkerConfig {
     /// `-action_user`: who actions run as; by default someone unprivileged when the worker is
     /// root (so they cannot write the cache), else the worker itself. See [`Identity`].
     pub action_user: Option<Identity>,
+    /// Limits of the Thrift port (connections, time to read a request, idle time).
+    pub thrift: ServeOptions,
 }
 
 impl Default for WorkerConfig {
@@ -94,6 +96,7 @@ impl Default for WorkerConfig {
             action_dir: None,
             cas_cache_bytes: 4 << 30,
             action_user: None,
+            thrift: ServeOptions::default(),
         }
     }
 }
@@ -199,7 +202,7 @@ pub async fn run(
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
         processor,
-        ServeOptions::default(),
+        config.thrift,
         stop.clone().cancelled_owned(),
     ));
     let app = router(HttpState {
