@@ -1,5 +1,6 @@
-//! Checking a blob file's bytes against its digest, and remembering that a file was checked so
-//! that an unchanged file need not be hashed again.
+//! Checking a blob file's bytes against its digest (or the CRC-32 they had when last checked,
+//! see [`ReadCheck`]), and remembering that a file was checked so that an unchanged file need not
+//! be read again.
 //!
 //! The memory is a [`FileStamp`]: device, inode, length and change time (ctime) of the file when
 //! its bytes last hashed right. Any change made through the filesystem (a write, a truncation, a
@@ -9,7 +10,7 @@
 //! once its ctime is [`CTIME_SETTLE`] old (a change in the same tick as the check could otherwise
 //! leave ctime as it was); and damage that bypasses the filesystem (a failing disk returning
 //! other bytes without an error) does not move ctime, which is why reads of whole blobs are
-//! always hashed and only partial reads and completeness checks trust the stamp.
+//! always checked and only partial reads and completeness checks trust the stamp.
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::verify::Verifier;
+use crate::verify::ReadCheck;
 
 /// How old a file's ctime must be for its stamp to be remembered (far above any clock tick).
 pub(crate) const CTIME_SETTLE: Duration = Duration::from_secs(1);
@@ -60,6 +61,14 @@ impl FileStamp {
     }
 }
 
+/// What a check that found a blob file's bytes good leaves to remember.
+pub(crate) struct Verified {
+    /// The CRC-32 of the bytes.
+    pub(crate) crc: u32,
+    /// The file's stamp, if it had settled when taken.
+    pub(crate) stamp: Option<FileStamp>,
+}
+
 /// Why a blob file could not be served.
 pub(crate) enum FileFault {
     Io(io::Error),
@@ -73,9 +82,9 @@ impl From<io::Error> for FileFault {
     }
 }
 
-/// Checks that `file`, whose metadata is `meta`, has the length `verifier` expects.
-pub(crate) fn check_len(meta: &Metadata, verifier: &Verifier) -> Result<(), FileFault> {
-    if meta.len() != verifier.expected_size() {
+/// Checks that a file whose metadata is `meta` has the length `check` expects.
+pub(crate) fn check_len(meta: &Metadata, check: &ReadCheck) -> Result<(), FileFault> {
+    if meta.len() != check.expected_size() {
         return Err(FileFault::Corrupt(format!(
             "the file holds {} bytes",
             meta.len()
@@ -84,35 +93,36 @@ pub(crate) fn check_len(meta: &Metadata, verifier: &Verifier) -> Result<(), File
     Ok(())
 }
 
-/// Reads a whole (small) blob file into memory and checks it. Blocking.
-pub(crate) fn read_checked(file: &File, mut verifier: Verifier) -> Result<Bytes, FileFault> {
-    let len = usize::try_from(verifier.expected_size())
+/// Reads a whole (small) blob file into memory and checks it; with the CRC-32 of the bytes.
+/// Blocking.
+pub(crate) fn read_checked(file: &File, mut check: ReadCheck) -> Result<(Bytes, u32), FileFault> {
+    let len = usize::try_from(check.expected_size())
         .map_err(|_| FileFault::Corrupt("too large to read whole".to_string()))?;
     let mut buf = vec![0; len];
     read_at(file, &mut buf, 0)?;
-    verifier.update(&buf);
-    verifier.check().map_err(hashes_to)?;
-    Ok(Bytes::from(buf))
+    check.update(&buf);
+    let crc = check.check().map_err(mismatch)?;
+    Ok((Bytes::from(buf), crc))
 }
 
-/// Hashes a whole blob file and checks it, without holding it in memory. Blocking.
-pub(crate) fn hash_checked(file: &File, mut verifier: Verifier) -> Result<(), FileFault> {
-    let size = verifier.expected_size();
+/// Checks a whole blob file without holding it in memory; the CRC-32 of its bytes. Blocking.
+pub(crate) fn hash_checked(file: &File, mut check: ReadCheck) -> Result<u32, FileFault> {
+    let size = check.expected_size();
     let mut buf = vec![0; HASH_BUFFER.min(usize::try_from(size).unwrap_or(HASH_BUFFER))];
     let mut pos = 0;
     while pos < size {
         // At most HASH_BUFFER, so it fits in usize.
         let len = (size - pos).min(buf.len() as u64) as usize;
         read_at(file, &mut buf[..len], pos)?;
-        verifier.update(&buf[..len]);
+        check.update(&buf[..len]);
         pos += len as u64;
     }
-    verifier.check().map_err(hashes_to)
+    check.check().map_err(mismatch)
 }
 
-/// The fault for bytes that hash to `actual`.
-pub(crate) fn hashes_to(actual: String) -> FileFault {
-    FileFault::Corrupt(format!("they hash to {actual}"))
+/// The fault for bytes that are `actual` instead of the blob.
+pub(crate) fn mismatch(actual: String) -> FileFault {
+    FileFault::Corrupt(format!("the bytes are {actual}"))
 }
 
 /// `read_exact_at`, with a file shorter than its blob reported as corrupt.
@@ -162,33 +172,43 @@ mod tests {
             .write_all(&data)
             .unwrap();
         let file = File::open(&path).unwrap();
-        let verifier = || Verifier::new(&digest).unwrap();
-        assert!(hash_checked(&file, verifier()).is_ok());
-        assert_eq!(
-            &read_checked(&file, verifier()).ok().unwrap()[..],
-            &data[..]
-        );
+        let crc = crc32fast::hash(&data);
+        // Each check twice: by the digest, and by the CRC-32 it gives.
+        let checks = || [None, Some(crc)].map(|c| ReadCheck::new(&digest, c).unwrap());
+        for check in checks() {
+            assert_eq!(hash_checked(&file, check).ok(), Some(crc));
+        }
+        for check in checks() {
+            let (bytes, got) = read_checked(&file, check).ok().unwrap();
+            assert_eq!((&bytes[..], got), (&data[..], crc));
+        }
 
         // One byte flipped in place.
         let flipped = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         flipped.write_all_at(&[8], HASH_BUFFER as u64 + 1).unwrap();
-        assert!(matches!(
-            hash_checked(&file, verifier()),
-            Err(FileFault::Corrupt(_))
-        ));
-        assert!(matches!(
-            read_checked(&file, verifier()),
-            Err(FileFault::Corrupt(_))
-        ));
+        for check in checks() {
+            assert!(matches!(
+                hash_checked(&file, check),
+                Err(FileFault::Corrupt(_))
+            ));
+        }
+        for check in checks() {
+            assert!(matches!(
+                read_checked(&file, check),
+                Err(FileFault::Corrupt(_))
+            ));
+        }
         // Cut short.
         flipped.set_len(10).unwrap();
-        assert!(matches!(
-            hash_checked(&file, verifier()),
-            Err(FileFault::Corrupt(_))
-        ));
-        assert!(matches!(
-            check_len(&file.metadata().unwrap(), &verifier()),
-            Err(FileFault::Corrupt(_))
-        ));
+        for check in checks() {
+            assert!(matches!(
+                check_len(&file.metadata().unwrap(), &check),
+                Err(FileFault::Corrupt(_))
+            ));
+            assert!(matches!(
+                hash_checked(&file, check),
+                Err(FileFault::Corrupt(_))
+            ));
+        }
     }
 }

@@ -26,14 +26,17 @@
 //! # Reads and damaged files
 //!
 //! A file can be changed behind the store's back (a stray write, a flipped byte), so reads check
-//! the bytes against the digest before passing them off as the blob:
+//! the bytes before passing them off as the blob: against the CRC-32 the index keeps of bytes
+//! whose SHA-256 was checked (at the write, or by an earlier check since the store opened), or
+//! else against the digest itself, recording the CRC-32 then (see [`crate::verify`] for why a
+//! CRC-32 is enough there, and what it saves):
 //!
-//! * a blob of at most [`CHECK_FIRST_BYTES`] is read whole and hashed before anything is served;
-//! * a larger blob read whole is hashed as it streams, and the stream ends with
+//! * a blob of at most [`CHECK_FIRST_BYTES`] is read whole and checked before anything is served;
+//! * a larger blob read whole is checked as it streams, and the stream ends with
 //!   [`BlobError::Corrupt`] instead of ending cleanly if it was not the blob;
-//! * a range of a larger blob is served only after the whole file hashed right, once: the
+//! * a range of a larger blob is served only after the whole file checked right, once: the
 //!   index remembers the file's [`FileStamp`](crate::filecheck::FileStamp) (inode, length,
-//!   ctime) from a check, and a file that still has it is not hashed again (see
+//!   ctime) from a check, and a file that still has it is not read again (see
 //!   [`filecheck`](crate::filecheck) for why that is sound).
 //!
 //! A blob found damaged is dropped at once (index and file, logged with its digest), so that
@@ -78,9 +81,11 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::chunks::{READ_CHUNK, SliceChunks, byte_range, read_empty_blob};
-use crate::filecheck::{FileFault, FileStamp, check_len, hash_checked, hashes_to, read_checked};
+use crate::filecheck::{
+    FileFault, FileStamp, Verified, check_len, hash_checked, mismatch, read_checked,
+};
 use crate::index::{LruIndex, PinGuard, PinOwner, lock};
-use crate::verify::{Verifier, checked_size, overflow_error};
+use crate::verify::{ReadCheck, Verifier, checked_size, overflow_error};
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 
 /// A used blob's file modification time is advanced when it is at least this old.
@@ -118,15 +123,18 @@ struct Shared {
 struct BlobMeta {
     /// The modification time its file has on disk, as far as we know.
     mtime: SystemTime,
-    /// The file's stamp when its bytes last hashed right, if that stamp had settled.
+    /// The file's stamp when its bytes last checked right, if that stamp had settled.
     verified: Option<FileStamp>,
+    /// The CRC-32 of the blob's bytes, once known (from the write, or a check by the digest).
+    crc: Option<u32>,
 }
 
 impl BlobMeta {
-    fn unverified(mtime: SystemTime) -> BlobMeta {
+    fn new(mtime: SystemTime, crc: Option<u32>) -> BlobMeta {
         BlobMeta {
             mtime,
             verified: None,
+            crc,
         }
     }
 }
@@ -176,7 +184,7 @@ impl FsBlobStore {
         found.sort();
         let mut index = LruIndex::new(capacity_bytes);
         for (mtime, digest, size) in found {
-            index.insert(digest, size, BlobMeta::unverified(mtime));
+            index.insert(digest, size, BlobMeta::new(mtime, None));
         }
         let evicted = index.evict(None);
         tracing::info!(
@@ -305,9 +313,16 @@ impl Shared {
         self.tmp.join(format!("{kind}-{n}"))
     }
 
-    /// Makes a verified, synced temp file the blob `digest`, in place of any copy stored
-    /// already, then evicts down to the capacity. Blocking.
-    fn commit(&self, digest: &Digest, size: u64, temp: TempFile) -> Result<(), BlobError> {
+    /// Makes a verified, synced temp file (whose bytes have the CRC-32 `crc`) the blob
+    /// `digest`, in place of any copy stored already, then evicts down to the capacity.
+    /// Blocking.
+    fn commit(
+        &self,
+        digest: &Digest,
+        size: u64,
+        crc: u32,
+        temp: TempFile,
+    ) -> Result<(), BlobError> {
         let target = self.blob_path(digest);
         let trash = {
             let mut index = lock(&self.index);
@@ -320,7 +335,7 @@ impl Shared {
             index.replace(
                 digest.clone(),
                 size,
-                BlobMeta::unverified(SystemTime::now()),
+                BlobMeta::new(SystemTime::now(), Some(crc)),
             );
             let evicted = index.evict(Some(digest));
             self.move_to_trash(evicted.into_iter().map(|(digest, _)| digest))
@@ -359,11 +374,14 @@ impl Shared {
         trash
     }
 
-    /// Remembers that the file of generation `id` of `digest` held the blob when it had `stamp`.
-    fn remember(&self, digest: &Digest, id: u64, stamp: Option<FileStamp>) {
-        let Some(stamp) = stamp else { return };
+    /// Remembers what a check of the file of generation `id` of `digest` that found its bytes
+    /// good learnt.
+    fn remember(&self, digest: &Digest, id: u64, verified: Verified) {
         if let Some(meta) = lock(&self.index).value_mut(digest, id) {
-            meta.verified = Some(stamp);
+            meta.crc = Some(verified.crc);
+            if verified.stamp.is_some() {
+                meta.verified = verified.stamp;
+            }
         }
     }
 
@@ -545,15 +563,18 @@ impl BlobStore for FsBlobStore {
                 if digest.is_empty_blob() {
                     continue;
                 }
-                let Ok(verifier) = Verifier::new(digest) else {
+                if checked_size(digest).is_none() {
                     missing.push(digest.clone());
                     continue;
-                };
+                }
                 match index.pin(digest) {
                     None => missing.push(digest.clone()),
-                    Some(pinned) => {
-                        present.push((digest.clone(), pinned.id, verifier, pinned.value.verified))
-                    }
+                    Some(pinned) => present.push((
+                        digest.clone(),
+                        pinned.id,
+                        pinned.value.crc,
+                        pinned.value.verified,
+                    )),
                 }
             }
         }
@@ -565,19 +586,21 @@ impl BlobStore for FsBlobStore {
             .collect();
         let mut checked = Vec::with_capacity(present.len());
         let mut work = Vec::with_capacity(present.len());
-        for (digest, id, verifier, memo) in present {
-            work.push((self.shared.blob_path(&digest), verifier, memo));
+        for (digest, id, crc, memo) in present {
+            let check = ReadCheck::new(&digest, crc)?;
+            work.push((self.shared.blob_path(&digest), check, memo));
             checked.push((digest, id));
         }
         let verdicts = run_blocking("checking blobs", move || {
             work.into_iter()
-                .map(|(path, verifier, memo)| check_file(&path, verifier, memo))
+                .map(|(path, check, memo)| check_file(&path, check, memo))
                 .collect::<Vec<_>>()
         })
         .await?;
         for ((digest, id), verdict) in checked.into_iter().zip(verdicts) {
             match verdict {
-                Ok(stamp) => self.shared.remember(&digest, id, stamp),
+                Ok(Some(verified)) => self.shared.remember(&digest, id, verified),
+                Ok(None) => {}
                 Err(fault) => match self.shared.fault(&digest, id, fault) {
                     BlobError::Corrupt { .. } | BlobError::NotFound(_) => missing.push(digest),
                     other => return Err(other),
@@ -597,11 +620,11 @@ impl BlobStore for FsBlobStore {
         if digest.is_empty_blob() {
             return read_empty_blob(digest, offset);
         }
-        let Ok(verifier) = Verifier::new(digest) else {
+        if checked_size(digest).is_none() {
             return Err(BlobError::NotFound(digest.clone()));
-        };
+        }
         let now = SystemTime::now();
-        let (size, id, refresh, memo) = {
+        let (size, id, refresh, memo, crc) = {
             let mut index = lock(&self.shared.index);
             let pinned = index
                 .pin(digest)
@@ -610,21 +633,21 @@ impl BlobStore for FsBlobStore {
             if refresh {
                 pinned.value.mtime = now;
             }
-            (pinned.size, pinned.id, refresh, pinned.value.verified)
+            let meta = &*pinned.value;
+            (pinned.size, pinned.id, refresh, meta.verified, meta.crc)
         };
         // Created after the lock is released: dropping it takes the lock.
         let pin = PinGuard::new(self.shared.clone(), digest.clone(), id);
         let (start, end) = byte_range(digest, size, offset, limit)?;
+        let check = ReadCheck::new(digest, crc)?;
         let whole = start == 0 && end == size;
         let rt = runtime()?;
         let path = self.shared.blob_path(digest);
         let opened = rt
-            .spawn_blocking(move || {
-                open_checked(&path, verifier, whole, refresh.then_some(now), memo)
-            })
+            .spawn_blocking(move || open_checked(&path, check, whole, refresh.then_some(now), memo))
             .await
             .map_err(|e| BlobError::Io(format!("opening {digest}: {e}")))?;
-        let (opened, stamp) = match opened {
+        let opened = match opened {
             Ok(opened) => opened,
             Err(fault) => {
                 drop(pin);
@@ -632,20 +655,22 @@ impl BlobStore for FsBlobStore {
             }
         };
         let (file, check) = match opened {
-            Opened::Small(data) => {
-                self.shared.remember(digest, id, stamp);
+            Opened::Small(data, verified) => {
+                self.shared.remember(digest, id, verified);
                 // Both bounds are within the blob's size, which fits in memory.
                 let range = data.slice(start as usize..end as usize);
                 return Ok(Box::pin(SliceChunks::new(range, pin)));
             }
-            Opened::Range(file) => {
-                self.shared.remember(digest, id, stamp);
+            Opened::Range(file, verified) => {
+                if let Some(verified) = verified {
+                    self.shared.remember(digest, id, verified);
+                }
                 (file, None)
             }
-            Opened::Whole(file, verifier) => (
+            Opened::Whole(file, check, stamp) => (
                 file,
                 Some(WholeCheck {
-                    verifier: Some(verifier),
+                    check: Some(check),
                     shared: self.shared.clone(),
                     id,
                     stamp,
@@ -696,71 +721,83 @@ impl BlobStore for FsBlobStore {
 /// A blob file opened for a read, with what was checked of it.
 enum Opened {
     /// A small blob, read whole and checked.
-    Small(Bytes),
-    /// A large blob for a range read, checked whole (or known unchanged since it last was).
-    Range(File),
-    /// A large blob for a whole read, to be checked as it streams.
-    Whole(File, Verifier),
+    Small(Bytes, Verified),
+    /// A large blob for a range read, checked whole now (saying what was learnt) or known
+    /// unchanged since it last was.
+    Range(File, Option<Verified>),
+    /// A large blob for a whole read, to be checked as it streams; with its stamp, to remember
+    /// if it was good.
+    Whole(File, ReadCheck, Option<FileStamp>),
 }
 
 /// A blob file, open, with the length its digest says and its stamp, and that stamp again if it
 /// had settled when taken (so may be remembered once the bytes are found good). Blocking.
 fn open_stamped(
     path: &Path,
-    verifier: &Verifier,
+    check: &ReadCheck,
 ) -> Result<(File, FileStamp, Option<FileStamp>), FileFault> {
     let file = File::open(path)?;
     let meta = file.metadata()?;
-    check_len(&meta, verifier)?;
+    check_len(&meta, check)?;
     let stamp = FileStamp::of(&meta);
     let settled = stamp.settled(SystemTime::now()).then_some(stamp);
     Ok((file, stamp, settled))
 }
 
 /// Opens a blob file for a read and checks what must be checked before any of it is served
-/// (see the module documentation); advances its mtime to `refresh` if given. Returns the
-/// file and the stamp to remember once its bytes are found good. Blocking.
+/// (see the module documentation); advances its mtime to `refresh` if given. Blocking.
 fn open_checked(
     path: &Path,
-    verifier: Verifier,
+    check: ReadCheck,
     whole: bool,
     refresh: Option<SystemTime>,
     memo: Option<FileStamp>,
-) -> Result<(Opened, Option<FileStamp>), FileFault> {
-    let (file, stamp, mut settled) = open_stamped(path, &verifier)?;
+) -> Result<Opened, FileFault> {
+    let (file, stamp, mut settled) = open_stamped(path, &check)?;
     let known_good = memo == Some(stamp);
     if let Some(now) = refresh {
         let _ = file.set_modified(now);
         // That moved the file's ctime: the stamp taken is no longer the file's.
         settled = None;
     }
-    if verifier.expected_size() <= CHECK_FIRST_BYTES {
-        let data = read_checked(&file, verifier)?;
-        return Ok((Opened::Small(data), settled));
+    if check.expected_size() <= CHECK_FIRST_BYTES {
+        let (data, crc) = read_checked(&file, check)?;
+        let verified = Verified {
+            crc,
+            stamp: settled,
+        };
+        return Ok(Opened::Small(data, verified));
     }
     if whole {
-        return Ok((Opened::Whole(file, verifier), settled));
+        return Ok(Opened::Whole(file, check, settled));
     }
     if known_good {
-        return Ok((Opened::Range(file), None));
+        return Ok(Opened::Range(file, None));
     }
-    hash_checked(&file, verifier)?;
-    Ok((Opened::Range(file), settled))
+    let crc = hash_checked(&file, check)?;
+    let verified = Verified {
+        crc,
+        stamp: settled,
+    };
+    Ok(Opened::Range(file, Some(verified)))
 }
 
-/// Checks a blob file for `find_missing_or_corrupt`: hashed, unless `memo` shows it unchanged
-/// since its bytes last hashed right. Returns the stamp to remember. Blocking.
+/// Checks a blob file for `find_missing_or_corrupt`: read whole, unless `memo` shows it
+/// unchanged since its bytes last checked right. Says what a check learnt. Blocking.
 fn check_file(
     path: &Path,
-    verifier: Verifier,
+    check: ReadCheck,
     memo: Option<FileStamp>,
-) -> Result<Option<FileStamp>, FileFault> {
-    let (file, stamp, settled) = open_stamped(path, &verifier)?;
+) -> Result<Option<Verified>, FileFault> {
+    let (file, stamp, settled) = open_stamped(path, &check)?;
     if memo == Some(stamp) {
         return Ok(None);
     }
-    hash_checked(&file, verifier)?;
-    Ok(settled)
+    let crc = hash_checked(&file, check)?;
+    Ok(Some(Verified {
+        crc,
+        stamp: settled,
+    }))
 }
 
 /// A byte range of a blob file read in chunks on the blocking pool, one chunk ahead of the
@@ -771,7 +808,7 @@ struct FileChunks {
     digest: Digest,
     pos: u64,
     end: u64,
-    /// The chunk being read, and the whole read's verifier, which hashes it on the way.
+    /// The chunk being read, and the whole read's check, which takes it in on the way.
     in_flight: Option<JoinHandle<io::Result<ReadChunk>>>,
     /// Set for a whole read: what gives the verdict at the end.
     check: Option<WholeCheck>,
@@ -779,13 +816,13 @@ struct FileChunks {
     _pin: PinGuard,
 }
 
-/// A chunk read by a [`FileChunks`], with the verifier that hashed it (for a whole read).
-type ReadChunk = (Bytes, Option<Verifier>);
+/// A chunk read by a [`FileChunks`], with the check that took it in (for a whole read).
+type ReadChunk = (Bytes, Option<ReadCheck>);
 
 /// A whole read's check of the bytes it streams.
 struct WholeCheck {
-    /// Away while a chunk is being read (and hashed).
-    verifier: Option<Verifier>,
+    /// Away while a chunk is being read (and checked).
+    check: Option<ReadCheck>,
     shared: Arc<Shared>,
     /// The generation of the blob being read.
     id: u64,
@@ -802,32 +839,36 @@ impl FileChunks {
         let len = (self.end - self.pos).min(READ_CHUNK as u64) as usize;
         let at = self.pos;
         let file = self.file.clone();
-        let mut verifier = self.check.as_mut().and_then(|c| c.verifier.take());
+        let mut check = self.check.as_mut().and_then(|c| c.check.take());
         self.in_flight = Some(self.rt.spawn_blocking(move || {
             let mut buf = vec![0; len];
             file.read_exact_at(&mut buf, at)?;
-            if let Some(verifier) = verifier.as_mut() {
-                verifier.update(&buf);
+            if let Some(check) = check.as_mut() {
+                check.update(&buf);
             }
-            Ok((Bytes::from(buf), verifier))
+            Ok((Bytes::from(buf), check))
         }));
     }
 
     /// The last item of a whole read: the error if the bytes streamed were not the blob (which
     /// is then dropped).
     fn verdict(&mut self) -> Option<Result<Bytes, BlobError>> {
-        let check = self.check.take()?;
+        let whole = self.check.take()?;
         // Only missing if a read failed, which already ended the stream with its error.
-        let verifier = check.verifier?;
-        match verifier.check() {
-            Ok(()) => {
-                check.shared.remember(&self.digest, check.id, check.stamp);
+        let check = whole.check?;
+        match check.check() {
+            Ok(crc) => {
+                let verified = Verified {
+                    crc,
+                    stamp: whole.stamp,
+                };
+                whole.shared.remember(&self.digest, whole.id, verified);
                 None
             }
-            Err(actual) => Some(Err(check.shared.fault(
+            Err(actual) => Some(Err(whole.shared.fault(
                 &self.digest,
-                check.id,
-                hashes_to(actual),
+                whole.id,
+                mismatch(actual),
             ))),
         }
     }
@@ -849,9 +890,9 @@ impl Stream for FileChunks {
         let result = ready!(Pin::new(handle).poll(cx));
         this.in_flight = None;
         match result {
-            Ok(Ok((chunk, verifier))) => {
-                if let Some(check) = this.check.as_mut() {
-                    check.verifier = verifier;
+            Ok(Ok((chunk, check))) => {
+                if let Some(whole) = this.check.as_mut() {
+                    whole.check = check;
                 }
                 this.pos += chunk.len() as u64;
                 this.start_read();
@@ -988,11 +1029,14 @@ impl BlobWriter for FsWriter {
         let what = format!("storing {digest}");
         run_blocking(what, move || {
             let WriteState { verifier, file } = state;
-            if let Err(e) = verifier.finish() {
-                drop(file);
-                temp.remove_now();
-                return Err(e);
-            }
+            let crc = match verifier.finish() {
+                Ok(crc) => crc,
+                Err(e) => {
+                    drop(file);
+                    temp.remove_now();
+                    return Err(e);
+                }
+            };
             let Some(file) = file else {
                 // Nothing was written and that was right: the empty blob, never stored.
                 temp.remove_now();
@@ -1004,7 +1048,7 @@ impl BlobWriter for FsWriter {
                 return Err(io_error(format!("syncing {digest}"), e));
             }
             drop(file);
-            shared.commit(&digest, size, temp)
+            shared.commit(&digest, size, crc, temp)
         })
         .await?
     }

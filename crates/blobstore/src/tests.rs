@@ -875,3 +875,30 @@ async fn fs_upload_over_a_corrupt_copy_repairs_it() {
     assert_eq!(store.blob_count(), 1);
     assert_eq!(store.used_bytes(), 5000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_corruption_is_caught_after_a_restart_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let len = 2 * fs::CHECK_FIRST_BYTES as usize + 3;
+    let (digest, bytes) = blob(len, 1200);
+    let reopen = || FsBlobStore::open(dir.clone(), 64 * MIB).unwrap();
+    let ends_corrupt = |items: Vec<Result<Bytes, BlobError>>| {
+        matches!(items.last(), Some(Err(BlobError::Corrupt { .. })))
+    };
+    put(&reopen(), &digest, bytes.clone()).await.unwrap();
+
+    // Reopened, the store knows nothing of the bytes but their digest, which catches the damage.
+    let store = reopen();
+    flip_byte(&blob_file(&dir, &digest), 1);
+    assert!(ends_corrupt(drain(&store, &digest, 0).await));
+    check_dropped_then_repaired(&store, &dir, &digest, &bytes).await;
+    drop(store);
+
+    // A good read by the digest teaches the store the bytes' checksum, which catches it too.
+    let store = reopen();
+    assert!(drain(&store, &digest, 0).await.iter().all(Result::is_ok));
+    flip_byte(&blob_file(&dir, &digest), len as u64 - 1);
+    assert!(ends_corrupt(drain(&store, &digest, 0).await));
+    check_dropped_then_repaired(&store, &dir, &digest, &bytes).await;
+}

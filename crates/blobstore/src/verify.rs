@@ -1,5 +1,11 @@
 //! Checking that bytes are the blob they claim to be: as they are written, and as they are read
 //! back from somewhere that may have damaged them.
+//!
+//! Bytes whose SHA-256 was checked also get a CRC-32, which a store can keep to check later reads
+//! of the same bytes with ([`ReadCheck`]): a CRC-32 detects every error of up to 32 bits in a
+//! row (a flipped byte, say) and other damage but for a chance of 2^-32, which is what a read
+//! needs to know (that the bytes are still those that were verified), at some fifteen times the
+//! speed of SHA-256 (measured with SHA-NI: about 25 GB/s against 1.7 GB/s on one core).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -47,6 +53,7 @@ pub(crate) struct Verifier {
     expected: Digest,
     size: u64,
     hasher: Sha256,
+    crc: crc32fast::Hasher,
     hashed: u64,
 }
 
@@ -58,6 +65,7 @@ impl Verifier {
             expected: expected.clone(),
             size,
             hasher: Sha256::new(),
+            crc: crc32fast::Hasher::new(),
             hashed: 0,
         })
     }
@@ -82,24 +90,89 @@ impl Verifier {
 
     pub(crate) fn update(&mut self, chunk: &[u8]) {
         self.hasher.update(chunk);
+        self.crc.update(chunk);
         self.hashed += chunk.len() as u64;
     }
 
-    /// Succeeds only if exactly the announced size was hashed and the hash matches; otherwise
-    /// says what was hashed instead (`<hash>/<size>`).
-    pub(crate) fn check(self) -> Result<(), String> {
+    /// Succeeds only if exactly the announced size was hashed and the hash matches, with the
+    /// CRC-32 of the bytes; otherwise says what was hashed instead (`<hash>/<size>`).
+    pub(crate) fn check(self) -> Result<u32, String> {
         let hash = hex::encode(self.hasher.finalize());
         if self.hashed != self.size || hash != self.expected.hash {
             return Err(format!("{hash}/{}", self.hashed));
         }
-        Ok(())
+        Ok(self.crc.finalize())
     }
 
     /// [`check`](Self::check) for a write: a mismatch is the writer's mistake.
-    pub(crate) fn finish(self) -> Result<(), BlobError> {
+    pub(crate) fn finish(self) -> Result<u32, BlobError> {
         let expected = self.expected.clone();
         self.check()
             .map_err(|actual| BlobError::DigestMismatch { expected, actual })
+    }
+}
+
+/// How a read checks the bytes it passes: against the CRC-32 the bytes had when their SHA-256
+/// was last checked, when the store kept it, or else against the digest itself.
+pub(crate) enum ReadCheck {
+    Digest(Verifier),
+    Crc {
+        expected: u32,
+        size: u64,
+        crc: crc32fast::Hasher,
+        hashed: u64,
+    },
+}
+
+impl ReadCheck {
+    /// Fails for digests `checked_size` refuses.
+    pub(crate) fn new(digest: &Digest, known_crc: Option<u32>) -> Result<ReadCheck, BlobError> {
+        let verifier = Verifier::new(digest)?;
+        Ok(match known_crc {
+            Some(expected) => ReadCheck::Crc {
+                expected,
+                size: verifier.expected_size(),
+                crc: crc32fast::Hasher::new(),
+                hashed: 0,
+            },
+            None => ReadCheck::Digest(verifier),
+        })
+    }
+
+    pub(crate) fn expected_size(&self) -> u64 {
+        match self {
+            ReadCheck::Digest(verifier) => verifier.expected_size(),
+            ReadCheck::Crc { size, .. } => *size,
+        }
+    }
+
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        match self {
+            ReadCheck::Digest(verifier) => verifier.update(chunk),
+            ReadCheck::Crc { crc, hashed, .. } => {
+                crc.update(chunk);
+                *hashed += chunk.len() as u64;
+            }
+        }
+    }
+
+    /// The CRC-32 of the bytes if they are the blob; otherwise what they are instead.
+    pub(crate) fn check(self) -> Result<u32, String> {
+        match self {
+            ReadCheck::Digest(verifier) => verifier.check(),
+            ReadCheck::Crc {
+                expected,
+                size,
+                crc,
+                hashed,
+            } => {
+                let actual = crc.finalize();
+                if hashed != size || actual != expected {
+                    return Err(format!("CRC-32 {actual:08x}/{hashed}, not {expected:08x}"));
+                }
+                Ok(actual)
+            }
+        }
     }
 }
 
@@ -143,7 +216,7 @@ impl Stream for CheckedStream {
             None => match this.verifier.take().map(Verifier::check) {
                 Some(Err(actual)) => Poll::Ready(Some(Err(BlobError::Corrupt {
                     digest: this.digest.clone(),
-                    actual: format!("the bytes read hash to {actual}"),
+                    actual: format!("the bytes read are {actual}"),
                 }))),
                 _ => Poll::Ready(None),
             },
@@ -180,7 +253,7 @@ mod tests {
         assert!(v.check_room(3, 3).is_err());
         v.update(b"hel");
         v.update(b"lo");
-        v.finish().unwrap();
+        assert_eq!(v.finish().unwrap(), crc32fast::hash(b"hello"));
 
         let mut short = Verifier::new(&digest).unwrap();
         short.update(b"hell");
@@ -191,6 +264,20 @@ mod tests {
         let mut wrong = Verifier::new(&digest).unwrap();
         wrong.update(b"HELLO");
         assert!(wrong.finish().is_err());
+
+        // Reads check the bytes against a known CRC-32, or else against the digest.
+        let read = |crc: Option<u32>, bytes: &[u8]| {
+            let mut check = ReadCheck::new(&digest, crc).unwrap();
+            check.update(bytes);
+            check.check()
+        };
+        let crc = crc32fast::hash(b"hello");
+        assert_eq!(read(Some(crc), b"hello"), Ok(crc));
+        assert_eq!(read(None, b"hello"), Ok(crc));
+        for damaged in [&b"hellp"[..], b"hell", b"hello!"] {
+            assert!(read(Some(crc), damaged).is_err());
+            assert!(read(None, damaged).is_err());
+        }
 
         for bad in [
             Digest {
