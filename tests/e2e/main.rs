@@ -12,5 +12,6 @@ mod scheduler;
 mod scootcl;
 mod snapshots;
 mod support;
+mod task_processes;
 mod thrift_ports;
 mod worker;

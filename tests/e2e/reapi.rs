@@ -854,3 +854,35 @@ fn an_action_cannot_change_the_cached_inputs_of_later_actions() {
         );
     }
 }
+
+#[test]
+fn a_timed_out_action_leaves_no_setsid_process_behind() {
+    use crate::task_processes::{Reaper, process_alive, read_pid};
+    use std::os::unix::fs::PermissionsExt;
+
+    let cluster = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    // Actions may run as an unprivileged user.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid_file = scratch.path().join("sleeper.pid");
+    let script = format!(
+        "setsid sleep 300 & echo $! > {}; sleep 100",
+        pid_file.display()
+    );
+    let slow = cluster.action(
+        command(&script, &[], &[]),
+        &[],
+        Some(Duration::from_secs(1)),
+    );
+    let response = response_of(cluster.execute(&slow, false).last().unwrap());
+    assert_eq!(
+        status_code(&response),
+        tonic::Code::DeadlineExceeded,
+        "{response:?}"
+    );
+    let sleeper = read_pid(&pid_file);
+    let _reaper = Reaper(Some(sleeper));
+    poll("the setsid sleeper to be gone", || {
+        (!process_alive(sleeper)).then_some(())
+    });
+}

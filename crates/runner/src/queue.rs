@@ -317,6 +317,7 @@ mod tests {
                 os: OsExecer {
                     memory_cap,
                     kill_grace: Duration::from_secs(2),
+                    ..OsExecer::default()
                 },
                 sim: SimExecer,
             }),

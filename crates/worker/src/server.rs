@@ -9,6 +9,7 @@ use std::time::Duration;
 use scoot_action::{ActionConfig, ReapiActions};
 use scoot_runner::action::ActionRunner;
 use scoot_runner::execer::Dispatch;
+use scoot_runner::execer::contain::Containment;
 use scoot_runner::execer::identity::{Identity, IdentityError};
 use scoot_runner::execer::os::OsExecer;
 use scoot_runner::execer::sim::SimExecer;
@@ -119,6 +120,16 @@ fn dir_or_temp(
     }
 }
 
+/// The name of the worker's task tracking (a cgroup directory): only letters, digits and `-`.
+fn containment_name(thrift_addr: std::net::SocketAddr) -> String {
+    let addr: String = thrift_addr
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("scoot-worker-{addr}")
+}
+
 /// Serves the Worker Thrift API on `thrift` and the HTTP endpoints on `http` until `shutdown`
 /// completes, then drains the current run and stops.
 pub async fn run(
@@ -171,11 +182,17 @@ pub async fn run(
         }
         None => None,
     };
+    // Named after the Thrift address, which stays the same when a worker restarts, and differs
+    // between the workers of a host; tasks a previous incarnation left are killed here.
+    let containment = Arc::new(Containment::new(&containment_name(
+        thrift.local_addr().map_err(WorkerError::Listener)?,
+    )));
     let invoker = Invoker {
         execer: Arc::new(Dispatch {
             os: OsExecer {
                 memory_cap: config.memory_cap,
                 kill_grace: config.kill_grace,
+                containment,
             },
             sim: SimExecer,
         }),

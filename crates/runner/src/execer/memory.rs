@@ -1,5 +1,6 @@
-//! Memory used by a task: the resident set of every process in its process group plus every
-//! descendant of its leader (a child may have moved to a group of its own), read from /proc.
+//! A task's processes as seen in /proc: their resident memory, a listing of them, and (where no
+//! cgroup tracks a task) which processes belong to it: every process in its leader's process
+//! group plus every descendant of those (a child may have moved to a group of its own).
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,6 +10,8 @@ struct ProcStat {
     ppid: i32,
     pgrp: i32,
     rss_pages: u64,
+    /// Ended but not yet reaped by its parent.
+    zombie: bool,
 }
 
 /// Parses `/proc/<pid>/stat`. The command name is in parentheses and may itself contain spaces
@@ -20,6 +23,7 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(ProcStat {
         pid,
+        zombie: *fields.first()? == "Z",
         ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         rss_pages: fields.get(21)?.parse().ok()?,
@@ -43,7 +47,9 @@ fn all_processes() -> Vec<ProcStat> {
         .collect()
 }
 
-fn task_processes(procs: &[ProcStat], leader: i32) -> Vec<ProcStat> {
+/// The processes of the task led by `leader`: its group, plus `extra_roots`, plus all their
+/// descendants.
+fn task_processes(procs: &[ProcStat], leader: i32, extra_roots: &[i32]) -> Vec<ProcStat> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in procs {
         children.entry(p.ppid).or_default().push(p.pid);
@@ -54,6 +60,7 @@ fn task_processes(procs: &[ProcStat], leader: i32) -> Vec<ProcStat> {
         .filter(|p| p.pgrp == leader)
         .map(|p| p.pid)
         .chain([leader])
+        .chain(extra_roots.iter().copied())
         .collect();
     while let Some(pid) = stack.pop() {
         if members.insert(pid) {
@@ -75,20 +82,60 @@ fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
-/// Bytes resident for the task led by `leader` (which leads its own process group).
-pub fn task_rss_bytes(leader: i32) -> u64 {
-    let pages: u64 = task_processes(&all_processes(), leader)
+/// Pids of the running (not zombie) processes of the task led by `leader` (see the module documentation), also counting
+/// as roots the children of `adopter` outside its process group that `is_adopted` accepts:
+/// orphans a child subreaper took in.
+pub(crate) fn task_members(
+    leader: i32,
+    adopter: Option<(i32, i32)>,
+    is_adopted: impl Fn(i32) -> bool,
+) -> Vec<i32> {
+    let procs = all_processes();
+    let adopted: Vec<i32> = match adopter {
+        Some((pid, pgrp)) => procs
+            .iter()
+            .filter(|p| p.ppid == pid && p.pgrp != pgrp && is_adopted(p.pid))
+            .map(|p| p.pid)
+            .collect(),
+        None => Vec::new(),
+    };
+    task_processes(&procs, leader, &adopted)
+        .into_iter()
+        .filter(|p| !p.zombie)
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Zombie children of `parent` outside its process group that `is_adopted` accepts.
+pub(crate) fn adopted_zombies(
+    parent: i32,
+    parent_pgrp: i32,
+    is_adopted: impl Fn(i32) -> bool,
+) -> Vec<i32> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.zombie && p.ppid == parent && p.pgrp != parent_pgrp && is_adopted(p.pid))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Bytes resident for the processes `pids`.
+pub fn rss_bytes(pids: &[i32]) -> u64 {
+    let wanted: HashSet<i32> = pids.iter().copied().collect();
+    let pages: u64 = all_processes()
         .iter()
+        .filter(|p| wanted.contains(&p.pid))
         .map(|p| p.rss_pages)
         .sum();
     pages * page_size()
 }
 
-/// A `ps`-like listing of the task's processes, written to its stderr when memory runs out.
-pub fn task_listing(leader: i32) -> String {
+/// A `ps`-like listing of the processes `pids`, written to a task's stderr when memory runs out.
+pub fn listing(pids: &[i32]) -> String {
+    let wanted: HashSet<i32> = pids.iter().copied().collect();
     let page = page_size();
     let mut out = String::from("PID PPID PGID RSS_KB COMMAND\n");
-    for p in task_processes(&all_processes(), leader) {
+    for p in all_processes().iter().filter(|p| wanted.contains(&p.pid)) {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid))
             .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
             .unwrap_or_default();
@@ -118,9 +165,11 @@ mod tests {
                 pid: 4242,
                 ppid: 1,
                 pgrp: 4242,
-                rss_pages: 77
+                rss_pages: 77,
+                zombie: false,
             })
         );
+        assert!(parse_stat(&line.replace(") S ", ") Z ")).is_some_and(|p| p.zombie));
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -131,6 +180,7 @@ mod tests {
             ppid,
             pgrp,
             rss_pages: 1,
+            zombie: false,
         };
         let procs = vec![
             p(10, 1, 10),  // leader
@@ -138,10 +188,19 @@ mod tests {
             p(12, 11, 12), // grandchild that left the group
             p(13, 1, 10),  // reparented group member
             p(20, 1, 20),  // unrelated
+            p(30, 1, 30),  // orphan that started its own session
+            p(31, 30, 30), // its child
         ];
-        let mut pids: Vec<i32> = task_processes(&procs, 10).iter().map(|p| p.pid).collect();
-        pids.sort();
-        assert_eq!(pids, vec![10, 11, 12, 13]);
+        let pids = |extra: &[i32]| {
+            let mut pids: Vec<i32> = task_processes(&procs, 10, extra)
+                .iter()
+                .map(|p| p.pid)
+                .collect();
+            pids.sort();
+            pids
+        };
+        assert_eq!(pids(&[]), vec![10, 11, 12, 13]);
+        assert_eq!(pids(&[30]), vec![10, 11, 12, 13, 30, 31]);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! real processes and [`sim`] plays Scoot's `#! sim execer` scripts; [`Dispatch`] routes a command
 //! to the right one as Scoot's worker did.
 
+mod cgroup;
+mod child;
+pub mod contain;
 pub mod identity;
 pub mod memory;
 pub mod os;

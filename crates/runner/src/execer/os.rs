@@ -1,20 +1,24 @@
-//! The OS engine: runs argv directly (no shell) as the leader of a new process group.
+//! The OS engine: runs argv directly (no shell) as the leader of a new process group, tracked
+//! with all the processes it starts (see [`contain`](super::contain)).
 //!
-//! Stopping a task means its whole group: SIGTERM first, SIGKILL after a grace period. When the
-//! leader exits, whatever is left of its group is SIGKILLed too, so no task leaves processes
+//! Stopping a task means all its processes: SIGTERM first, SIGKILL after a grace period. When
+//! the leader exits, whatever is left of the task is SIGKILLed too, so no task leaves processes
 //! behind (Scoot did this only with a memory cap set; we always do). With a memory cap, the
-//! group's resident memory (plus any descendant that left the group) is sampled every 500 ms.
+//! task's resident memory is sampled every 500 ms. A task inherits no file descriptor of the
+//! worker's but its standard input, output and error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use super::memory::{task_listing, task_rss_bytes};
+use super::child;
+use super::contain::{Containment, RunScope};
+use super::memory::{listing, rss_bytes};
 use super::{ExecError, ExecSpec, Execer, Process, ProcessOutcome};
 use crate::output::RunOutputs;
 
@@ -29,13 +33,22 @@ pub struct OsExecer {
     pub memory_cap: Option<u64>,
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     pub kill_grace: Duration,
+    /// How every process of a task is found.
+    pub containment: Arc<Containment>,
 }
 
 impl Default for OsExecer {
+    /// An engine with tracking of its own, named after this process and engine.
     fn default() -> OsExecer {
+        static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let engine = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         OsExecer {
             memory_cap: None,
             kill_grace: Duration::from_secs(10),
+            containment: Arc::new(Containment::new(&format!(
+                "scoot-runner-{}-{engine}",
+                std::process::id()
+            ))),
         }
     }
 }
@@ -63,7 +76,9 @@ impl Execer for OsExecer {
         if let Some(user) = spec.user {
             command.uid(user.uid).gid(user.gid);
         }
-        let mut child = command
+        let pending = self.containment.prepare()?;
+        child::set_up(&mut command, pending.join_fd());
+        command
             .args(&spec.argv[1..])
             .envs(&spec.env)
             .current_dir(&spec.dir)
@@ -71,14 +86,18 @@ impl Execer for OsExecer {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|err| ExecError(format!("{program}: {err}")))?;
-        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-            return Err(ExecError(format!(
-                "{program}: exited before it could be watched"
-            )));
-        };
+            .kill_on_drop(true);
+        let (mut child, scope) = pending.start(|| {
+            let child = command
+                .spawn()
+                .map_err(|err| ExecError(format!("{program}: {err}")))?;
+            match child.id().and_then(|id| i32::try_from(id).ok()) {
+                Some(pid) => Ok((child, pid)),
+                None => Err(ExecError(format!(
+                    "{program}: exited before it could be watched"
+                ))),
+            }
+        })?;
         let pumps = vec![
             pump(
                 child.stdout.take(),
@@ -93,7 +112,7 @@ impl Execer for OsExecer {
         ];
         let mut process = OsProcess {
             child,
-            group: Pid::from_raw(pid),
+            scope: Arc::new(scope),
             pumps,
             outputs: spec.outputs,
             memory: self.memory_cap.map(MemoryWatch::new),
@@ -146,7 +165,7 @@ impl MemoryWatch {
 
 struct OsProcess {
     child: Child,
-    group: Pid,
+    scope: Arc<RunScope>,
     pumps: Vec<JoinHandle<()>>,
     outputs: std::sync::Arc<RunOutputs>,
     memory: Option<MemoryWatch>,
@@ -158,7 +177,8 @@ struct OsProcess {
 impl OsProcess {
     async fn check_initial_memory(&mut self) {
         let Some(memory) = &self.memory else { return };
-        let used = task_rss_bytes(self.group.as_raw());
+        let members = self.scope.members();
+        let used = rss_bytes(&members);
         if used < memory.cap {
             return;
         }
@@ -167,28 +187,23 @@ impl OsProcess {
             memory.cap
         );
         self.outputs
-            .write_stderr(format!("{message}\n{}", task_listing(self.group.as_raw())).as_bytes());
+            .write_stderr(format!("{message}\n{}", listing(&members)).as_bytes());
         self.kill_group_now().await;
         self.early_outcome = Some(ProcessOutcome::HighInitialMemory { message });
     }
 
-    fn signal_group(&self, signal: Signal) {
-        if let Err(err) = killpg(self.group, signal)
-            && err != nix::errno::Errno::ESRCH
-        {
-            tracing::warn!(group = self.group.as_raw(), %signal, error = %err, "cannot signal task");
-        }
-    }
-
     async fn kill_group_now(&mut self) {
-        self.signal_group(Signal::SIGKILL);
+        self.scope.signal(Signal::SIGKILL);
         let _ = self.child.wait().await;
         self.finish().await;
     }
 
-    /// Kills stragglers of the group and waits for the output copies to end.
+    /// Kills stragglers of the task and waits for the output copies to end.
     async fn finish(&mut self) {
-        self.signal_group(Signal::SIGKILL);
+        let scope = self.scope.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || scope.kill_all()).await {
+            tracing::warn!(error = %err, "killing the rest of a task failed");
+        }
         for pump in self.pumps.drain(..) {
             let abort = pump.abort_handle();
             if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, pump)
@@ -203,7 +218,8 @@ impl OsProcess {
     /// Samples memory once; returns an outcome if the cap was exceeded.
     async fn sample_memory(&mut self) -> Option<ProcessOutcome> {
         let memory = self.memory.as_mut()?;
-        let used = task_rss_bytes(self.group.as_raw());
+        let members = self.scope.members();
+        let used = rss_bytes(&members);
         let percent = used.saturating_mul(100) / memory.cap;
         if let Some(threshold) = [50u64, 75, 90]
             .into_iter()
@@ -225,7 +241,7 @@ impl OsProcess {
             memory.cap
         );
         self.outputs
-            .write_stderr(format!("\n{message}\n{}", task_listing(self.group.as_raw())).as_bytes());
+            .write_stderr(format!("\n{message}\n{}", listing(&members)).as_bytes());
         self.kill_group_now().await;
         Some(ProcessOutcome::MemoryCapExceeded { message })
     }
@@ -268,13 +284,13 @@ impl Process for OsProcess {
         if let Some(outcome) = self.early_outcome.clone() {
             return outcome;
         }
-        self.signal_group(Signal::SIGTERM);
+        self.scope.signal(Signal::SIGTERM);
         if tokio::time::timeout(self.kill_grace, self.child.wait())
             .await
             .is_err()
         {
             tracing::info!(
-                group = self.group.as_raw(),
+                pid = self.child.id(),
                 "task ignored SIGTERM, sending SIGKILL"
             );
         }
