@@ -757,55 +757,36 @@ fn scoot_jdk_symlink_platform_property_links_the_workers_java_home() {
     );
 }
 
-/// The first answer to a ByteStream Read of `resource_name` at `addr`: OK or the error's code.
-async fn read_answer(addr: &str, resource_name: String) -> tonic::Code {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let request = ReadRequest {
-        resource_name,
-        read_offset: 0,
-        read_limit: 0,
-    };
-    match ByteStreamClient::new(channel).read(request).await {
-        Ok(response) => match response.into_inner().message().await {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        },
-        Err(status) => status.code(),
-    }
-}
-
 #[test]
-fn a_read_claiming_an_absurd_size_is_refused_and_the_scheduler_keeps_serving() {
-    let api = ApiServer::start();
-    let fallback = format!("127.0.0.1:{}", api.grpc_port);
-    let mut sched =
-        Scheduler::start_with_flags(&[], serde_json::json!({}), &["-cas_fallback", &fallback]);
-    let scheduler = format!("127.0.0.1:{}", sched.grpc_port);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let absurd = format!("blobs/{}/9223372036854775000", "ab".repeat(32));
-    // Missing near, so the scheduler asks its fallback, with a deadline grown from the size.
-    for addr in [&scheduler, &fallback] {
-        let code = runtime.block_on(read_answer(addr, absurd.clone()));
-        assert!(
-            matches!(code, tonic::Code::NotFound | tonic::Code::InvalidArgument),
-            "{addr}: {code:?}"
-        );
-    }
-    sched.proc.assert_running();
-    let data = Bytes::from_static(b"still serving");
-    let digest = digest_of(&data);
-    let cas = runtime
-        .block_on(CasClient::connect(&scheduler, ""))
-        .unwrap();
-    runtime
-        .block_on(cas.upload_blobs(vec![(digest.clone(), data.clone())]))
-        .unwrap();
-    let read = runtime.block_on(cas.read_blobs(&[digest])).unwrap();
-    assert_eq!(read[0].1, data);
+fn a_timed_out_action_leaves_no_setsid_process_behind() {
+    use crate::task_processes::{Reaper, process_alive, read_pid};
+    use std::os::unix::fs::PermissionsExt;
+
+    let cluster = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    // Actions may run as an unprivileged user.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid_file = scratch.path().join("sleeper.pid");
+    let script = format!(
+        "setsid sleep 300 & echo $! > {}; sleep 100",
+        pid_file.display()
+    );
+    let slow = cluster.action(
+        command(&script, &[], &[]),
+        &[],
+        Some(Duration::from_secs(1)),
+    );
+    let response = response_of(cluster.execute(&slow, false).last().unwrap());
+    assert_eq!(
+        status_code(&response),
+        tonic::Code::DeadlineExceeded,
+        "{response:?}"
+    );
+    let sleeper = read_pid(&pid_file);
+    let _reaper = Reaper(Some(sleeper));
+    poll("the setsid sleeper to be gone", || {
+        (!process_alive(sleeper)).then_some(())
+    });
 }
 
 #[test]
@@ -855,34 +836,53 @@ fn an_action_cannot_change_the_cached_inputs_of_later_actions() {
     }
 }
 
-#[test]
-fn a_timed_out_action_leaves_no_setsid_process_behind() {
-    use crate::task_processes::{Reaper, process_alive, read_pid};
-    use std::os::unix::fs::PermissionsExt;
+/// The first answer to a ByteStream Read of `resource_name` at `addr`: OK or the error's code.
+async fn read_answer(addr: &str, resource_name: String) -> tonic::Code {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ReadRequest {
+        resource_name,
+        read_offset: 0,
+        read_limit: 0,
+    };
+    match ByteStreamClient::new(channel).read(request).await {
+        Ok(response) => match response.into_inner().message().await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        },
+        Err(status) => status.code(),
+    }
+}
 
-    let cluster = Cluster::start(1);
-    let scratch = tempfile::tempdir().unwrap();
-    // Actions may run as an unprivileged user.
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let pid_file = scratch.path().join("sleeper.pid");
-    let script = format!(
-        "setsid sleep 300 & echo $! > {}; sleep 100",
-        pid_file.display()
-    );
-    let slow = cluster.action(
-        command(&script, &[], &[]),
-        &[],
-        Some(Duration::from_secs(1)),
-    );
-    let response = response_of(cluster.execute(&slow, false).last().unwrap());
-    assert_eq!(
-        status_code(&response),
-        tonic::Code::DeadlineExceeded,
-        "{response:?}"
-    );
-    let sleeper = read_pid(&pid_file);
-    let _reaper = Reaper(Some(sleeper));
-    poll("the setsid sleeper to be gone", || {
-        (!process_alive(sleeper)).then_some(())
-    });
+#[test]
+fn a_read_claiming_an_absurd_size_is_refused_and_the_scheduler_keeps_serving() {
+    let api = ApiServer::start();
+    let fallback = format!("127.0.0.1:{}", api.grpc_port);
+    let mut sched =
+        Scheduler::start_with_flags(&[], serde_json::json!({}), &["-cas_fallback", &fallback]);
+    let scheduler = format!("127.0.0.1:{}", sched.grpc_port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let absurd = format!("blobs/{}/9223372036854775000", "ab".repeat(32));
+    // Missing near, so the scheduler asks its fallback, with a deadline grown from the size.
+    for addr in [&scheduler, &fallback] {
+        let code = runtime.block_on(read_answer(addr, absurd.clone()));
+        assert!(
+            matches!(code, tonic::Code::NotFound | tonic::Code::InvalidArgument),
+            "{addr}: {code:?}"
+        );
+    }
+    sched.proc.assert_running();
+    let data = Bytes::from_static(b"still serving");
+    let digest = digest_of(&data);
+    let cas = runtime
+        .block_on(CasClient::connect(&scheduler, ""))
+        .unwrap();
+    runtime
+        .block_on(cas.upload_blobs(vec![(digest.clone(), data.clone())]))
+        .unwrap();
+    let read = runtime.block_on(cas.read_blobs(&[digest])).unwrap();
+    assert_eq!(read[0].1, data);
 }

@@ -17,11 +17,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A port nothing listens on, never handed out before in this test process: a scheduler whose
+/// worker a test killed keeps probing that worker's port, and would abort the runs of another
+/// test's worker that got the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("no port that was not handed out before");
 }
 
 /// Polls `probe` until it returns `Some`, failing the test with `what` after [`DEADLINE`].
@@ -403,8 +414,6 @@ impl Scheduler {
     /// Starts a scheduler whose cluster is `workers`, with a file saga log and these
     /// SchedulerConfig settings merged in.
     pub fn start(workers: &[&Worker], scheduler_config: Value) -> Scheduler {
-        let dir = tempfile::tempdir().unwrap();
-        let workers_file = dir.path().join("workers");
         Scheduler::start_with_flags(workers, scheduler_config, &[])
     }
 
@@ -414,6 +423,8 @@ impl Scheduler {
         scheduler_config: Value,
         flags: &[&str],
     ) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        let workers_file = dir.path().join("workers");
         let saga_dir = dir.path().join("sagas");
         write_workers(&workers_file, workers);
         let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
@@ -425,9 +436,9 @@ impl Scheduler {
         workers_file: PathBuf,
         saga_dir: PathBuf,
         config: Value,
+        flags: &[&str],
     ) -> Scheduler {
         let cas_dir = dir.path().join("cas");
-        flags: &[&str],
         let (proc, ports) = spawn_listening("scheduler", 3, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
             cmd.arg("-thrift_addr")
@@ -440,9 +451,9 @@ impl Scheduler {
                 .arg(&cas_dir)
                 .args(["-log_level", "debug", "-config"])
                 .arg(config.to_string())
+                .args(flags)
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
             cmd
-                .args(flags)
         });
         let (thrift_port, http_port, grpc_port) = (ports[0], ports[1], ports[2]);
         Scheduler {
