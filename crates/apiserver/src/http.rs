@@ -10,8 +10,12 @@
 //!   name case-insensitive) or is now + the default TTL. Refused with 400: an unparsable expiry
 //!   (Scoot answered 500, but it is the client's mistake), a body that ends before its
 //!   `Content-Length`, a body that is not a git bundle (`# v2 git bundle` / `# v3 git bundle`
-//!   header). Refused with 413: a body over the upload limit. Nothing is stored in these cases.
-//!   200 "Successfully wrote bundle <name>" once stored; 500 when the store fails;
+//!   header), a bundle that does not hold what its name promises (checked with git by
+//!   [`scoot_gitdb::verify_bundle`]: the commit `<key>` with its whole history, or the commits of
+//!   a published bundle whose key is `<key>`; names are first-come, so one squatted by the wrong
+//!   bundle would fail every later snapshot that needs it). Refused with 413: a body over the
+//!   upload limit. Nothing is stored in these cases. 200 "Successfully wrote bundle <name>" once
+//!   stored; 500 when the store fails or git cannot run;
 //! * `GET` → 200 with the bytes (`application/octet-stream`) or 404; `HEAD` → 200 or 404;
 //! * any other method → 405.
 //!
@@ -31,6 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::{Bytes, BytesMut};
+use scoot_gitdb::{GitDbConfig, verify_bundle};
 use scoot_snapshot::store::StoreError;
 use scoot_snapshot::store::http::{EXPIRES_HEADER, parse_http_date};
 
@@ -229,6 +234,18 @@ async fn upload(config: &ApiServerConfig, name: &str, headers: &HeaderMap, body:
                 "{name} is not a git bundle (it must start with \"# v2 git bundle\" or \"# v3 git bundle\")"
             ),
         );
+    }
+    let key = name
+        .strip_prefix("bs-")
+        .and_then(|rest| rest.strip_suffix(".bundle"))
+        .unwrap_or_default();
+    if let Err(err) = verify_bundle(&GitDbConfig::default(), key, &data).await {
+        if err.is_bad_bundle() {
+            tracing::info!(bundle = %name, error = %err, "refused a bundle");
+            return text(StatusCode::BAD_REQUEST, err.to_string());
+        }
+        tracing::warn!(bundle = %name, error = %err, "cannot check a bundle");
+        return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
     }
     let size = data.len();
     match config.store.write(name, data, Some(expiry)).await {

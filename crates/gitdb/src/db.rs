@@ -755,13 +755,13 @@ fn commit_id(commit: String) -> SnapshotId {
     }
 }
 
-fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
+pub(crate) fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
     let mut builder = tempfile::Builder::new();
     builder.prefix(prefix);
     builder
 }
 
-fn temp_root(config: &GitDbConfig) -> PathBuf {
+pub(crate) fn temp_root(config: &GitDbConfig) -> PathBuf {
     config.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
 }
 

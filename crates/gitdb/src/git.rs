@@ -55,6 +55,13 @@ pub enum GitError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open {path:?} as the input of `{command}`: {source}")]
+    Stdin {
+        command: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("`{command}` did not finish within {} and was killed", humantime::format_duration(*.after))]
     Timeout { command: String, after: Duration },
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -143,6 +150,7 @@ impl Git {
                 .collect(),
             env: Vec::new(),
             dir: None,
+            stdin: None,
         }
     }
 }
@@ -154,6 +162,8 @@ pub struct GitCmd<'a> {
     args: Vec<OsString>,
     env: Vec<(&'static str, OsString)>,
     dir: Option<PathBuf>,
+    /// A file to feed the command; it reads nothing otherwise.
+    stdin: Option<PathBuf>,
 }
 
 impl GitCmd<'_> {
@@ -180,6 +190,12 @@ impl GitCmd<'_> {
     /// Runs the command in `dir` rather than the repository's directory.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Feeds the file at `path` to the command's standard input.
+    pub fn stdin_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdin = Some(path.into());
         self
     }
 
@@ -218,10 +234,20 @@ impl GitCmd<'_> {
     pub async fn output(self) -> Result<GitOutput, GitError> {
         let command = self.describe();
         let git = self.git;
+        let stdin = match &self.stdin {
+            None => Stdio::null(),
+            Some(path) => {
+                Stdio::from(std::fs::File::open(path).map_err(|source| GitError::Stdin {
+                    command: command.clone(),
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+        };
         let mut cmd = tokio::process::Command::new(&git.binary);
         cmd.args(&self.args)
             .current_dir(self.dir.as_deref().unwrap_or(&git.dir))
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)

@@ -12,18 +12,21 @@
 //! * [`git`]: how git is run: no shell, fixed environment and identity, a deadline per command
 //!   (Scoot's 10 minutes by default) after which git and its helpers are killed.
 //! * [`GitDbError`]: every failure carries Scoot's exit code (210–217) through its [`Op`].
+//! * [`verify_bundle`]: whether a bundle holds what its name promises (for bundlestores).
 //! * [`cli`]: the `scoot-snapshot-db` command line.
 
 pub mod cli;
 mod db;
 mod error;
 pub mod git;
+mod verify;
 
 pub use db::{
     BUNDLE_TEMP_REF, CHECKOUT_BRANCH, Checkout, EXPORT_TEMP_REF, FS_COMMIT_MESSAGE, GitDb,
     GitDbConfig, PublishedBundle, RemoteBackend, WORKING_DIR_COMMIT_MESSAGE,
 };
 pub use error::{Cause, GitDbError, Op};
+pub use verify::{BundleCheckError, verify_bundle};
 
 #[cfg(test)]
 mod tests;

@@ -1085,3 +1085,158 @@ async fn handles_and_futures_can_move_between_threads() {
     let checkout_release = |c: crate::Checkout| c.release();
     assert_send(&checkout_release);
 }
+
+/// Commits everything in `repo` with the same date as every other such commit, so that only
+/// the graph decides the order `git rev-list` lists them in.
+fn commit_all_at_epoch(repo: &Path, message: &str) -> String {
+    git(repo, &["add", "--all"]);
+    let status = std::process::Command::new("git")
+        .args(["commit", "--quiet", "--no-gpg-sign", "-m", message])
+        .current_dir(repo)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_AUTHOR_DATE", "@1000000000 +0000")
+        .env("GIT_COMMITTER_DATE", "@1000000000 +0000")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_WORK_TREE")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+async fn stored(fx: &Fixture, name: &str) -> Bytes {
+    fx.store.read(name).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn ingested_bundles_must_hold_the_commit_they_are_named_after() {
+    let fx = Fixture::new();
+    let db = fx.worker_db().await;
+    let dir_a = fx.path("a");
+    let dir_b = fx.path("b");
+    write_files(&dir_a, &[("f", "a\n")]);
+    write_files(&dir_b, &[("f", "b\n")]);
+    let key = |id: SnapshotId| match id {
+        SnapshotId::Bundlestore { bundle_key, .. } => bundle_key,
+        other => panic!("{other}"),
+    };
+    let a = key(db.ingest_dir(&dir_a).await.unwrap());
+    let b = key(db.ingest_dir(&dir_b).await.unwrap());
+    let bundle_a = stored(&fx, &format!("bs-{a}.bundle")).await;
+    let bundle_b = stored(&fx, &format!("bs-{b}.bundle")).await;
+    let config = fx.config();
+
+    crate::verify_bundle(&config, &a, &bundle_a).await.unwrap();
+    crate::verify_bundle(&config, &b, &bundle_b).await.unwrap();
+    let err = crate::verify_bundle(&config, &b, &bundle_a)
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_bundle(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("does not hold commit {b}")),
+        "{err}"
+    );
+
+    // A flipped byte in the pack is caught by its checksum or an object's hash.
+    let mut corrupt = bundle_a.to_vec();
+    let last = corrupt.len() - 30;
+    corrupt[last] ^= 0x55;
+    let err = crate::verify_bundle(&config, &a, &corrupt)
+        .await
+        .unwrap_err();
+    assert!(err.is_bad_bundle(), "{err}");
+    drop(db);
+    assert!(fx.temp_entries().is_empty(), "{:?}", fx.temp_entries());
+}
+
+#[tokio::test]
+async fn published_bundles_must_reproduce_their_key() {
+    let fx = Fixture::new();
+    let repo = fx.user_repo("repo", &[("big", "0\n")]);
+    let mut big = String::from("0\n");
+    let mut commit = |name: &str| {
+        for line in 0..50 {
+            big.push_str(&format!("{name} line {line}\n"));
+        }
+        write_files(&repo, &[("big", &big), (name, name)]);
+        commit_all_at_epoch(&repo, name)
+    };
+    commit("c1");
+    let fork = commit("c2");
+    let basis = commit("c3");
+    git(&repo, &["checkout", "--quiet", "-b", "side", &fork]);
+    commit("s1");
+    commit("s2");
+    git(&repo, &["checkout", "--quiet", "master"]);
+    commit("c4");
+    git(
+        &repo,
+        &[
+            "merge",
+            "--quiet",
+            "--no-edit",
+            "--no-gpg-sign",
+            "-X",
+            "theirs",
+            "side",
+        ],
+    );
+    let tip = commit("c5");
+
+    let user = GitDb::open(repo.clone(), fx.store(), fx.config())
+        .await
+        .unwrap();
+    let config = fx.config();
+    for reference in ["master", "refs/heads/master", "heads/master", "HEAD"] {
+        let published = user
+            .publish_git_bundle(&basis, reference, None)
+            .await
+            .unwrap();
+        let data = stored(&fx, &published.name).await;
+        assert!(
+            data.windows(2).any(|w| w == b"\n-"),
+            "{reference}: a thin bundle with prerequisites"
+        );
+        crate::verify_bundle(&config, &published.key, &data)
+            .await
+            .unwrap_or_else(|err| panic!("{reference}: {err}"));
+
+        let other = sha1_smol::Sha1::from(format!("{}x", published.key))
+            .digest()
+            .to_string();
+        let err = crate::verify_bundle(&config, &other, &data)
+            .await
+            .unwrap_err();
+        assert!(err.is_bad_bundle(), "{err}");
+        // The tip is in the bundle, but not the history an ingested bundle of it must have.
+        let err = crate::verify_bundle(&config, &tip, &data)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not all of its history"), "{err}");
+    }
+
+    // With no common history, a published bundle has no prerequisites.
+    let fresh = fx.user_repo("fresh", &[("f", "1")]);
+    write_files(&fresh, &[("f", "2")]);
+    commit_all(&fresh, "two");
+    let unrelated = git(&repo, &["rev-parse", "side"]);
+    git(
+        &fresh,
+        &["fetch", "--quiet", repo.to_str().unwrap(), "side"],
+    );
+    let fresh_db = GitDb::open(fresh, fx.store(), fx.config()).await.unwrap();
+    let published = fresh_db
+        .publish_git_bundle(&unrelated, "master", None)
+        .await
+        .unwrap();
+    let data = stored(&fx, &published.name).await;
+    crate::verify_bundle(&config, &published.key, &data)
+        .await
+        .unwrap();
+    assert!(fx.temp_entries().is_empty(), "{:?}", fx.temp_entries());
+}

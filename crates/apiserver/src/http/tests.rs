@@ -11,10 +11,39 @@ use scoot_snapshot::store::{Expiry, HttpStore, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use scoot_gitdb::{GitDb, GitDbConfig};
+
 use crate::{ApiServerConfig, SnapshotFiles};
 
 const NAME: &str = "bs-0123456789abcdef0123456789abcdef01234567.bundle";
-const BUNDLE: &[u8] = b"# v2 git bundle\n0123456789abcdef0123456789abcdef01234567 HEAD\n\nPACK...";
+/// Starts like a bundle; for requests refused before the body is looked at.
+const FAKE: &[u8] = b"# v2 git bundle\n0123456789abcdef0123456789abcdef01234567 HEAD\n\nPACK...";
+
+/// A snapshot ingested by the snapshot database: its id, bundle name and bundle.
+struct Ingested {
+    id: String,
+    name: String,
+    bundle: Bytes,
+}
+
+/// Ingests a directory holding `content` in a scratch snapshot database, as a client would
+/// before uploading the bundle.
+async fn ingest(content: &str) -> Ingested {
+    let store = Arc::new(MemStore::default());
+    let db = GitDb::init_temp(store.clone(), GitDbConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file.txt"), content).unwrap();
+    let id = db.ingest_dir(dir.path()).await.unwrap();
+    let name = id.bundle_name().unwrap();
+    let bundle = store.get(&name).unwrap().0;
+    Ingested {
+        id: id.to_string(),
+        name,
+        bundle,
+    }
+}
 
 /// An in-memory store that remembers the expiry each blob was written with, and can be made
 /// to fail.
@@ -96,7 +125,7 @@ impl Server {
         self.send(self.client.get(self.url(path))).await
     }
 
-    async fn post(&self, path: &str, body: &'static [u8]) -> (u16, String) {
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
         self.send(self.client.post(self.url(path)).body(body)).await
     }
 
@@ -181,7 +210,7 @@ async fn invalid_bundle_names_are_400() {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 400, "GET {path}");
         assert!(body.contains("must match"), "{body}");
-        assert_eq!(server.post(path, BUNDLE).await.0, 400, "POST {path}");
+        assert_eq!(server.post(path, FAKE).await.0, 400, "POST {path}");
         let head = server.client.head(server.url(path)).send().await.unwrap();
         assert_eq!(head.status().as_u16(), 400, "HEAD {path}");
     }
@@ -192,30 +221,31 @@ async fn invalid_bundle_names_are_400() {
 async fn upload_then_download() {
     let store = Arc::new(MemStore::default());
     let server = start_with(store.clone()).await;
-    let path = format!("/bundle/{NAME}");
+    let Ingested { name, bundle, .. } = ingest("x").await;
+    let path = format!("/bundle/{name}");
 
     let head = server.client.head(server.url(&path)).send().await.unwrap();
     assert_eq!(head.status().as_u16(), 404);
     assert_eq!(server.get(&path).await.0, 404);
 
     let before = std::time::SystemTime::now();
-    let (status, body) = server.post(&path, BUNDLE).await;
+    let (status, body) = server.post(&path, bundle.clone()).await;
     assert_eq!(status, 200);
-    assert_eq!(body, format!("Successfully wrote bundle {NAME}"));
-    let (data, expiry) = store.get(NAME).unwrap();
-    assert_eq!(&data[..], BUNDLE);
+    assert_eq!(body, format!("Successfully wrote bundle {name}"));
+    let (data, expiry) = store.get(&name).unwrap();
+    assert_eq!(data, bundle);
     // No expiry header: the default TTL applies.
     let ttl = expiry.unwrap().duration_since(before).unwrap();
     let default = scoot_snapshot::store::http::DEFAULT_TTL;
     assert!(ttl >= default && ttl < default + Duration::from_secs(60));
 
-    let (status, body) = server.post(&path, b"# v2 git bundle\nother").await;
+    let (status, body) = server.post(&path, FAKE).await;
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        format!("Bundle {NAME} already exists, no-op and return")
+        format!("Bundle {name} already exists, no-op and return")
     );
-    assert_eq!(&store.get(NAME).unwrap().0[..], BUNDLE);
+    assert_eq!(store.get(&name).unwrap().0, bundle);
 
     let head = server.client.head(server.url(&path)).send().await.unwrap();
     assert_eq!(head.status().as_u16(), 200);
@@ -225,22 +255,23 @@ async fn upload_then_download() {
         response.headers()["content-type"],
         "application/octet-stream"
     );
-    assert_eq!(&response.bytes().await.unwrap()[..], BUNDLE);
+    assert_eq!(response.bytes().await.unwrap(), bundle);
 }
 
 #[tokio::test]
 async fn the_expiry_header_sets_the_ttl() {
     let store = Arc::new(MemStore::default());
     let server = start_with(store.clone()).await;
-    let path = format!("/bundle/{NAME}");
+    let Ingested { name, bundle, .. } = ingest("x").await;
+    let path = format!("/bundle/{name}");
     let request = server
         .client
         .post(server.url(&path))
         .header("X-Scoot-Expires", "Wed, 18 May 2033 03:33:20 GMT")
-        .body(BUNDLE);
+        .body(bundle);
     assert_eq!(server.send(request).await.0, 200);
     assert_eq!(
-        store.get(NAME).unwrap().1,
+        store.get(&name).unwrap().1,
         Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
     );
 }
@@ -253,7 +284,7 @@ async fn an_unparsable_expiry_is_400() {
         .client
         .post(server.url(&format!("/bundle/{NAME}")))
         .header("x-scoot-expires", "2033-05-18T03:33:20Z")
-        .body(BUNDLE);
+        .body(FAKE);
     let (status, body) = server.send(request).await;
     assert_eq!(status, 400);
     assert!(body.contains("x-scoot-expires"), "{body}");
@@ -274,13 +305,14 @@ async fn a_body_that_is_not_a_bundle_is_400() {
     }
     assert!(store.is_empty());
     // v3 bundles are fine.
-    assert_eq!(
-        server
-            .post(&path, b"# v3 git bundle\n@object-format=sha1\n")
-            .await
-            .0,
-        200
-    );
+    let Ingested { name, bundle, .. } = ingest("x").await;
+    let v3 = [
+        &b"# v3 git bundle\n@object-format=sha1\n"[..],
+        &bundle["# v2 git bundle\n".len()..],
+    ]
+    .concat();
+    let (status, text) = server.post(&format!("/bundle/{name}"), v3).await;
+    assert_eq!(status, 200, "{text}");
 }
 
 #[tokio::test]
@@ -289,10 +321,10 @@ async fn a_truncated_upload_stores_nothing() {
     let server = start_with(store.clone()).await;
     let mut request = format!(
         "POST /bundle/{NAME} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        BUNDLE.len() + 100
+        FAKE.len() + 100
     )
     .into_bytes();
-    request.extend_from_slice(BUNDLE);
+    request.extend_from_slice(FAKE);
     // The client stops sending but still listens: it is told why nothing was stored.
     let (status, body) = server.raw(&request, true).await.unwrap();
     assert_eq!(status, 400, "{body}");
@@ -303,38 +335,38 @@ async fn a_truncated_upload_stores_nothing() {
 #[tokio::test]
 async fn uploads_over_the_limit_are_413() {
     let store = Arc::new(MemStore::default());
+    let Ingested { name, bundle, .. } = ingest("x").await;
     let server = start(ApiServerConfig {
-        max_upload_bytes: 64,
+        max_upload_bytes: bundle.len() as u64,
         ..ApiServerConfig::new(store.clone())
     })
     .await;
-    let path = format!("/bundle/{NAME}");
-    let big: &'static [u8] =
-        b"# v2 git bundle\n................................................................";
-    assert!(big.len() > 64);
-    assert_eq!(server.post(&path, big).await.0, 413);
+    let path = format!("/bundle/{name}");
+    let big = [&bundle[..], b"."].concat();
+    assert_eq!(server.post(&path, big.clone()).await.0, 413);
     // Without a Content-Length, the limit is found while reading.
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
         big.len()
     )
     .into_bytes();
-    request.extend_from_slice(big);
+    request.extend_from_slice(&big);
     request.extend_from_slice(b"\r\n0\r\n\r\n");
     let (status, _) = server.raw(&request, false).await.unwrap();
     assert_eq!(status, 413);
     assert!(store.is_empty());
     // At the limit is fine.
-    assert_eq!(server.post(&path, &big[..64]).await.0, 200);
+    assert_eq!(server.post(&path, bundle).await.0, 200);
 }
 
 #[tokio::test]
 async fn chunked_uploads_are_accepted() {
     let store = Arc::new(MemStore::default());
     let server = start_with(store.clone()).await;
-    let (first, second) = BUNDLE.split_at(7);
+    let Ingested { name, bundle, .. } = ingest("x").await;
+    let (first, second) = bundle.split_at(7);
     let mut request = format!(
-        "POST /bundle/{NAME} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        "POST /bundle/{name} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
         first.len()
     )
     .into_bytes();
@@ -344,7 +376,7 @@ async fn chunked_uploads_are_accepted() {
     request.extend_from_slice(b"\r\n0\r\n\r\n");
     let (status, _) = server.raw(&request, false).await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(&store.get(NAME).unwrap().0[..], BUNDLE);
+    assert_eq!(store.get(&name).unwrap().0, bundle);
 }
 
 #[tokio::test]
@@ -375,7 +407,7 @@ async fn store_failures_are_500() {
     });
     let server = start_with(store).await;
     let path = format!("/bundle/{NAME}");
-    let (status, body) = server.post(&path, BUNDLE).await;
+    let (status, body) = server.post(&path, FAKE).await;
     assert_eq!(status, 500);
     assert!(body.contains("disk on fire"), "{body}");
     assert_eq!(server.get(&path).await.0, 500);
@@ -385,22 +417,20 @@ async fn store_failures_are_500() {
 async fn the_http_store_talks_to_the_apiserver() {
     let store = Arc::new(MemStore::default());
     let server = start_with(store.clone()).await;
+    let Ingested { name, bundle, .. } = ingest("x").await;
     let remote = HttpStore::new(&server.addr.to_string()).unwrap();
-    assert!(!remote.exists(NAME).await.unwrap());
-    assert_eq!(remote.read(NAME).await.unwrap(), None);
+    assert!(!remote.exists(&name).await.unwrap());
+    assert_eq!(remote.read(&name).await.unwrap(), None);
     let expiry = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
     remote
-        .write(NAME, Bytes::from_static(BUNDLE), Some(expiry))
+        .write(&name, bundle.clone(), Some(expiry))
         .await
         .unwrap();
-    assert_eq!(store.get(NAME).unwrap().1, Some(expiry));
-    assert!(remote.exists(NAME).await.unwrap());
-    assert_eq!(remote.read(NAME).await.unwrap().unwrap(), BUNDLE);
+    assert_eq!(store.get(&name).unwrap().1, Some(expiry));
+    assert!(remote.exists(&name).await.unwrap());
+    assert_eq!(remote.read(&name).await.unwrap().unwrap(), bundle);
     // Writing again is a no-op that succeeds.
-    remote
-        .write(NAME, Bytes::from_static(BUNDLE), None)
-        .await
-        .unwrap();
+    remote.write(&name, bundle, None).await.unwrap();
     // The server's refusals come back as errors, without retries.
     assert!(matches!(
         remote.read("bs-short.bundle").await,
@@ -475,4 +505,89 @@ async fn view_without_a_viewer_is_404() {
     assert_eq!(body, "snapshot viewer not configured");
     // Bad paths are still refused first.
     assert_eq!(server.get("/view/snap").await.0, 400);
+}
+
+#[tokio::test]
+async fn a_bundle_stored_under_another_commits_name_is_refused() {
+    let store = Arc::new(MemStore::default());
+    let server = start_with(store.clone()).await;
+    let a = ingest("a\n").await;
+    let b = ingest("b\n").await;
+
+    let (status, body) = server.post(&format!("/bundle/{}", b.name), a.bundle).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("does not hold commit"), "{body}");
+    assert!(store.is_empty());
+
+    let (status, body) = server.post(&format!("/bundle/{}", b.name), b.bundle).await;
+    assert_eq!(status, 200, "{body}");
+    // A snapshot of b, fetched through this apiserver, has b's file.
+    let remote = Arc::new(HttpStore::new(&server.addr.to_string()).unwrap());
+    let worker = GitDb::init_temp(remote, GitDbConfig::default())
+        .await
+        .unwrap();
+    let file = worker.read_file(&b.id, "file.txt").await.unwrap();
+    assert_eq!(file.unwrap(), "b\n");
+}
+
+/// Runs git for test setup in `dir`.
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_WORK_TREE")
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[tokio::test]
+async fn a_published_bundle_is_accepted_under_its_own_key_only() {
+    let repo = tempfile::tempdir().unwrap();
+    let repo = repo.path();
+    git(repo, &["init", "--quiet", "-b", "master"]);
+    let mut content = String::new();
+    for round in 0..3 {
+        for line in 0..100 {
+            content.push_str(&format!("round {round} line {line}\n"));
+        }
+        std::fs::write(repo.join("file.txt"), &content).unwrap();
+        git(repo, &["add", "--all"]);
+        git(repo, &["commit", "--quiet", "--no-gpg-sign", "-m", "round"]);
+        if round == 0 {
+            git(repo, &["tag", "basis"]);
+        }
+    }
+    let publisher_store = Arc::new(MemStore::default());
+    let publisher = GitDb::open(
+        repo.to_path_buf(),
+        publisher_store.clone(),
+        GitDbConfig::default(),
+    )
+    .await
+    .unwrap();
+    let published = publisher
+        .publish_git_bundle("basis", "master", None)
+        .await
+        .unwrap();
+    let bundle = publisher_store.get(&published.name).unwrap().0;
+
+    let store = Arc::new(MemStore::default());
+    let server = start_with(store.clone()).await;
+    let (status, body) = server
+        .post(&format!("/bundle/{NAME}"), bundle.clone())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("do not give the key"), "{body}");
+    assert!(store.is_empty());
+    let path = format!("/bundle/{}", published.name);
+    let (status, body) = server.post(&path, bundle.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(store.get(&published.name).unwrap().0, bundle);
 }
