@@ -8,7 +8,10 @@
 //!   (one file of a snapshot, through [`SnapshotFiles`]) and `/health`.
 //! * [`setup`]: what the binary needs to build a server from its flags (the store directory,
 //!   the bundle store stack, the CAS and action-cache stores, the `-config` check).
+//! * [`cli`]: the `apiserver` binary: its flags, and [`cli::run`], which builds the stores with
+//!   [`setup`] and serves them.
 
+pub mod cli;
 pub mod http;
 pub mod server;
 pub mod setup;

@@ -3,7 +3,7 @@
 //! Scoot's binaries take Go-style flags (`-thrift_addr localhost:9092`); scripts written for
 //! Scoot must keep working, so [`parse_args`] turns them into the `--long` form clap parses.
 //! [`init_logging`] maps Scoot's logrus levels onto tracing; [`shutdown_signal`] resolves on
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM; [`listen`] binds the address a flag gave, naming the flag if it cannot.
 
 use std::ffi::{OsStr, OsString};
 
@@ -145,6 +145,30 @@ pub fn run_server<T>(server: impl std::future::Future<Output = T>) -> std::io::R
     Ok(result)
 }
 
+/// An address given by a flag could not be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on -{flag} {addr}")]
+pub struct ListenError {
+    pub flag: &'static str,
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Listens on `addr`, the value of the flag `-<flag>`; the error names both.
+pub async fn listen(
+    flag: &'static str,
+    addr: &str,
+) -> Result<tokio::net::TcpListener, ListenError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError {
+            flag,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// Resolves when the process receives SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -246,5 +270,17 @@ mod tests {
     #[test]
     fn log_levels() {
         assert!(init_logging("loud").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_listen_error_names_the_flag_and_the_address() {
+        let taken = listen("http_addr", "127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = listen("grpc_addr", &addr).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot listen on -grpc_addr {addr}")
+        );
+        assert_eq!(err.source.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

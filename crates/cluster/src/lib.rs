@@ -9,8 +9,9 @@
 //!
 //! [`Cluster::wait_for_failure`] resolves when any child ends; [`Cluster::shutdown`] stops
 //! everything (SIGTERM, a grace, SIGKILL) including the processes the children started, which
-//! are followed through `/proc` (see `procs`). [`cli`] holds the command-line shape of the
-//! binary that clap cannot express (`run CMD ARGS…` after the flags).
+//! are followed through `/proc` (see `procs`). [`cli`] is the `setup-cloud-scoot` binary: its
+//! flags, the `run CMD ARGS…` after them, and [`cli::run`], which starts a cluster and keeps it up
+//! or runs one command against it.
 
 mod child;
 pub mod cli;

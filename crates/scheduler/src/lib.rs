@@ -1,6 +1,8 @@
 //! The Scoot scheduler.
 //!
 //! * [`server::run`]: the whole scheduler given two bound listeners.
+//! * [`cli`]: the `scheduler` binary: its flags, and [`cli::run`], which builds the listeners and
+//!   the CAS they describe and calls [`server::run`].
 //! * [`handler`]: the CloudScoot Thrift service; [`api`]: the same operations as async methods.
 //! * [`scheduler::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
 //! * [`task_runner`]: one attempt of one task on one worker.
@@ -9,6 +11,7 @@
 //! * [`cluster`]: finding workers; [`worker_client`]: talking to them.
 
 pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod handler;

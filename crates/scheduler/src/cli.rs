@@ -1,0 +1,126 @@
+//! The `scheduler` binary: its flags, and [`run`], which binds the listeners, opens the CAS of
+//! the Remote Execution API and serves until shutdown.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use scoot_bin_util::{ListenError, listen};
+use scoot_cas::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
+use scoot_thrift::server::{ServeOptions, ServeOptionsError};
+
+use crate::SchedulerConfig;
+use crate::config::ConfigError;
+use crate::server::{ReapiEndpoint, SchedulerError};
+
+/// Scoot scheduler: accepts jobs over CloudScoot and runs their tasks on workers.
+#[derive(Parser, Debug)]
+#[command(name = "scheduler", version)]
+pub struct Cli {
+    /// Address for the CloudScoot Thrift API.
+    #[arg(long = "thrift_addr", default_value = "localhost:9090")]
+    pub thrift_addr: String,
+    /// Address for HTTP (/health).
+    #[arg(long = "http_addr", default_value = "localhost:9091")]
+    pub http_addr: String,
+    /// Address for the Bazel Remote Execution API (Execution, Operations, CAS, ByteStream,
+    /// ActionCache, Capabilities); empty to serve none.
+    #[arg(long = "grpc_addr", default_value = "localhost:9099")]
+    pub grpc_addr: String,
+    /// Directory of the CAS served on -grpc_addr (the action cache goes in its action-cache/
+    /// subdirectory); a temporary directory, removed at exit, when not given.
+    #[arg(long = "cas_dir")]
+    pub cas_dir: Option<PathBuf>,
+    /// Another CAS (`host:port`, e.g. the cluster's apiserver) consulted for blobs this
+    /// scheduler's CAS lacks, so inputs uploaded there can be executed here.
+    #[arg(long = "cas_fallback")]
+    pub cas_fallback: Option<String>,
+    /// Bound of the CAS in bytes (least recently used blobs are evicted).
+    #[arg(long = "cas_size", default_value_t = DEFAULT_CAS_BYTES)]
+    pub cas_size: u64,
+    /// Bound of the action cache in bytes.
+    #[arg(long = "ac_size", default_value_t = DEFAULT_AC_BYTES)]
+    pub ac_size: u64,
+    /// default, local.local, local.memory, a JSON file or JSON text.
+    #[arg(long = "config", default_value = "local.memory")]
+    pub config: String,
+    /// Connections the Thrift port holds at once; past this, new ones are closed at once.
+    #[arg(long = "thrift_max_conns", default_value_t = 10_000)]
+    pub thrift_max_conns: usize,
+    /// Longest time a Thrift request may take to arrive, from its first byte.
+    #[arg(long = "thrift_message_timeout", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub thrift_message_timeout: Duration,
+    /// A Thrift connection that starts no request for this long is closed.
+    #[arg(long = "thrift_idle_timeout", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub thrift_idle_timeout: Duration,
+    /// trace, debug, info, warn or error.
+    #[arg(long = "log_level", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Why the scheduler did not start or stopped with an error; each message is what the binary
+/// prints before its causes.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("bad -config {0:?}")]
+    Config(String, #[source] ConfigError),
+    #[error("bad -thrift_max_conns, -thrift_message_timeout or -thrift_idle_timeout")]
+    ThriftLimits(#[source] ServeOptionsError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot create a temporary CAS directory")]
+    TemporaryCas(#[source] std::io::Error),
+    #[error(transparent)]
+    CasTask(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Cas(String),
+    #[error("scheduler failed")]
+    Failed(#[source] SchedulerError),
+}
+
+/// Serves the scheduler the flags describe until `shutdown`.
+pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), CliError> {
+    let mut config =
+        SchedulerConfig::from_flag(&cli.config).map_err(|e| CliError::Config(cli.config, e))?;
+    config.thrift = ServeOptions::with_limits(
+        cli.thrift_max_conns,
+        cli.thrift_message_timeout,
+        cli.thrift_idle_timeout,
+    )
+    .map_err(CliError::ThriftLimits)?;
+    let thrift = listen("thrift_addr", &cli.thrift_addr).await?;
+    let http = listen("http_addr", &cli.http_addr).await?;
+    // Kept until exit: a temporary CAS directory is removed when this is dropped.
+    let mut temporary_cas = None;
+    let reapi = if cli.grpc_addr.is_empty() {
+        None
+    } else {
+        let listener = listen("grpc_addr", &cli.grpc_addr).await?;
+        let dir = match cli.cas_dir {
+            Some(dir) => dir,
+            None => temporary_cas
+                .insert(
+                    tempfile::Builder::new()
+                        .prefix("scoot-scheduler-cas")
+                        .tempdir()
+                        .map_err(CliError::TemporaryCas)?,
+                )
+                .path()
+                .to_path_buf(),
+        };
+        let (cas_size, ac_size) = (cli.cas_size, cli.ac_size);
+        let stores = tokio::task::spawn_blocking(move || open_cas_stores(dir, cas_size, ac_size))
+            .await?
+            .map_err(CliError::Cas)?;
+        Some(ReapiEndpoint {
+            listener,
+            stores,
+            fallback: cli.cas_fallback,
+        })
+    };
+    let served = crate::run(thrift, http, reapi, config, shutdown)
+        .await
+        .map_err(CliError::Failed);
+    drop(temporary_cas);
+    served
+}
