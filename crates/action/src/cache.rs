@@ -25,7 +25,7 @@
 //! action's inputs can push the cache over its bound until they are placed. Evicting unlinks the
 //! cache's name only: files already linked into action directories keep their data.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use scoot_core::Digest;
+use scoot_local_storage::Lru;
 
 use crate::inputs::remove_tree;
 
@@ -107,44 +108,19 @@ impl Stamp {
     }
 }
 
-struct Entry {
-    size: u64,
-    stamp: Stamp,
-    /// Position in the LRU order (larger is more recent).
-    tick: u64,
-    pins: usize,
-}
-
-#[derive(Default)]
+/// The entries, each with the stamp of its file, and a way back from files to entries.
 struct Index {
-    entries: HashMap<Key, Entry>,
-    by_tick: BTreeMap<u64, Key>,
+    lru: Lru<Key, Stamp>,
     /// Entries by their file's (device, inode), to find those an input root links to.
     by_file: HashMap<(u64, u64), Key>,
-    clock: u64,
-    used: u64,
 }
 
 impl Index {
-    /// Marks an entry most recently used and pins it; false if there is no such entry.
-    fn pin(&mut self, key: &Key) -> bool {
-        self.clock += 1;
-        let tick = self.clock;
-        let Some(entry) = self.entries.get_mut(key) else {
-            return false;
-        };
-        self.by_tick.remove(&entry.tick);
-        entry.tick = tick;
-        entry.pins += 1;
-        self.by_tick.insert(tick, key.clone());
-        true
-    }
-
     /// Records an entry's file anew.
     fn set_stamp(&mut self, key: &Key, stamp: Stamp) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            self.by_file.remove(&entry.stamp.file_id());
-            entry.stamp = stamp;
+        if let Some(recorded) = self.lru.get_mut(key) {
+            self.by_file.remove(&recorded.file_id());
+            *recorded = stamp;
             self.by_file.insert(stamp.file_id(), key.clone());
         }
     }
@@ -152,36 +128,29 @@ impl Index {
     /// Adds an entry, pinned (or pins the existing one, whose file was replaced).
     fn add_pinned(&mut self, key: &Key, stamp: Stamp) {
         self.set_stamp(key, stamp);
-        if self.pin(key) {
-            return;
+        if self.lru.insert(key.clone(), key.size(), stamp) {
+            self.by_file.insert(stamp.file_id(), key.clone());
         }
-        let size = key.size();
-        self.entries.insert(
-            key.clone(),
-            Entry {
-                size,
-                stamp,
-                tick: self.clock,
-                pins: 1,
-            },
-        );
-        self.by_tick.insert(self.clock, key.clone());
-        self.by_file.insert(stamp.file_id(), key.clone());
-        self.used += size;
+        self.lru.pin(key);
+    }
+
+    /// Releases a pin of the entry `key` has now. Pins are not told apart by generation: an
+    /// entry dropped and added again while pinned takes the release of the earlier pin.
+    fn unpin(&mut self, key: &Key) {
+        if let Some(generation) = self.lru.generation(key) {
+            self.lru.unpin(key, generation);
+        }
     }
 
     fn remove(&mut self, key: &Key) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.by_tick.remove(&entry.tick);
-            self.by_file.remove(&entry.stamp.file_id());
-            self.used -= entry.size;
+        if let Some(stamp) = self.lru.remove(key) {
+            self.by_file.remove(&stamp.file_id());
         }
     }
 }
 
 pub(crate) struct Cache {
     dir: PathBuf,
-    max_bytes: u64,
     staging: Staging,
     index: Mutex<Index>,
 }
@@ -200,9 +169,11 @@ impl Cache {
         }
         Ok(Cache {
             dir: dir.to_path_buf(),
-            max_bytes,
             staging,
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index {
+                lru: Lru::new(max_bytes),
+                by_file: HashMap::new(),
+            }),
         })
     }
 
@@ -225,7 +196,7 @@ impl Cache {
     pub fn contains(&self, digest: &Digest) -> bool {
         let index = self.lock();
         [false, true].into_iter().any(|executable| {
-            index.entries.contains_key(&Key {
+            index.lru.contains(&Key {
                 digest: digest.clone(),
                 executable,
             })
@@ -234,11 +205,10 @@ impl Cache {
 
     /// Whether the entry exists and its file is as recorded; a changed one is dropped.
     fn check(&self, index: &mut Index, key: &Key) -> bool {
-        let Some(entry) = index.entries.get(key) else {
+        let Some(&recorded) = index.lru.get(key) else {
             return false;
         };
-        let path = self.path(key);
-        if Stamp::of(&path) == Some(entry.stamp) {
+        if Stamp::of(&self.path(key)) == Some(recorded) {
             return true;
         }
         self.drop_entry(index, key);
@@ -255,11 +225,11 @@ impl Cache {
     /// Records the change time the cache's own links or unlinks gave an entry's file; drops the
     /// entry if anything else about the file differs.
     fn restamp(&self, index: &mut Index, key: &Key) {
-        let Some(entry) = index.entries.get(key) else {
+        let Some(&recorded) = index.lru.get(key) else {
             return;
         };
         match Stamp::of(&self.path(key)) {
-            Some(now) if now.same_but_changed(&entry.stamp) => index.set_stamp(key, now),
+            Some(now) if now.same_but_changed(&recorded) => index.set_stamp(key, now),
             _ => self.drop_entry(index, key),
         }
     }
@@ -271,7 +241,7 @@ impl Cache {
         if !self.check(&mut index, key) {
             return None;
         }
-        index.pin(key);
+        index.lru.pin(key);
         Some(self.path(key))
     }
 
@@ -351,44 +321,27 @@ impl Cache {
     /// Unpins an entry acquired or inserted before. Blocking (it may evict).
     pub fn release(&self, key: &Key) {
         let mut index = self.lock();
-        if let Some(entry) = index.entries.get_mut(key) {
-            entry.pins = entry.pins.saturating_sub(1);
-        }
+        index.unpin(key);
         self.evict(&mut index);
     }
 
     /// Total size of the cached blobs.
     pub fn used_bytes(&self) -> u64 {
-        self.lock().used
+        self.lock().lru.total()
     }
 
     /// Unlinks unpinned entries, least recently used first, until the total fits the bound.
+    /// An entry whose file cannot be unlinked is forgotten all the same: it is fetched anew
+    /// when needed, and its name is taken over by that fetch.
     fn evict(&self, index: &mut Index) {
-        if index.used <= self.max_bytes {
-            return;
-        }
-        let mut excess = index.used - self.max_bytes;
-        let mut victims = Vec::new();
-        for key in index.by_tick.values() {
-            if excess == 0 {
-                break;
-            }
-            if let Some(entry) = index.entries.get(key)
-                && entry.pins == 0
-            {
-                excess = excess.saturating_sub(entry.size);
-                victims.push(key.clone());
-            }
-        }
-        for key in victims {
+        for (key, stamp) in index.lru.evict(None) {
+            index.by_file.remove(&stamp.file_id());
             let path = self.path(&key);
             if let Err(e) = fs::remove_file(&path)
                 && e.kind() != io::ErrorKind::NotFound
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot evict a cache entry");
-                continue;
             }
-            index.remove(&key);
         }
     }
 }

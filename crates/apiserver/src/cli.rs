@@ -65,7 +65,7 @@ pub enum CliError {
     #[error("opening the CAS")]
     CasTask(#[source] tokio::task::JoinError),
     #[error("{0}")]
-    Cas(String),
+    Cas(crate::setup::OpenStoresError),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("apiserver failed")]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use scoot_cas::stores::{
-    AC_SUBDIR, CasStores, DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores,
+    AC_SUBDIR, CasStores, DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, OpenStoresError, open_cas_stores,
 };
 use scoot_snapshot::store::{CachingStore, FileStore, Store, StoreError};
 
@@ -70,29 +70,28 @@ pub fn cas_services(stores: CasStores) -> scoot_cas::CasServices {
 /// The stores of an apiserver whose bundles are in `store_dir`: `store_dir/cas`, or, when
 /// another apiserver sharing the store directory holds that one (a blob store is used by one
 /// process at a time), the first free of `cas-1`, `cas-2`, ... So every apiserver of a local
-/// cluster has a CAS of its own, and gets the same one back after a restart.
+/// cluster has a CAS of its own, and gets the same one back after a restart. When all are held,
+/// the error is the last one's.
 pub fn open_cas_stores_under(
     store_dir: &Path,
     cas_bytes: u64,
     ac_bytes: u64,
-) -> Result<CasStores, String> {
-    let mut first_error = None;
-    for attempt in 0..CAS_DIR_ATTEMPTS {
+) -> Result<CasStores, OpenStoresError> {
+    let mut attempt = 0;
+    loop {
         let name = match attempt {
             0 => "cas".to_string(),
             n => format!("cas-{n}"),
         };
         match open_cas_stores(store_dir.join(name), cas_bytes, ac_bytes) {
             Ok(stores) => return Ok(stores),
-            // The blob store's refusal of a directory another store has open.
-            Err(e) if e.contains("in use by another") => {
+            Err(e) if e.is_in_use() && attempt + 1 < CAS_DIR_ATTEMPTS => {
                 tracing::debug!("{e}; trying another CAS directory");
-                first_error.get_or_insert(e);
+                attempt += 1;
             }
             Err(e) => return Err(e),
         }
     }
-    Err(first_error.unwrap_or_else(|| "no CAS directory available".to_string()))
 }
 
 /// Checks `-config`: Scoot's apiserver took a JSON object (normally `{}`) and read nothing from

@@ -76,7 +76,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::Stream;
-use nix::fcntl::{Flock, FlockArg};
+use scoot_local_storage::{DirLock, Generation};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -84,7 +84,7 @@ use crate::chunks::{READ_CHUNK, SliceChunks, byte_range, read_empty_blob};
 use crate::filecheck::{
     FileFault, FileStamp, Verified, check_len, hash_checked, mismatch, read_checked,
 };
-use crate::index::{LruIndex, PinGuard, PinOwner, lock};
+use crate::index::{Index, PinGuard, PinOwner, lock};
 use crate::verify::{ReadCheck, Verifier, checked_size, overflow_error};
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 
@@ -99,7 +99,6 @@ const WRITE_BATCH: usize = 1024 * 1024;
 pub const CHECK_FIRST_BYTES: u64 = 1024 * 1024;
 
 const TMP_DIR: &str = "tmp";
-const LOCK_FILE: &str = "LOCK";
 
 /// The default blob store: blobs as files under one directory (see the module documentation for
 /// the layout), at most `capacity_bytes` in total, least recently used evicted first. Cheap to
@@ -113,10 +112,10 @@ struct Shared {
     dir: PathBuf,
     tmp: PathBuf,
     capacity: u64,
-    index: Mutex<LruIndex<BlobMeta>>,
+    index: Mutex<Index<BlobMeta>>,
     next_temp: AtomicU64,
     /// Holds the directory's lock for as long as the store (or any stream or writer) lives.
-    _lock: Flock<File>,
+    _lock: DirLock,
 }
 
 /// What the index keeps about a stored blob besides its size.
@@ -155,21 +154,7 @@ impl FsBlobStore {
     pub fn open(dir: PathBuf, capacity_bytes: u64) -> Result<FsBlobStore, BlobError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| io_error(format!("opening {}", lock_path.display()), e))?;
-        let lock =
-            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-                BlobError::Io(format!(
-                    "{} is in use by another blob store ({errno})",
-                    dir.display()
-                ))
-            })?;
+        let lock = DirLock::acquire(&dir)?;
 
         let tmp = dir.join(TMP_DIR);
         match std::fs::remove_dir_all(&tmp) {
@@ -182,7 +167,7 @@ impl FsBlobStore {
 
         let mut found = scan(&dir)?;
         found.sort();
-        let mut index = LruIndex::new(capacity_bytes);
+        let mut index = Index::new(capacity_bytes);
         for (mtime, digest, size) in found {
             index.insert(digest, size, BlobMeta::new(mtime, None));
         }
@@ -376,8 +361,11 @@ impl Shared {
 
     /// Remembers what a check of the file of generation `id` of `digest` that found its bytes
     /// good learnt.
-    fn remember(&self, digest: &Digest, id: u64, verified: Verified) {
-        if let Some(meta) = lock(&self.index).value_mut(digest, id) {
+    fn remember(&self, digest: &Digest, id: Generation, verified: Verified) {
+        let mut index = lock(&self.index);
+        if index.generation(digest) == Some(id)
+            && let Some(meta) = index.get_mut(digest)
+        {
             meta.crc = Some(verified.crc);
             if verified.stamp.is_some() {
                 meta.verified = verified.stamp;
@@ -387,12 +375,12 @@ impl Shared {
 
     /// The error for a blob file of generation `id` of `digest` that could not be served, once
     /// the blob is forgotten (its file vanished) or dropped (its bytes are not the blob).
-    fn fault(&self, digest: &Digest, id: u64, fault: FileFault) -> BlobError {
+    fn fault(&self, digest: &Digest, id: Generation, fault: FileFault) -> BlobError {
         match fault {
             FileFault::Corrupt(actual) => {
                 let trash = {
                     let mut index = lock(&self.index);
-                    match index.remove(digest, id) {
+                    match index.remove_generation(digest, id) {
                         Some(_) => self.move_to_trash([digest.clone()]),
                         None => Vec::new(),
                     }
@@ -405,7 +393,7 @@ impl Shared {
                 }
             }
             FileFault::Io(e) if e.kind() == io::ErrorKind::NotFound => {
-                lock(&self.index).remove(digest, id);
+                lock(&self.index).remove_generation(digest, id);
                 tracing::warn!(%digest, "blob file vanished");
                 BlobError::NotFound(digest.clone())
             }
@@ -415,7 +403,7 @@ impl Shared {
 }
 
 impl PinOwner for Shared {
-    fn release(&self, digest: &Digest, id: u64) {
+    fn release(&self, digest: &Digest, id: Generation) {
         let trash = {
             let mut index = lock(&self.index);
             index.unpin(digest, id);
@@ -571,7 +559,7 @@ impl BlobStore for FsBlobStore {
                     None => missing.push(digest.clone()),
                     Some(pinned) => present.push((
                         digest.clone(),
-                        pinned.id,
+                        pinned.generation,
                         pinned.value.crc,
                         pinned.value.verified,
                     )),
@@ -634,7 +622,13 @@ impl BlobStore for FsBlobStore {
                 pinned.value.mtime = now;
             }
             let meta = &*pinned.value;
-            (pinned.size, pinned.id, refresh, meta.verified, meta.crc)
+            (
+                pinned.size,
+                pinned.generation,
+                refresh,
+                meta.verified,
+                meta.crc,
+            )
         };
         // Created after the lock is released: dropping it takes the lock.
         let pin = PinGuard::new(self.shared.clone(), digest.clone(), id);
@@ -825,7 +819,7 @@ struct WholeCheck {
     check: Option<ReadCheck>,
     shared: Arc<Shared>,
     /// The generation of the blob being read.
-    id: u64,
+    id: Generation,
     /// To remember if the bytes are the blob.
     stamp: Option<FileStamp>,
 }

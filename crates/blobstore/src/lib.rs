@@ -52,6 +52,9 @@ pub enum BlobError {
     /// The blob cannot fit in the store at all.
     #[error("blob {0} is larger than the store")]
     TooLarge(Digest),
+    /// The directory of a file store is held by another store.
+    #[error(transparent)]
+    Lock(#[from] scoot_local_storage::LockError),
     #[error("{0}")]
     Io(String),
 }

@@ -4,9 +4,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use scoot_local_storage::Generation;
 
 use crate::chunks::{SliceChunks, byte_range, read_empty_blob};
-use crate::index::{LruIndex, PinGuard, PinOwner, lock};
+use crate::index::{Index, PinGuard, PinOwner, lock};
 use crate::verify::Verifier;
 use crate::{BlobError, BlobStore, BlobStream, BlobWriter, Digest};
 
@@ -24,14 +25,14 @@ pub struct MemoryBlobStore {
 }
 
 struct Shared {
-    index: Mutex<LruIndex<Bytes>>,
+    index: Mutex<Index<Bytes>>,
 }
 
 impl MemoryBlobStore {
     pub fn new(capacity_bytes: u64) -> MemoryBlobStore {
         MemoryBlobStore {
             shared: Arc::new(Shared {
-                index: Mutex::new(LruIndex::new(capacity_bytes)),
+                index: Mutex::new(Index::new(capacity_bytes)),
             }),
         }
     }
@@ -52,7 +53,7 @@ impl MemoryBlobStore {
 }
 
 impl PinOwner for Shared {
-    fn release(&self, digest: &Digest, id: u64) {
+    fn release(&self, digest: &Digest, id: Generation) {
         let evicted = {
             let mut index = lock(&self.index);
             index.unpin(digest, id);
@@ -88,7 +89,7 @@ impl BlobStore for MemoryBlobStore {
             let pinned = index
                 .pin(digest)
                 .ok_or_else(|| BlobError::NotFound(digest.clone()))?;
-            (pinned.value.clone(), pinned.id)
+            (pinned.value.clone(), pinned.generation)
         };
         // Created after the lock is released: dropping it takes the lock.
         let pin = PinGuard::new(self.shared.clone(), digest.clone(), id);

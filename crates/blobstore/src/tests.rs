@@ -658,7 +658,7 @@ async fn fs_directory_has_one_owner() {
     let first = FsBlobStore::open(tmp.path().to_path_buf(), MIB).unwrap();
     assert!(matches!(
         FsBlobStore::open(tmp.path().to_path_buf(), MIB),
-        Err(BlobError::Io(_))
+        Err(BlobError::Lock(e)) if e.is_in_use()
     ));
     drop(first);
     FsBlobStore::open(tmp.path().to_path_buf(), MIB).unwrap();

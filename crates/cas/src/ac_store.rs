@@ -14,10 +14,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use scoot_core::Digest;
+use scoot_local_storage::Lru;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::CasError;
-use crate::lru::Lru;
 
 /// The action-cache key: the instance name and the digest of the Action.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -94,12 +94,17 @@ impl MemoryActionCache {
 #[async_trait]
 impl ActionCacheStore for MemoryActionCache {
     async fn get(&self, key: &AcKey) -> Result<Option<Bytes>, CasError> {
-        Ok(lock(&self.entries).get(key).cloned())
+        Ok(lock(&self.entries).touch(key).cloned())
     }
 
     async fn put(&self, key: &AcKey, result: Bytes) -> Result<(), CasError> {
         let cost = key.cost(result.len());
-        let evicted = lock(&self.entries).insert(key.clone(), result, cost);
+        let evicted = {
+            let mut entries = lock(&self.entries);
+            entries.replace(key.clone(), cost, result);
+            entries.evict(Some(key))
+        };
+        // The evicted results are freed here, outside the lock.
         drop(evicted);
         Ok(())
     }
@@ -154,7 +159,8 @@ impl FileActionCache {
         found.sort();
         let mut index = Lru::new(capacity_bytes);
         for (_, name, size) in found {
-            for (evicted, ()) in index.insert(name, (), size) {
+            index.insert(name.clone(), size, ());
+            for (evicted, ()) in index.evict(Some(&name)) {
                 let _ = std::fs::remove_file(dir.join(evicted));
             }
         }
@@ -210,7 +216,7 @@ fn decode_file(data: Vec<u8>) -> Option<Bytes> {
 impl ActionCacheStore for FileActionCache {
     async fn get(&self, key: &AcKey) -> Result<Option<Bytes>, CasError> {
         let name = key.stable_name();
-        if lock(&self.shared.index).get(&name).is_none() {
+        if lock(&self.shared.index).touch(&name).is_none() {
             return Ok(None);
         }
         let shared = self.shared.clone();
@@ -262,7 +268,11 @@ impl ActionCacheStore for FileActionCache {
                     shared.dir.display()
                 )));
             }
-            let evicted = lock(&shared.index).insert(name, (), contents.len() as u64);
+            let evicted = {
+                let mut index = lock(&shared.index);
+                index.replace(name.clone(), contents.len() as u64, ());
+                index.evict(Some(&name))
+            };
             for (old, ()) in evicted {
                 let _ = std::fs::remove_file(shared.dir.join(old));
             }

@@ -74,7 +74,7 @@ impl From<BlobError> for CasError {
             BlobError::Corrupt { .. } => Code::DataLoss,
             BlobError::OffsetOutOfRange { .. } => Code::OutOfRange,
             BlobError::TooLarge(_) => Code::ResourceExhausted,
-            BlobError::Io(_) => Code::Internal,
+            BlobError::Lock(_) | BlobError::Io(_) => Code::Internal,
         };
         CasError::new(code, e.to_string())
     }

@@ -27,7 +27,6 @@ pub mod capabilities;
 pub mod cas;
 pub mod digest;
 pub mod error;
-mod lru;
 pub mod resource;
 pub mod stores;
 

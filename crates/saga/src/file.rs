@@ -85,7 +85,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::{Flock, FlockArg};
+use scoot_local_storage::{DirLock, LOCK_FILE};
 
 use crate::error::SagaLogError;
 use crate::log::{SagaLog, expired};
@@ -101,7 +101,6 @@ const HEADER_LEN: usize = 12;
 const SAGA_SUFFIX: &str = ".saga";
 const TMP_SUFFIX: &str = ".tmp";
 const DAMAGED_SUFFIX: &str = ".damaged";
-const LOCK_FILE: &str = "LOCK";
 
 /// What the index knows about one saga file.
 enum Status {
@@ -134,7 +133,7 @@ pub struct FileSagaLog {
     retention: Option<Duration>,
     sagas: Mutex<HashMap<String, EntryRef>>,
     tmp_counter: AtomicU64,
-    _lock: Flock<File>,
+    _lock: DirLock,
 }
 
 fn internal(what: &str, path: &Path, err: io::Error) -> SagaLogError {
@@ -520,21 +519,8 @@ impl FileSagaLog {
     /// Fails if another `FileSagaLog` holds `dir` or on I/O errors.
     pub fn open(dir: PathBuf, retention: Option<Duration>) -> Result<Self, SagaLogError> {
         fs::create_dir_all(&dir).map_err(|e| internal("create", &dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| internal("open", &lock_path, e))?;
         let lock =
-            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-                SagaLogError::Internal(format!(
-                    "saga log {} is in use by another process ({errno})",
-                    dir.display()
-                ))
-            })?;
+            DirLock::acquire(&dir).map_err(|e| SagaLogError::Internal(format!("saga log: {e}")))?;
 
         let mut sagas = HashMap::new();
         let mut removed_tmp = false;

@@ -73,7 +73,7 @@ pub enum CliError {
     #[error(transparent)]
     CasTask(#[from] tokio::task::JoinError),
     #[error("{0}")]
-    Cas(String),
+    Cas(scoot_cas::stores::OpenStoresError),
     #[error("scheduler failed")]
     Failed(#[source] SchedulerError),
 }

@@ -9,17 +9,17 @@
 //! recently used blobs first; a blob larger than the capacity is never cached. Blob names are
 //! taken to identify their content (bundle names carry a hash), so a cached blob never goes stale.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use scoot_local_storage::Lru;
 
 use super::{Expiry, Store, StoreError, check_name};
 
 pub struct CachingStore {
     inner: Arc<dyn Store>,
-    cache: Mutex<Lru>,
+    cache: Mutex<Lru<String, Bytes>>,
 }
 
 impl CachingStore {
@@ -32,15 +32,31 @@ impl CachingStore {
 
     /// Bytes of blob data currently cached.
     pub fn cached_bytes(&self) -> u64 {
-        self.lock().used
+        self.lock().total()
     }
 
     /// Whether `name` is currently cached (does not count as a use).
     pub fn is_cached(&self, name: &str) -> bool {
-        self.lock().entries.contains_key(name)
+        self.lock().contains(&name.to_string())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Lru> {
+    /// The cached bytes of `name`, now the most recently used.
+    fn cached(&self, name: &str) -> Option<Bytes> {
+        self.lock().touch(&name.to_string()).cloned()
+    }
+
+    /// Caches `data` as `name` unless it is larger than the whole cache, evicting least recently
+    /// used blobs to make room. Already cached, it only counts as a use (names identify content).
+    fn remember(&self, name: &str, data: Bytes) {
+        let name = name.to_string();
+        let size = data.len() as u64;
+        let mut cache = self.lock();
+        if size <= cache.capacity() && cache.insert(name.clone(), size, data) {
+            cache.evict(Some(&name));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru<String, Bytes>> {
         // The cache stays consistent between statements, so a panic elsewhere cannot leave it
         // half-updated; carry on with it.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
@@ -59,12 +75,12 @@ impl Store for CachingStore {
 
     async fn read(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
         check_name(name)?;
-        if let Some(data) = self.lock().get(name) {
+        if let Some(data) = self.cached(name) {
             return Ok(Some(data));
         }
         let data = self.inner.read(name).await?;
         if let Some(data) = &data {
-            self.lock().insert(name, data.clone());
+            self.remember(name, data.clone());
         }
         Ok(data)
     }
@@ -72,76 +88,14 @@ impl Store for CachingStore {
     async fn write(&self, name: &str, data: Bytes, expiry: Expiry) -> Result<(), StoreError> {
         check_name(name)?;
         self.inner.write(name, data.clone(), expiry).await?;
-        self.lock().insert(name, data);
+        self.remember(name, data);
         Ok(())
-    }
-}
-
-/// Least-recently-used map with a byte budget. Each use takes a fresh tick; `order` maps ticks
-/// to names, so its first entry is the least recently used blob.
-struct Lru {
-    capacity: u64,
-    used: u64,
-    next_tick: u64,
-    entries: HashMap<String, Entry>,
-    order: BTreeMap<u64, String>,
-}
-
-struct Entry {
-    data: Bytes,
-    tick: u64,
-}
-
-impl Lru {
-    fn new(capacity: u64) -> Lru {
-        Lru {
-            capacity,
-            used: 0,
-            next_tick: 0,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-        }
-    }
-
-    fn tick(&mut self) -> u64 {
-        self.next_tick += 1;
-        self.next_tick
-    }
-
-    fn get(&mut self, name: &str) -> Option<Bytes> {
-        let tick = self.tick();
-        let entry = self.entries.get_mut(name)?;
-        self.order.remove(&entry.tick);
-        entry.tick = tick;
-        self.order.insert(tick, name.to_string());
-        Some(entry.data.clone())
-    }
-
-    fn insert(&mut self, name: &str, data: Bytes) {
-        if self.get(name).is_some() {
-            return;
-        }
-        let size = data.len() as u64;
-        if size > self.capacity {
-            return;
-        }
-        while self.used + size > self.capacity {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some(evicted) = self.entries.remove(&oldest) {
-                self.used -= evicted.data.len() as u64;
-            }
-        }
-        let tick = self.tick();
-        self.order.insert(tick, name.to_string());
-        self.entries.insert(name.to_string(), Entry { data, tick });
-        self.used += size;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -286,8 +240,7 @@ mod tests {
             task.await.unwrap();
         }
         let cache = store.lock();
-        let sum: u64 = cache.entries.values().map(|e| e.data.len() as u64).sum();
-        assert_eq!(sum, cache.used);
-        assert_eq!(cache.entries.len(), cache.order.len());
+        let sum: u64 = cache.iter().map(|(_, data)| data.len() as u64).sum();
+        assert_eq!(sum, cache.total());
     }
 }
