@@ -6,14 +6,13 @@ use prost::Message;
 use scoot_cas_client::ClientError;
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
-use scoot_proto::{prost_types, rpc};
+use scoot_proto::rpc;
+use scoot_reapi::status::{
+    missing_blobs_message, missing_blobs_status, rpc_status, status_response,
+};
+use scoot_reapi::{InputsError, Invalid};
 use scoot_runner::action::ActionFailure;
 use tonic::Code;
-
-use crate::rules::Invalid;
-
-/// At most this many missing blobs are named in the status message (all are in the details).
-const MISSING_IN_MESSAGE: usize = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Failure {
@@ -43,17 +42,9 @@ impl Failure {
     /// FAILED_PRECONDITION listing every missing blob, so the client can upload them all and
     /// retry once.
     pub fn missing(missing: Vec<(Digest, &'static str)>) -> Failure {
-        let mut names: Vec<String> = missing
-            .iter()
-            .take(MISSING_IN_MESSAGE)
-            .map(|(d, what)| format!("{what} blobs/{d}"))
-            .collect();
-        if missing.len() > MISSING_IN_MESSAGE {
-            names.push(format!("and {} more", missing.len() - MISSING_IN_MESSAGE));
-        }
         Failure {
             code: Code::FailedPrecondition,
-            message: format!("missing from the CAS: {}", names.join(", ")),
+            message: missing_blobs_message(&missing),
             missing,
         }
     }
@@ -73,36 +64,16 @@ impl Failure {
     }
 
     fn status(&self) -> rpc::Status {
-        let mut status = rpc::Status {
-            code: i32::from(self.code),
-            message: self.message.clone(),
-            details: Vec::new(),
-        };
-        if !self.missing.is_empty() {
-            let violations = self
-                .missing
-                .iter()
-                .map(|(digest, what)| rpc::precondition_failure::Violation {
-                    r#type: "MISSING".into(),
-                    subject: format!("blobs/{digest}"),
-                    description: format!("{what} is not in the CAS"),
-                })
-                .collect();
-            status.details.push(prost_types::Any {
-                type_url: scoot_proto::type_url("google.rpc.PreconditionFailure"),
-                value: rpc::PreconditionFailure { violations }.encode_to_vec(),
-            });
+        if self.missing.is_empty() {
+            rpc_status(self.code, self.message.clone())
+        } else {
+            missing_blobs_status(&self.missing)
         }
-        status
     }
 
     /// An `ExecuteResponse` with this failure as its status.
     pub fn response(&self) -> v2::ExecuteResponse {
-        v2::ExecuteResponse {
-            status: Some(self.status()),
-            message: self.message.clone(),
-            ..Default::default()
-        }
+        status_response(self.status())
     }
 
     /// The run's failure: `exit_code` is one of Scoot's reserved codes, the response an encoded
@@ -120,6 +91,17 @@ impl Failure {
 impl From<Invalid> for Failure {
     fn from(invalid: Invalid) -> Failure {
         Failure::invalid(invalid.0)
+    }
+}
+
+/// The action check's outcome: `Source` failures already are ours.
+impl From<InputsError<Failure>> for Failure {
+    fn from(error: InputsError<Failure>) -> Failure {
+        match error {
+            InputsError::Invalid(invalid) => invalid.into(),
+            InputsError::Missing(missing) => Failure::missing(missing),
+            InputsError::Source(failure) => failure,
+        }
     }
 }
 

@@ -14,22 +14,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use prost::Message;
 use scoot_cas_client::{CasClient, MAX_BATCH_BLOB_BYTES, batch_groups};
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
-use tonic::Code;
-
+use scoot_reapi::BlobSource;
+use scoot_reapi::digest::from_proto;
+use scoot_reapi::rules::{CommandLayout, JDK_SYMLINK_PROPERTY};
 use scoot_runner::execer::identity::Identity;
+use tonic::Code;
 
 use crate::cache::{Cache, Key};
 use crate::failure::Failure;
-use crate::rules::{self, CommandLayout};
 use crate::under;
 
-/// Largest Action, Command or Directory accepted: these are read whole into memory, and the
-/// size comes from the client.
-const MAX_MESSAGE_BLOB_BYTES: i64 = 64 << 20;
 /// Batch reads and streamed downloads in flight at once.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -46,132 +43,57 @@ pub(crate) struct Inputs {
     pub file_count: usize,
 }
 
-/// Fetches the Action, the Command and every Directory of the input root and checks that each
-/// file is in the local cache or the CAS. Everything missing is reported at once.
+/// Fetches the Action, the Command and every Directory of the input root (level by level, in
+/// batches) and checks that each file is in the local cache or the CAS, with the checks the
+/// scheduler makes ([`scoot_reapi::inputs`]). Everything missing is reported at once.
 pub(crate) async fn fetch(
     client: &CasClient,
     action_digest: &Digest,
     cache: &Cache,
 ) -> Result<Inputs, Failure> {
-    let action: v2::Action = read_message(client, action_digest, "the Action")
-        .await?
-        .ok_or_else(|| Failure::missing(vec![(action_digest.clone(), "the Action")]))?;
-    let command_digest =
-        rules::digest_field(action.command_digest.as_ref(), "Action.command_digest")?;
-    // An absent input root is the empty Directory, whose encoding is the empty blob.
-    let root = match action.input_root_digest.as_ref() {
-        Some(digest) => rules::digest_field(Some(digest), "Action.input_root_digest")?,
-        None => Digest::empty(),
-    };
-    let (command, directories) = tokio::join!(
-        read_message::<v2::Command>(client, &command_digest, "the Command"),
-        fetch_tree(client, &root),
-    );
-    let (command, directories) = (command?, directories?);
-    let layout = command.as_ref().map(rules::validate_command).transpose()?;
-    let summary = rules::validate_tree(&root, &directories)?;
-
-    let mut missing = Vec::new();
-    if command.is_none() {
-        missing.push((command_digest, "the Command"));
-    }
-    missing.extend(
-        summary
-            .missing_directories
-            .into_iter()
-            .map(|d| (d, "an input directory")),
-    );
-    let uncached: Vec<Digest> = summary
-        .files
-        .iter()
-        .filter(|d| !cache.contains(d))
-        .cloned()
-        .collect();
-    let absent = client
-        .find_missing(&uncached)
-        .await
-        .map_err(|e| Failure::cas(e, "checking the input files"))?;
-    missing.extend(absent.into_iter().map(|d| (d, "an input file")));
-    match (command, layout) {
-        (Some(command), Some(layout)) if missing.is_empty() => Ok(Inputs {
-            jdk_symlink: rules::jdk_symlink(&action, &command)?,
-            action,
-            command,
-            layout,
-            root,
-            directories: Arc::new(directories),
-            file_count: summary.files.len(),
-        }),
-        _ => Err(Failure::missing(missing)),
-    }
+    let source = Remote { client, cache };
+    let action = scoot_reapi::inputs::read_action(&source, action_digest).await?;
+    let checked = scoot_reapi::inputs::check_inputs(&source, &action).await?;
+    Ok(Inputs {
+        action,
+        command: checked.command,
+        layout: checked.layout,
+        jdk_symlink: checked.jdk_symlink,
+        root: checked.tree.root,
+        file_count: checked.tree.files.len(),
+        directories: Arc::new(checked.tree.directories),
+    })
 }
 
-/// Reads and decodes one message; `None` when the CAS lacks it.
-async fn read_message<M: Message + Default>(
-    client: &CasClient,
-    digest: &Digest,
-    what: &str,
-) -> Result<Option<M>, Failure> {
-    check_message_size(digest, what)?;
-    let read = client
-        .try_read_blobs(std::slice::from_ref(digest))
-        .await
-        .map_err(|e| Failure::cas(e, &format!("reading {what}")))?;
-    let Some((_, data)) = read.blobs.into_iter().next() else {
-        return Ok(None);
-    };
-    M::decode(data)
-        .map(Some)
-        .map_err(|e| Failure::invalid(format!("{what} blobs/{digest} cannot be decoded: {e}")))
+/// The CAS as a worker sees it: files already in the local cache count as present.
+struct Remote<'a> {
+    client: &'a CasClient,
+    cache: &'a Cache,
 }
 
-fn check_message_size(digest: &Digest, what: &str) -> Result<(), Failure> {
-    if digest.size_bytes > MAX_MESSAGE_BLOB_BYTES {
-        return Err(Failure::invalid(format!(
-            "{what} blobs/{digest} is larger than {MAX_MESSAGE_BLOB_BYTES} bytes"
-        )));
-    }
-    Ok(())
-}
+impl BlobSource for Remote<'_> {
+    type Error = Failure;
 
-/// Every Directory under `root` the CAS has, read level by level (each level in batches);
-/// absent ones are simply not in the map, for [`rules::validate_tree`] to report.
-async fn fetch_tree(
-    client: &CasClient,
-    root: &Digest,
-) -> Result<HashMap<Digest, v2::Directory>, Failure> {
-    let mut directories = HashMap::new();
-    let mut seen = HashSet::from([root.clone()]);
-    let mut level = vec![root.clone()];
-    let mut depth = 0;
-    while !level.is_empty() {
-        for digest in &level {
-            check_message_size(digest, "input directory")?;
-        }
-        let read = client
-            .try_read_blobs(&level)
+    async fn read(&self, digests: &[Digest]) -> Result<Vec<(Digest, Bytes)>, Failure> {
+        let read = self
+            .client
+            .try_read_blobs(digests)
             .await
-            .map_err(|e| Failure::cas(e, "reading the input directories"))?;
-        let mut next = Vec::new();
-        for (digest, data) in read.blobs {
-            let directory = v2::Directory::decode(data).map_err(|e| {
-                Failure::invalid(format!(
-                    "input directory blobs/{digest} cannot be decoded: {e}"
-                ))
-            })?;
-            let refs = rules::validate_directory(&directory, depth)
-                .map_err(|e| Failure::invalid(format!("input directory {digest}: {e}")))?;
-            next.extend(
-                refs.directories
-                    .into_iter()
-                    .filter(|child| seen.insert(child.clone())),
-            );
-            directories.insert(digest, directory);
-        }
-        level = next;
-        depth += 1;
+            .map_err(|e| Failure::cas(e, "reading the action's messages"))?;
+        Ok(read.blobs)
     }
-    Ok(directories)
+
+    async fn find_missing(&self, files: &[Digest]) -> Result<Vec<Digest>, Failure> {
+        let uncached: Vec<Digest> = files
+            .iter()
+            .filter(|d| !self.cache.contains(d))
+            .cloned()
+            .collect();
+        self.client
+            .find_missing(&uncached)
+            .await
+            .map_err(|e| Failure::cas(e, "checking the input files"))
+    }
 }
 
 /// Where one blob goes in the input root.
@@ -256,7 +178,7 @@ fn link_java_home(root: &Path, path: &str) -> Result<(), Failure> {
             tonic::Code::FailedPrecondition,
             format!(
                 "the action asks for {} but this worker has no JAVA_HOME",
-                rules::JDK_SYMLINK_PROPERTY
+                JDK_SYMLINK_PROPERTY
             ),
         ));
     };
@@ -270,7 +192,7 @@ fn link_java_home(root: &Path, path: &str) -> Result<(), Failure> {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             Failure::invalid(format!(
                 "{}={path} names an input that already exists",
-                rules::JDK_SYMLINK_PROPERTY
+                JDK_SYMLINK_PROPERTY
             ))
         } else {
             failure
@@ -291,13 +213,13 @@ fn lay_out(
         let directory = directories.get(&digest).ok_or_else(|| {
             Failure::internal(format!("input directory {digest} was not fetched"))
         })?;
-        // Identical repeated entries are allowed (rules::validate_directory); the first wins.
+        // Identical repeated entries are allowed (`validate_directory`); the first wins.
         let mut names = HashSet::new();
         for file in &directory.files {
             if !names.insert(file.name.as_str()) {
                 continue;
             }
-            let digest = rules::digest_field(file.digest.as_ref(), "file")?;
+            let digest = from_proto(file.digest.as_ref(), "file")?;
             let target = path.join(&file.name);
             if digest.is_empty_blob() {
                 create_empty(&target, file.is_executable)
@@ -327,10 +249,7 @@ fn lay_out(
                 let child_path = path.join(&child.name);
                 fs::create_dir(&child_path)
                     .map_err(|e| Failure::io(&e, format!("creating {}", child_path.display())))?;
-                stack.push((
-                    child_path,
-                    rules::digest_field(child.digest.as_ref(), "directory")?,
-                ));
+                stack.push((child_path, from_proto(child.digest.as_ref(), "directory")?));
             }
         }
     }

@@ -2,13 +2,14 @@
 //! `ExecuteRequest`.
 //!
 //! [`ReapiActions::prepare`](ActionRunner::prepare) fetches the Action, the Command and the whole
-//! input tree (Directory messages level by level, in batches), validates them with [`rules`],
-//! checks that every input blob exists, lays the input root out in a fresh directory under
-//! [`ActionConfig::work_dir`] and creates the parents of the outputs. The process is then run
-//! by the runner from the returned [`ActionSpec`]: exactly the Command's arguments and
-//! environment, in its working directory. [`PreparedAction::finish`] collects the declared
-//! outputs, uploads them with stdout and stderr, writes the action cache and returns the
-//! `ExecuteResponse`; [`PreparedAction::release`] removes the directory.
+//! input tree (Directory messages level by level, in batches), validates them and checks that
+//! every input blob exists with [`scoot_reapi::inputs::check_inputs`] (the scheduler's check),
+//! lays the input root out in a fresh directory under [`ActionConfig::work_dir`] and creates
+//! the parents of the outputs. The process is then run by the runner from the returned
+//! [`ActionSpec`]: exactly the Command's arguments and environment, in its working directory.
+//! [`PreparedAction::finish`] collects the declared outputs, uploads them with stdout and
+//! stderr, writes the action cache and returns the `ExecuteResponse`;
+//! [`PreparedAction::release`] removes the directory.
 //!
 //! Invariants:
 //! * Input files come from a local, size-bounded CAS cache in [`ActionConfig::cache_dir`] (see
@@ -32,8 +33,6 @@
 //!   prepare to start of finish), output upload, worker completion. The queued time is the
 //!   scheduler's to fill.
 
-pub mod rules;
-
 mod cache;
 mod failure;
 mod inputs;
@@ -52,20 +51,14 @@ use scoot_cas_client::{CasClient, ClientError};
 use scoot_core::{Digest, LogTags, exit_code};
 use scoot_proto::reapi::v2;
 use scoot_proto::{prost_types, rpc};
+use scoot_reapi::digest::{check_function, from_proto};
+use scoot_reapi::rules::CommandLayout;
 use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedAction};
 use scoot_runner::execer::identity::Identity;
 use tracing::Instrument;
 
 use crate::cache::{Cache, Staging};
 use crate::failure::Failure;
-use crate::rules::CommandLayout;
-
-/// The ExecuteResponse for an action whose blobs the CAS lacks: FAILED_PRECONDITION with one
-/// `MISSING` violation per blob (`what` says what each was meant to be), so a client can upload
-/// them all and retry once. The scheduler answers this before queueing such an action.
-pub fn missing_blobs_response(missing: Vec<(Digest, &'static str)>) -> v2::ExecuteResponse {
-    Failure::missing(missing).response()
-}
 
 /// Per-action directories in the work directory are named with this prefix; leftovers of an
 /// earlier process are removed at open.
@@ -168,18 +161,8 @@ impl ReapiActions {
         };
         let request = v2::ExecuteRequest::decode(request)
             .map_err(|e| Failure::invalid(format!("the ExecuteRequest cannot be decoded: {e}")))?;
-        if ![
-            v2::digest_function::Value::Unknown as i32,
-            v2::digest_function::Value::Sha256 as i32,
-        ]
-        .contains(&request.digest_function)
-        {
-            return Err(Failure::invalid(format!(
-                "digest function {} is not supported; this worker uses SHA256",
-                request.digest_function
-            )));
-        }
-        let action_digest = rules::digest_field(
+        check_function(request.digest_function)?;
+        let action_digest = from_proto(
             request.action_digest.as_ref(),
             "ExecuteRequest.action_digest",
         )?;
@@ -451,8 +434,8 @@ async fn remove_action_dir(cache: Arc<Cache>, dir: PathBuf) {
     tracing::warn!(dir = %shown, %error, "cannot remove the action directory");
 }
 
-/// `relative` (a normal form from [`rules`]) under `root`; the empty path is `root` itself
-/// (`Path::join("")` would add a trailing slash).
+/// `relative` (a normal form from [`scoot_reapi::rules`]) under `root`; the empty path is
+/// `root` itself (`Path::join("")` would add a trailing slash).
 pub(crate) fn under(root: &Path, relative: &str) -> PathBuf {
     if relative.is_empty() {
         root.to_path_buf()

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use scoot_cas_client::{digest_of_file, encode, read_tree, to_proto};
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
+use scoot_reapi::rules::{CommandLayout, OutputKind};
 
 use crate::failure::Failure;
-use crate::rules::{CommandLayout, OutputKind};
 use crate::under;
 
 /// The outputs found, and what must be in the CAS for the result to be complete.

@@ -905,3 +905,43 @@ async fn open_refuses_a_work_directory_the_action_user_cannot_reach() {
     fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o711)).unwrap();
     ReapiActions::open(config).await.unwrap();
 }
+
+/// The worker refuses what the scheduler refuses (see the scheduler's `execution` tests): an
+/// Action without an input root, and messages above the one size limit, are INVALID_ARGUMENT.
+#[tokio::test]
+async fn actions_the_scheduler_refuses_are_refused_alike() {
+    let h = Harness::start(1 << 30).await;
+    let (command_digest, command_blob) = encode(&shell("true"));
+    let oversized = Digest {
+        hash: digest_of(b"a Directory too large to read").hash,
+        size_bytes: scoot_reapi::MAX_MESSAGE_BYTES as i64 + 1,
+    };
+    let cases = [
+        (None, "Action.input_root_digest: no digest given"),
+        (Some(to_proto(&oversized)), "is larger than 16777216 bytes"),
+    ];
+    for (input_root_digest, expected) in cases {
+        let action = v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest,
+            ..Default::default()
+        };
+        let (action_digest, action_blob) = encode(&action);
+        h.client
+            .upload_blobs(vec![
+                (command_digest.clone(), command_blob.clone()),
+                (action_digest.clone(), action_blob),
+            ])
+            .await
+            .unwrap();
+        let failure = h
+            .prepare(&execute_request("", &action_digest))
+            .await
+            .err()
+            .unwrap();
+        let response = response_of(&failure);
+        assert_eq!(status_code(&response), Code::InvalidArgument, "{failure:?}");
+        assert!(failure.message.contains(expected), "{}", failure.message);
+    }
+    assert_eq!(h.work_entries(), 0);
+}

@@ -1,4 +1,5 @@
-//! Digests: computing them, converting them to and from the wire, grouping blobs into batches.
+//! Digests: computing them and grouping blobs into batches (wire conversion is
+//! [`scoot_reapi::digest`]'s).
 
 use std::io::Read;
 use std::path::Path;
@@ -6,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use prost::Message;
 use scoot_core::Digest;
-use scoot_proto::reapi::v2;
+use scoot_reapi::digest::size;
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
@@ -45,19 +46,6 @@ pub fn encode<M: Message>(message: &M) -> (Digest, Bytes) {
     (digest_of(&data), data)
 }
 
-pub fn to_proto(digest: &Digest) -> v2::Digest {
-    v2::Digest {
-        hash: digest.hash.clone(),
-        size_bytes: digest.size_bytes,
-    }
-}
-
-/// A wire digest as a validated [`Digest`] (INVALID_ARGUMENT if malformed).
-pub fn from_proto(digest: &v2::Digest) -> Result<Digest, ClientError> {
-    Digest::new(digest.hash.clone(), digest.size_bytes)
-        .map_err(|e| ClientError::new(Code::InvalidArgument, e.0))
-}
-
 /// Splits digests, in order, into groups that each fit one batch request: at most
 /// [`MAX_BATCH_TOTAL_BYTES`] of blob data and [`MAX_BATCH_BLOBS`] blobs. A blob larger than the
 /// whole limit gets a group of its own (such blobs belong in ByteStream, which callers decide).
@@ -80,11 +68,6 @@ pub fn batch_groups<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Vec<Ve
         groups.push(group);
     }
     groups
-}
-
-/// A validated digest's size as an unsigned count.
-pub(crate) fn size(digest: &Digest) -> u64 {
-    u64::try_from(digest.size_bytes).unwrap_or(0)
 }
 
 /// DATA_LOSS unless `data` is the blob `digest` names.

@@ -23,6 +23,11 @@ impl ClientError {
         }
     }
 
+    /// A malformed digest in a server's reply.
+    pub(crate) fn invalid_digest(error: scoot_reapi::Invalid) -> ClientError {
+        ClientError::new(Code::InvalidArgument, error.0)
+    }
+
     pub(crate) fn from_status(status: &tonic::Status, what: impl Display) -> ClientError {
         ClientError::new(status.code(), format!("{what}: {}", status.message()))
     }

@@ -39,9 +39,10 @@ use scoot_proto::reapi::v2::content_addressable_storage_client::ContentAddressab
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-pub use digest::{batch_groups, digest_of, digest_of_file, encode, from_proto, to_proto};
+pub use digest::{batch_groups, digest_of, digest_of_file, encode};
 pub use error::ClientError;
 pub use read::BlobsRead;
+pub use scoot_reapi::digest::to_proto;
 pub use source::RemoteBlobSource;
 pub use tree::{LocalTree, read_tree};
 

@@ -9,14 +9,15 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use scoot_core::Digest;
 use scoot_proto::bytestream::{ReadRequest, ReadResponse};
 use scoot_proto::reapi::v2;
+use scoot_reapi::digest::{from_proto, size};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
 
-use crate::digest::{check_blob, size};
+use crate::digest::check_blob;
 use crate::{
     CONCURRENCY, CasClient, ClientError, FIND_MISSING_CHUNK, MAX_BATCH_BLOB_BYTES, batch_groups,
-    from_proto, stream_deadline, timed, to_proto, unary, within,
+    stream_deadline, timed, to_proto, unary, within,
 };
 
 /// Largest buffer reserved up front for a streamed read into memory: the size comes from a
@@ -52,7 +53,10 @@ impl CasClient {
             )
             .await?;
             for digest in &reply.missing_blob_digests {
-                missing.push(from_proto(digest)?);
+                missing.push(
+                    from_proto(Some(digest), "FindMissingBlobs reply")
+                        .map_err(ClientError::invalid_digest)?,
+                );
             }
         }
         Ok(missing)
@@ -128,7 +132,8 @@ impl CasClient {
             let Some(digest) = response.digest.as_ref() else {
                 continue;
             };
-            let digest = from_proto(digest)?;
+            let digest = from_proto(Some(digest), "BatchReadBlobs reply")
+                .map_err(ClientError::invalid_digest)?;
             let status = response.status.unwrap_or_default();
             match Code::from(status.code) {
                 Code::Ok => {

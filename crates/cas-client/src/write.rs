@@ -11,10 +11,10 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use scoot_core::Digest;
 use scoot_proto::bytestream::WriteRequest;
 use scoot_proto::reapi::v2;
+use scoot_reapi::digest::size;
 use tokio::io::AsyncReadExt;
 use tonic::Code;
 
-use crate::digest::size;
 use crate::{
     CONCURRENCY, CasClient, ClientError, MAX_BATCH_BLOB_BYTES, WRITE_CHUNK_BYTES, batch_groups,
     stream_deadline, timed, to_proto, unary, within,

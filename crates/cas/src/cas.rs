@@ -32,8 +32,8 @@ use crate::error::{CasError, ok_status};
 /// GetTree pages stop growing past this many bytes of directories (clients commonly accept
 /// messages of 4 MiB).
 const TREE_PAGE_BYTES: usize = 2 << 20;
-/// Larger Directory blobs are refused by GetTree.
-const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
+/// Larger Directory blobs are refused by GetTree, as by Execute.
+const MAX_DIRECTORY_BYTES: u64 = scoot_reapi::MAX_MESSAGE_BYTES;
 
 #[derive(Clone)]
 pub struct CasService {
@@ -284,7 +284,7 @@ impl TreeWalk {
             })?;
             for child in &directory.directories {
                 let child = from_proto(child.digest.as_ref(), "directory node")
-                    .map_err(|e| e.context(format!("in directory {digest}")))?;
+                    .map_err(|e| CasError::from(e).context(format!("in directory {digest}")))?;
                 if seen.insert(child.clone()) {
                     queue.push_back((child, None));
                 }

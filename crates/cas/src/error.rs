@@ -4,6 +4,8 @@ use std::fmt;
 
 use scoot_blobstore::BlobError;
 use scoot_proto::rpc;
+use scoot_reapi::Invalid;
+use scoot_reapi::status::rpc_status;
 use tonic::{Code, Status};
 
 /// An error with the gRPC [`Code`] it goes out as and a trail of messages, most specific first
@@ -50,11 +52,7 @@ impl CasError {
 
     /// The error as a `google.rpc.Status`, for per-item statuses in batch responses.
     pub fn to_rpc_status(&self) -> rpc::Status {
-        rpc::Status {
-            code: self.code as i32,
-            message: self.to_string(),
-            details: Vec::new(),
-        }
+        rpc_status(self.code, self.to_string())
     }
 }
 
@@ -65,6 +63,12 @@ impl fmt::Display for CasError {
 }
 
 impl std::error::Error for CasError {}
+
+impl From<Invalid> for CasError {
+    fn from(e: Invalid) -> CasError {
+        CasError::invalid_argument(e.0)
+    }
+}
 
 impl From<BlobError> for CasError {
     fn from(e: BlobError) -> CasError {
@@ -100,11 +104,7 @@ impl<T, E: Into<CasError>> ResultExt<T> for Result<T, E> {
 
 /// An OK `google.rpc.Status`.
 pub fn ok_status() -> rpc::Status {
-    rpc::Status {
-        code: Code::Ok as i32,
-        message: String::new(),
-        details: Vec::new(),
-    }
+    rpc_status(Code::Ok, "")
 }
 
 #[cfg(test)]

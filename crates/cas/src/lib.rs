@@ -25,7 +25,6 @@ pub mod action_cache;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
-pub mod digest;
 pub mod error;
 pub mod resource;
 pub mod stores;
@@ -42,6 +41,8 @@ use scoot_proto::raw::action_cache_server::ActionCacheServer;
 use scoot_proto::raw::content_addressable_storage_server::ContentAddressableStorageServer;
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::capabilities_server::CapabilitiesServer;
+// The services' `crate::digest`: wire digests, shared with the scheduler and workers.
+use scoot_reapi::digest;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;

@@ -1,32 +1,31 @@
 //! The Execution service: Execute turns an action into a one-task Scoot job (as Scoot did) and
 //! streams its operation until it is done; WaitExecution streams an existing one.
 //!
-//! Before queueing, the action is checked against the CAS this scheduler serves: the Action,
-//! its Command and every Directory and file of its input root must be present (else the
-//! operation ends at once with FAILED_PRECONDITION listing each missing blob, which is what makes
-//! Bazel upload them and retry), and names and output paths must be well formed (else
-//! INVALID_ARGUMENT). A worker therefore only meets a missing blob when one was evicted in between.
+//! Before queueing, the action is checked against the CAS this scheduler serves, with the check
+//! workers make ([`scoot_reapi::inputs`]): the Action, its Command and every Directory and file of
+//! its input root must be present (else the operation ends at once with FAILED_PRECONDITION
+//! listing each missing blob, which is what makes Bazel upload them and retry), and the Action
+//! must name both, with names and output paths well formed (else INVALID_ARGUMENT). A worker
+//! therefore only meets a missing blob when one was evicted in between.
 
-use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use prost::Message;
-use scoot_action::rules;
-use scoot_cas::digest::{check_function, required};
 use scoot_cas::{AcKey, CasError, CasServices};
 use scoot_core::{Command, Digest, LogTags};
 use scoot_proto::longrunning::Operation;
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::execution_server::Execution;
+use scoot_reapi::digest::{check_function, required};
+use scoot_reapi::inputs::{self, BlobSource, InputsError, MAX_MESSAGE_BYTES};
+use scoot_reapi::status::{missing_blobs_response, rpc_status, status_response};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::operations::{
-    Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status, rpc_status,
-    status_response,
-};
+use super::operations::{Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status};
 use crate::job::{Job, JobDefinition, REAPI_JOB_TYPE, TaskDefinition};
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
@@ -38,8 +37,6 @@ pub const REAPI_REQUESTOR: &str = "bazel";
 pub const ARGV_PLACEHOLDER: &str = "BZ_PLACEHOLDER";
 /// Longer action timeouts are cut to this (what the Worker API's i32 milliseconds can carry).
 const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
-/// Largest Action, Command or Directory message read while checking an action.
-const MAX_MESSAGE_BYTES: u64 = 16 << 20;
 
 pub struct ExecutionService {
     tracker: Arc<Tracker>,
@@ -60,10 +57,46 @@ enum Refusal {
     Status(Status),
 }
 
-impl From<CasError> for Refusal {
-    fn from(err: CasError) -> Refusal {
-        Refusal::Status(err.into())
+impl From<InputsError<CasError>> for Refusal {
+    fn from(err: InputsError<CasError>) -> Refusal {
+        match err {
+            InputsError::Invalid(invalid) => Refusal::Status(invalid.into()),
+            InputsError::Missing(missing) => {
+                Refusal::Response(Box::new(missing_blobs_response(&missing)))
+            }
+            InputsError::Source(err) => Refusal::Status(err.into()),
+        }
     }
+}
+
+/// This scheduler's own CAS, read in-process.
+struct LocalCas<'a>(&'a CasServices);
+
+impl BlobSource for LocalCas<'_> {
+    type Error = CasError;
+
+    async fn read(&self, digests: &[Digest]) -> Result<Vec<(Digest, Bytes)>, CasError> {
+        let mut found = Vec::with_capacity(digests.len());
+        for digest in digests {
+            match self.0.read_blob(digest, MAX_MESSAGE_BYTES).await {
+                Ok(data) => found.push((digest.clone(), data)),
+                Err(e) if e.code == tonic::Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn find_missing(&self, files: &[Digest]) -> Result<Vec<Digest>, CasError> {
+        self.0.find_missing(files).await
+    }
+}
+
+/// Whether the Command and every Directory and file of the input root are in `cas` and well
+/// formed.
+async fn check_inputs(cas: &CasServices, action: &v2::Action) -> Result<(), Refusal> {
+    inputs::check_inputs(&LocalCas(cas), action).await?;
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -185,7 +218,8 @@ impl ExecutionService {
         request: &v2::ExecuteRequest,
         action: &v2::Action,
     ) -> Result<(), Refusal> {
-        self.check_inputs(action).await?;
+        // Only the execution that will run the action checks (joiners do not).
+        check_inputs(&self.cas, action).await?;
         self.queue(tracked, request, action)
             .await
             .map_err(Refusal::Status)
@@ -244,91 +278,8 @@ impl ExecutionService {
 
     /// The Action, read and decoded (FAILED_PRECONDITION when the CAS lacks it).
     async fn read_action(&self, digest: &Digest) -> Result<v2::Action, Refusal> {
-        let mut missing = Vec::new();
-        match self
-            .read::<v2::Action>(digest, "Action", &mut missing)
-            .await?
-        {
-            Some(action) => Ok(action),
-            None => Err(missing_blobs(missing)),
-        }
+        Ok(inputs::read_action(&LocalCas(&self.cas), digest).await?)
     }
-
-    /// Whether the Command and every Directory and file of the input root are in the CAS and
-    /// well formed. Only the execution that will run the action checks (joiners do not).
-    async fn check_inputs(&self, action: &v2::Action) -> Result<(), Refusal> {
-        let mut missing = Vec::new();
-        let command_digest =
-            rules::digest_field(action.command_digest.as_ref(), "Action.command_digest")
-                .map_err(invalid)?;
-        let input_root = rules::digest_field(
-            action.input_root_digest.as_ref(),
-            "Action.input_root_digest",
-        )
-        .map_err(invalid)?;
-        if let Some(command) = self
-            .read::<v2::Command>(&command_digest, "Command", &mut missing)
-            .await?
-        {
-            rules::validate_command(&command).map_err(invalid)?;
-        }
-        let mut files = HashSet::new();
-        // Breadth first: a Directory's symlinks are checked at the shallowest depth it occurs.
-        let mut seen = HashSet::from([input_root.clone()]);
-        let mut pending = VecDeque::from([(input_root, 0)]);
-        while let Some((dir_digest, depth)) = pending.pop_front() {
-            let Some(dir) = self
-                .read::<v2::Directory>(&dir_digest, "Directory", &mut missing)
-                .await?
-            else {
-                continue;
-            };
-            let refs = rules::validate_directory(&dir, depth)
-                .map_err(|e| invalid(format!("input directory {dir_digest}: {}", e.0)))?;
-            files.extend(refs.files);
-            for child in refs.directories {
-                if seen.insert(child.clone()) {
-                    pending.push_back((child, depth + 1));
-                }
-            }
-        }
-        let files: Vec<Digest> = files.into_iter().collect();
-        for file in self.cas.find_missing(&files).await? {
-            missing.push((file, "input file"));
-        }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(missing_blobs(missing))
-        }
-    }
-
-    /// Reads and decodes a message; a missing blob is noted in `missing` and gives `None`.
-    async fn read<M: Message + Default>(
-        &self,
-        digest: &Digest,
-        what: &'static str,
-        missing: &mut Vec<(Digest, &'static str)>,
-    ) -> Result<Option<M>, Refusal> {
-        match self.cas.read_blob(digest, MAX_MESSAGE_BYTES).await {
-            Ok(bytes) => M::decode(bytes)
-                .map(Some)
-                .map_err(|e| invalid(format!("{digest} is not a {what}: {e}"))),
-            Err(e) if e.code == tonic::Code::NotFound => {
-                missing.push((digest.clone(), what));
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-fn invalid(message: impl std::fmt::Display) -> Refusal {
-    Refusal::Status(Status::invalid_argument(message.to_string()))
-}
-
-fn missing_blobs(missing: Vec<(Digest, &'static str)>) -> Refusal {
-    Refusal::Response(Box::new(scoot_action::missing_blobs_response(missing)))
 }
 
 /// REAPI priorities are "lower runs sooner, 0 is the default"; Scoot's are 0 (default) to 2
@@ -378,7 +329,61 @@ pub fn stream(tracker: &Tracker, tracked: Arc<Tracked>) -> OperationStream {
 
 #[cfg(test)]
 mod tests {
+    use scoot_blobstore::{MemoryBlobStore, sha256_digest};
+    use scoot_cas::{CasConfig, MemoryActionCache};
+    use scoot_reapi::digest::to_proto;
+
     use super::*;
+
+    /// The scheduler refuses what workers refuse (see scoot-action's
+    /// `actions_the_scheduler_refuses_are_refused_alike`): an Action without an input root, and
+    /// messages above the one size limit, are INVALID_ARGUMENT.
+    #[tokio::test]
+    async fn actions_are_refused_as_workers_refuse_them() {
+        let store = Arc::new(MemoryBlobStore::new(1 << 20));
+        let cas = scoot_cas::server(
+            store.clone(),
+            Arc::new(MemoryActionCache::new(1 << 20)),
+            CasConfig::default(),
+        );
+        let command = v2::Command {
+            arguments: vec!["true".into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let command_digest = sha256_digest(&command);
+        scoot_blobstore::put(&*store, &command_digest, command.into())
+            .await
+            .unwrap();
+        let action = |root: Option<Digest>| v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: root.as_ref().map(to_proto),
+            ..Default::default()
+        };
+        assert!(
+            check_inputs(&cas, &action(Some(Digest::empty())))
+                .await
+                .is_ok()
+        );
+        let oversized = Digest {
+            hash: sha256_digest(b"a Directory too large to read").hash,
+            size_bytes: MAX_MESSAGE_BYTES as i64 + 1,
+        };
+        let cases = [
+            (None, "Action.input_root_digest: no digest given"),
+            (Some(oversized), "is larger than 16777216 bytes"),
+        ];
+        for (root, expected) in cases {
+            match check_inputs(&cas, &action(root)).await {
+                Err(Refusal::Status(status)) => {
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                    assert!(status.message().contains(expected), "{status:?}");
+                }
+                Err(Refusal::Response(response)) => panic!("refused with {response:?}"),
+                Ok(()) => panic!("accepted, expected {expected:?}"),
+            }
+        }
+    }
 
     #[test]
     fn priorities_map_lower_to_more_urgent() {

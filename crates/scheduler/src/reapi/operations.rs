@@ -22,6 +22,7 @@ use scoot_proto::longrunning::{Operation, operation};
 use scoot_proto::prost_types::{Any, Timestamp};
 use scoot_proto::reapi::v2;
 use scoot_proto::rpc;
+use scoot_reapi::status::{rpc_status, status_response};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -358,7 +359,7 @@ fn metadata(key: &AcKey, stage: v2::execution_stage::Value) -> Any {
         "build.bazel.remote.execution.v2.ExecuteOperationMetadata",
         &v2::ExecuteOperationMetadata {
             stage: stage as i32,
-            action_digest: Some(scoot_cas::digest::to_proto(&key.action_digest)),
+            action_digest: Some(scoot_reapi::digest::to_proto(&key.action_digest)),
             ..Default::default()
         },
     )
@@ -407,24 +408,6 @@ fn done_operation(tracked: &Tracked, result: OperationResult) -> Operation {
         )),
         done: true,
         result: Some(result),
-    }
-}
-
-/// A google.rpc.Status with `code` and `message`.
-pub fn rpc_status(code: Code, message: impl Into<String>) -> rpc::Status {
-    rpc::Status {
-        code: code as i32,
-        message: message.into(),
-        details: Vec::new(),
-    }
-}
-
-/// An ExecuteResponse that carries only a status (no ActionResult).
-pub fn status_response(status: rpc::Status) -> v2::ExecuteResponse {
-    v2::ExecuteResponse {
-        message: status.message.clone(),
-        status: Some(status),
-        ..Default::default()
     }
 }
 

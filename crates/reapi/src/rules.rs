@@ -1,6 +1,6 @@
-//! What an action must satisfy before it runs, as pure functions (no I/O, no clock), so the
-//! scheduler can apply the same rules before it queues an action as the worker applies before it
-//! runs one.
+//! What an action must satisfy before it runs, as pure functions (no I/O, no clock), applied by
+//! [`check_inputs`](crate::inputs::check_inputs) on the scheduler before it queues an action and
+//! on the worker before it runs one.
 //!
 //! * Names in a `Directory` (files, directories, symlinks) are single path segments: not empty,
 //!   not `.` or `..`, without `/` or NUL. Entries need not be sorted and may repeat if the
@@ -13,15 +13,13 @@
 //! * Strings handed to the operating system (arguments, environment, symlink targets) contain
 //!   no NUL, which exec and symlink cannot express.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
 
-/// Why an action is invalid (it becomes INVALID_ARGUMENT for the client).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+use crate::Invalid;
+use crate::digest::from_proto;
 
 /// A name in a `Directory`: one path segment.
 pub fn validate_name(name: &str) -> Result<(), Invalid> {
@@ -179,12 +177,6 @@ pub fn validate_command(command: &v2::Command) -> Result<CommandLayout, Invalid>
     })
 }
 
-/// A digest field that must be present and well formed; `what` names it in the error.
-pub fn digest_field(digest: Option<&v2::Digest>, what: &str) -> Result<Digest, Invalid> {
-    let digest = digest.ok_or_else(|| Invalid(format!("{what}: no digest given")))?;
-    Digest::new(digest.hash.clone(), digest.size_bytes).map_err(|e| Invalid(format!("{what}: {e}")))
-}
-
 /// Scoot's platform property `JDK_SYMLINK=<path>`: the action wants a symlink at `<path>` in its
 /// input root to the worker's `$JAVA_HOME` (a JDK the worker has, not shipped as inputs).
 pub const JDK_SYMLINK_PROPERTY: &str = "JDK_SYMLINK";
@@ -227,7 +219,7 @@ pub fn validate_directory(
     let mut entries = HashMap::new();
     let mut refs = DirectoryRefs::default();
     for file in &directory.files {
-        let digest = digest_field(file.digest.as_ref(), &format!("file {:?}", file.name))?;
+        let digest = from_proto(file.digest.as_ref(), &format!("file {:?}", file.name))?;
         refs.files.push(digest.clone());
         add_entry(
             &mut entries,
@@ -236,7 +228,7 @@ pub fn validate_directory(
         )?;
     }
     for dir in &directory.directories {
-        let digest = digest_field(dir.digest.as_ref(), &format!("directory {:?}", dir.name))?;
+        let digest = from_proto(dir.digest.as_ref(), &format!("directory {:?}", dir.name))?;
         refs.directories.push(digest.clone());
         add_entry(&mut entries, &dir.name, Entry::Directory(digest))?;
     }
@@ -304,54 +296,11 @@ fn add_entry<'a>(
     }
 }
 
-/// What a whole input tree needs from the CAS.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TreeSummary {
-    /// Directories reachable from the root but absent from the map (the root included).
-    pub missing_directories: Vec<Digest>,
-    /// Every distinct file digest in the tree except the empty blob, in the order first met
-    /// (breadth first): the blobs to check for in the CAS.
-    pub files: Vec<Digest>,
-}
-
-/// Checks every Directory reachable from `root` in `directories`, each distinct one once, and
-/// lists what the tree needs. Stops at the first invalid Directory.
-pub fn validate_tree(
-    root: &Digest,
-    directories: &HashMap<Digest, v2::Directory>,
-) -> Result<TreeSummary, Invalid> {
-    let mut summary = TreeSummary::default();
-    let mut seen_dirs = HashSet::from([root.clone()]);
-    let mut seen_files = HashSet::new();
-    // Breadth first, so each Directory is checked at the shallowest depth it occurs at, where
-    // its symlinks are likeliest to climb out.
-    let mut queue = VecDeque::from([(root.clone(), 0)]);
-    while let Some((digest, depth)) = queue.pop_front() {
-        let Some(directory) = directories.get(&digest) else {
-            summary.missing_directories.push(digest);
-            continue;
-        };
-        let refs = validate_directory(directory, depth)
-            .map_err(|e| Invalid(format!("input directory {digest}: {e}")))?;
-        for file in refs.files {
-            if !file.is_empty_blob() && seen_files.insert(file.clone()) {
-                summary.files.push(file);
-            }
-        }
-        for child in refs.directories {
-            if seen_dirs.insert(child.clone()) {
-                queue.push_back((child, depth + 1));
-            }
-        }
-    }
-    Ok(summary)
-}
-
 #[cfg(test)]
 mod tests {
-    use scoot_cas_client::{digest_of, encode, to_proto};
-
     use super::*;
+    use crate::digest::to_proto;
+    use crate::inputs::tests::digest_of;
 
     fn file(name: &str, content: &[u8]) -> v2::FileNode {
         v2::FileNode {
@@ -558,52 +507,5 @@ mod tests {
         assert!(validate_directory(&link("../x"), 1).is_ok());
         assert!(validate_directory(&link("../../sub/x"), 2).is_ok());
         assert!(validate_directory(&link("../../../x"), 2).is_err());
-    }
-
-    #[test]
-    fn trees_list_missing_directories_and_distinct_files() {
-        let leaf = v2::Directory {
-            files: vec![file("x", b"shared"), file("empty", b"")],
-            ..Default::default()
-        };
-        let (leaf_digest, _) = encode(&leaf);
-        let absent = digest_of(b"not a directory we have");
-        let root = v2::Directory {
-            files: vec![file("top", b"shared"), file("other", b"other")],
-            directories: vec![
-                dir_node("a", &leaf_digest),
-                dir_node("b", &leaf_digest),
-                dir_node("gone", &absent),
-            ],
-            ..Default::default()
-        };
-        let (root_digest, _) = encode(&root);
-        let map = HashMap::from([(root_digest.clone(), root), (leaf_digest, leaf)]);
-        let summary = validate_tree(&root_digest, &map).unwrap();
-        assert_eq!(summary.missing_directories, vec![absent]);
-        assert_eq!(
-            summary.files,
-            vec![digest_of(b"shared"), digest_of(b"other")]
-        );
-
-        let unknown_root = digest_of(b"root");
-        assert_eq!(
-            validate_tree(&unknown_root, &map)
-                .unwrap()
-                .missing_directories,
-            vec![unknown_root]
-        );
-
-        let bad = v2::Directory {
-            files: vec![file("..", b"x")],
-            ..Default::default()
-        };
-        let (bad_digest, _) = encode(&bad);
-        let map = HashMap::from([(bad_digest.clone(), bad)]);
-        let e = validate_tree(&bad_digest, &map).unwrap_err();
-        assert!(
-            e.0.contains(&bad_digest.to_string()) && e.0.contains("\"..\""),
-            "{e}"
-        );
     }
 }

@@ -1,28 +1,23 @@
 //! Digests on the wire: conversion between `v2::Digest` and [`Digest`], and the digest-function
-//! checks every request goes through. Only SHA-256 is served.
+//! check every request goes through. Only SHA-256 is served.
 
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
 
-use crate::error::CasError;
+use crate::Invalid;
 
 /// The only digest function served.
 pub const DIGEST_FUNCTION: v2::digest_function::Value = v2::digest_function::Value::Sha256;
 
-/// A wire digest as a validated [`Digest`] (64 lowercase hex characters, size ≥ 0);
-/// INVALID_ARGUMENT otherwise, `what` naming the field.
-pub fn from_proto(digest: Option<&v2::Digest>, what: &str) -> Result<Digest, CasError> {
-    let Some(digest) = digest else {
-        return Err(CasError::invalid_argument(format!(
-            "{what}: no digest given"
-        )));
-    };
-    Digest::new(digest.hash.clone(), digest.size_bytes)
-        .map_err(|e| CasError::invalid_argument(format!("{what}: {e}")))
+/// A wire digest as a validated [`Digest`] (64 lowercase hex characters, size ≥ 0); `what`
+/// names the field in the error.
+pub fn from_proto(digest: Option<&v2::Digest>, what: &str) -> Result<Digest, Invalid> {
+    let digest = digest.ok_or_else(|| Invalid(format!("{what}: no digest given")))?;
+    Digest::new(digest.hash.clone(), digest.size_bytes).map_err(|e| Invalid(format!("{what}: {e}")))
 }
 
 /// A digest that must be present (proto3 message fields are optional on the wire).
-pub fn required(digest: &Option<v2::Digest>, what: &str) -> Result<Digest, CasError> {
+pub fn required(digest: &Option<v2::Digest>, what: &str) -> Result<Digest, Invalid> {
     from_proto(digest.as_ref(), what)
 }
 
@@ -33,16 +28,16 @@ pub fn to_proto(digest: &Digest) -> v2::Digest {
     }
 }
 
-/// Checks a request's `digest_function`: unset (inferred from the hash length, which must then be
-/// SHA-256's) or SHA-256. Anything else is INVALID_ARGUMENT.
-pub fn check_function(value: i32) -> Result<(), CasError> {
+/// Checks a request's `digest_function`: unset (inferred from the hash length, which must then
+/// be SHA-256's) or SHA-256.
+pub fn check_function(value: i32) -> Result<(), Invalid> {
     if value == v2::digest_function::Value::Unknown as i32 || value == DIGEST_FUNCTION as i32 {
         return Ok(());
     }
     let name = v2::digest_function::Value::try_from(value)
         .map(|v| v.as_str_name().to_string())
         .unwrap_or_else(|_| value.to_string());
-    Err(CasError::invalid_argument(format!(
+    Err(Invalid(format!(
         "digest function {name} is not supported; this server uses SHA256"
     )))
 }
@@ -55,7 +50,6 @@ pub fn size(digest: &Digest) -> u64 {
 #[cfg(test)]
 mod tests {
     use scoot_core::EMPTY_SHA256;
-    use tonic::Code;
 
     use super::*;
 
@@ -81,15 +75,10 @@ mod tests {
                 size_bytes: 3,
             },
         ] {
-            assert_eq!(
-                from_proto(Some(&bad), "d").unwrap_err().code,
-                Code::InvalidArgument
-            );
+            assert!(from_proto(Some(&bad), "d").is_err(), "{bad:?}");
         }
-        assert_eq!(
-            from_proto(None, "d").unwrap_err().code,
-            Code::InvalidArgument
-        );
+        let e = required(&None, "Action.input_root_digest").unwrap_err();
+        assert_eq!(e.0, "Action.input_root_digest: no digest given");
     }
 
     #[test]
@@ -97,7 +86,7 @@ mod tests {
         assert!(check_function(0).is_ok());
         assert!(check_function(1).is_ok());
         let e = check_function(v2::digest_function::Value::Blake3 as i32).unwrap_err();
-        assert!(e.to_string().contains("BLAKE3"), "{e}");
+        assert!(e.0.contains("BLAKE3"), "{e}");
         assert!(check_function(99).is_err());
     }
 }
