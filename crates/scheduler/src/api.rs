@@ -7,11 +7,11 @@ use std::time::Duration;
 use scoot_core::{LogTags, RunId, RunStatus};
 use scoot_saga::{SagaCoordinator, SagaError, SagaLogError, SagaState};
 use scoot_sched_alg::ClassConfig;
-use scoot_thrift::{codec, convert, worker};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{InvalidJob, Job, JobDefinition};
 use crate::scheduler::Request;
+use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -115,7 +115,7 @@ impl SchedulerApi {
     /// Runs a job whose id the caller chose (a fresh UUID, as [`Job::new`] makes).
     pub async fn run(&self, job: Job) -> Result<String, ApiError> {
         self.ask(|tx| Request::Admit(job.clone(), tx)).await??;
-        match self.sagas.make_saga(&job.id, job.to_bytes()).await {
+        match self.sagas.make_saga(&job.id, wire::job_to_saga(&job)).await {
             Ok(saga) => {
                 let id = job.id.clone();
                 self.tell(Request::Add(job, saga)).await?;
@@ -131,7 +131,7 @@ impl SchedulerApi {
     async fn recorded(&self, job_id: &str) -> Result<Recorded, ApiError> {
         match self.sagas.get_state(job_id).await {
             Ok(None) => Ok(Recorded::Unknown),
-            Ok(Some(state)) => match Job::from_bytes(state.job()) {
+            Ok(Some(state)) => match wire::job_from_saga(state.job()) {
                 Ok(job) => Ok(Recorded::Job(state, Box::new(job))),
                 Err(err) => Ok(Recorded::Unreadable(format!(
                     "saga log damaged: job definition unreadable ({err})"
@@ -166,11 +166,7 @@ impl SchedulerApi {
             Recorded::Job(state, job) => (state, job),
         };
         let aborted = state.is_saga_aborted();
-        let decode = |data: Option<&[u8]>| {
-            data.filter(|d| !d.is_empty())
-                .and_then(|d| codec::from_bytes::<worker::RunStatus>(d).ok())
-                .map(convert::status_from_wire)
-        };
+        let decode = |data: Option<&[u8]>| data.and_then(wire::run_status_from_saga);
         let tasks = job
             .def
             .tasks
@@ -288,5 +284,98 @@ impl SchedulerApi {
             )));
         }
         self.tell(Request::SetRebalanceThreshold(threshold)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scoot_core::{Command, RunState};
+
+    use super::*;
+    use crate::fake_worker::{FakeWorker, PATIENCE, Script, TestScheduler};
+    use crate::job::TaskDefinition;
+
+    fn one_task_job() -> JobDefinition {
+        JobDefinition {
+            tasks: vec![TaskDefinition {
+                task_id: "t".into(),
+                command: Command {
+                    argv: vec!["sleep".into(), "1".into()],
+                    ..Command::default()
+                },
+            }],
+            tag: "tag".into(),
+            requestor: "tester".into(),
+            ..JobDefinition::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn status_follows_a_job_through_its_saga() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let api = sched.api.clone();
+        let id = api.run_job(one_task_job()).await.unwrap();
+        let recorded = api.job(&id).await.unwrap().expect("the job is recorded");
+        assert_eq!(recorded, Job::with_id(id.clone(), one_task_job()));
+        assert!(api.is_active(&id).await.unwrap());
+
+        let status = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let status = api.job_status(&id).await.unwrap();
+                if status.tasks["t"].1.is_some() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the RUNNING status never reached the saga");
+        assert_eq!(status.state, JobState::InProgress);
+        let (state, run) = &status.tasks["t"];
+        assert_eq!(*state, JobState::InProgress);
+        let run = run.as_ref().unwrap();
+        assert_eq!(run.state, RunState::Running);
+        assert_eq!(run.stdout_ref, "fake://w/0/stdout");
+
+        worker.finish(&RunId("0".into()), |s| {
+            s.state = RunState::Complete;
+            s.exit_code = 1;
+        });
+        sched.ended(&id).await;
+        let status = api.job_status(&id).await.unwrap();
+        assert_eq!(status.state, JobState::Completed);
+        let (state, run) = &status.tasks["t"];
+        assert_eq!(*state, JobState::Completed);
+        assert_eq!(run.as_ref().map(|r| r.exit_code), Some(1));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_unreadable_jobs() {
+        let sched = TestScheduler::start(&[], 0).await;
+        let api = &sched.api;
+        let unknown = api.job_status("nope").await.unwrap();
+        assert_eq!(
+            (unknown.state, unknown.tasks.len()),
+            (JobState::NotStarted, 0)
+        );
+        match api.kill_job("nope").await {
+            Err(ApiError::Invalid(message)) => assert!(message.contains("not found"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        sched
+            .sagas
+            .make_saga("broken", b"not a job".to_vec())
+            .await
+            .unwrap();
+        let broken = api.job_status("broken").await.unwrap();
+        assert_eq!(broken.state, JobState::Completed);
+        let (_, run) = &broken.tasks[UNREADABLE_JOB_TASK];
+        let run = run.as_ref().unwrap();
+        assert_eq!(run.state, RunState::Failed);
+        assert!(run.error.contains("undecodable job"), "{}", run.error);
+        assert_eq!(api.kill_job("broken").await.unwrap(), broken);
+        assert!(matches!(api.job("broken").await, Err(ApiError::SagaLog(_))));
     }
 }

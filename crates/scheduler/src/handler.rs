@@ -6,13 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use scoot_core::RunStatus;
 use scoot_thrift::scoot;
 use thrift::{ApplicationError, ApplicationErrorKind};
 use tokio::runtime::Handle;
 
-use crate::api::{ApiError, JobState, JobStatus, SchedulerApi};
-use crate::job;
+use crate::api::{ApiError, SchedulerApi};
+use crate::{job, wire};
 
 pub struct CloudScootHandler {
     api: SchedulerApi,
@@ -43,60 +42,17 @@ fn internal(method: &str, message: &str) -> thrift::Error {
     ))
 }
 
-fn wire_state(state: JobState) -> scoot::Status {
-    match state {
-        JobState::NotStarted => scoot::Status::NOT_STARTED,
-        JobState::InProgress => scoot::Status::IN_PROGRESS,
-        JobState::Completed => scoot::Status::COMPLETED,
-        JobState::RollingBack => scoot::Status::ROLLING_BACK,
-        JobState::RolledBack => scoot::Status::ROLLED_BACK,
-    }
-}
-
-/// taskData carries the run's outcome but not its job/task/tag.
-fn wire_run_status(status: &RunStatus) -> scoot::RunStatus {
-    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    scoot::RunStatus::new(
-        scoot::RunStatusState(status.state as i32),
-        status.run_id.0.clone(),
-        text(&status.stdout_ref),
-        text(&status.stderr_ref),
-        text(&status.error),
-        Some(status.exit_code),
-        text(&status.snapshot_id),
-        None,
-        None,
-        None,
-    )
-}
-
-fn wire_job_status(status: JobStatus) -> scoot::JobStatus {
-    let mut task_status = BTreeMap::new();
-    let mut task_data = BTreeMap::new();
-    for (task_id, (state, run)) in status.tasks {
-        if let Some(run) = run {
-            task_data.insert(task_id.clone(), wire_run_status(&run));
-        }
-        task_status.insert(task_id, wire_state(state));
-    }
-    scoot::JobStatus::new(
-        status.id,
-        wire_state(status.state),
-        Some(task_status),
-        Some(task_data),
-    )
-}
-
 impl scoot::CloudScootSyncHandler for CloudScootHandler {
     fn handle_run_job(&self, job: scoot::JobDefinition) -> thrift::Result<scoot::JobId> {
-        let def = job::validate(job).map_err(|e| internal("RunJob", &e.0))?;
+        let def = wire::job_definition_from_wire(job);
+        job::validate(&def).map_err(|e| internal("RunJob", &e.0))?;
         let id = self.block_on("RunJob", self.api.run_job(def))?;
         Ok(scoot::JobId::new(id))
     }
 
     fn handle_get_status(&self, job_id: String) -> thrift::Result<scoot::JobStatus> {
         match self.runtime.block_on(self.api.job_status(&job_id)) {
-            Ok(status) => Ok(wire_job_status(status)),
+            Ok(status) => Ok(wire::job_status_to_wire(status)),
             Err(ApiError::SagaLog(message)) => {
                 tracing::warn!(job_id, error = %message, "GetStatus: saga log error");
                 Err(thrift::Error::User(Box::new(scoot::ScootServerError::new(
@@ -109,7 +65,7 @@ impl scoot::CloudScootSyncHandler for CloudScootHandler {
 
     fn handle_kill_job(&self, job_id: String) -> thrift::Result<scoot::JobStatus> {
         self.block_on("KillJob", self.api.kill_job(&job_id))
-            .map(wire_job_status)
+            .map(wire::job_status_to_wire)
     }
 
     fn handle_offline_worker(&self, req: scoot::OfflineWorkerReq) -> thrift::Result<()> {

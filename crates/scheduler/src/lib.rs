@@ -6,14 +6,17 @@
 //! * [`handler`]: the CloudScoot Thrift service; [`api`]: the same operations as async methods.
 //! * [`scheduler::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
 //! * [`task_runner`]: one attempt of one task on one worker.
-//! * [`job`]: validation and the saga encoding of jobs; [`config`]: `-config` parsing.
+//! * [`job`]: jobs and the rules they must meet; [`config`]: `-config` parsing.
+//! * [`wire`]: the one Thrift boundary: CloudScoot requests and replies, saga payloads.
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
-//! * [`cluster`]: finding workers; [`worker_client`]: talking to them.
+//! * [`cluster`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
 
 pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+#[cfg(test)]
+mod fake_worker;
 pub mod handler;
 pub mod job;
 pub mod reapi;
@@ -21,6 +24,7 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod task_runner;
+pub mod wire;
 pub mod worker_client;
 
 pub use config::SchedulerConfig;

@@ -12,7 +12,6 @@ use std::time::Duration;
 use scoot_core::{LogTags, RunId, RunState, RunStatus};
 use scoot_saga::{Saga, SagaMessage};
 use scoot_sched_alg::{ClassConfig, JobView, LoadBasedAlg, RunningTask};
-use scoot_thrift::{codec, convert};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,8 @@ use crate::config::SchedulerConfig;
 use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
 use crate::state::{Durations, JobState, Node, NodeHealth, TaskStatus, pick_node};
 use crate::task_runner::{self, AttemptFinished, AttemptResult, TaskAttempt};
+use crate::wire;
+use crate::worker_client::{Connect, thrift_workers};
 
 /// Lost workers are forgotten after this long.
 const MAX_LOST: Duration = Duration::from_secs(60);
@@ -93,6 +94,7 @@ pub struct Loop {
     reserved: HashMap<String, usize>,
     tags: HashMap<(String, String), VecDeque<String>>,
     nodes: BTreeMap<String, Node>,
+    connect: Connect,
     durations: Durations,
     epoch: Instant,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -112,12 +114,19 @@ impl Loop {
             reserved: HashMap::new(),
             tags: HashMap::new(),
             nodes: BTreeMap::new(),
+            connect: thrift_workers(),
             durations: Durations::new(1_000_000),
             epoch: Instant::now(),
             events_tx,
             events,
             job_events: None,
         }
+    }
+
+    /// Reaches workers through `connect` instead of the Worker Thrift API.
+    pub fn with_workers(mut self, connect: Connect) -> Loop {
+        self.connect = connect;
+        self
     }
 
     /// Reports task starts and job ends to `events`.
@@ -362,8 +371,7 @@ impl Loop {
                 TaskStatus::Waiting => {
                     let mut aborted = RunStatus::aborted(RunId::default(), tags(task_id));
                     aborted.error = reason.to_string();
-                    let data =
-                        codec::to_bytes(&convert::status_to_wire(&aborted)).unwrap_or_default();
+                    let data = wire::run_status_to_saga(&aborted);
                     batch.push(SagaMessage::start_task(job_id, task_id, Vec::new()));
                     batch.push(SagaMessage::end_task(job_id, task_id, data));
                     waiting.push(task_id.clone());
@@ -499,7 +507,7 @@ impl Loop {
                     let node = self
                         .nodes
                         .entry(id.clone())
-                        .or_insert_with(|| Node::new(&id));
+                        .or_insert_with(|| Node::new((self.connect)(&id)));
                     if matches!(node.health, NodeHealth::Lost(_)) || node.check.is_none() {
                         tracing::info!(node = %id, "worker listed");
                         node.health = NodeHealth::Checking;
@@ -728,5 +736,140 @@ impl Loop {
             let finished = task_runner::run(attempt).await;
             let _ = events.send(Event::Attempt(Box::new(finished)));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scoot_core::Command;
+
+    use super::*;
+    use crate::api::{JobState as Reported, JobStatus};
+    use crate::fake_worker::{FakeWorker, Script, TestScheduler, eventually};
+    use crate::job::{JobDefinition, TaskDefinition};
+    use crate::task_runner::DEAD_LETTER_SUFFIX;
+
+    fn job(task_ids: &[&str]) -> JobDefinition {
+        JobDefinition {
+            tasks: task_ids
+                .iter()
+                .map(|id| TaskDefinition {
+                    task_id: id.to_string(),
+                    command: Command {
+                        argv: vec!["true".into()],
+                        ..Command::default()
+                    },
+                })
+                .collect(),
+            requestor: "tester".into(),
+            ..JobDefinition::default()
+        }
+    }
+
+    fn run_of<'a>(status: &'a JobStatus, task_id: &str) -> (Reported, &'a RunStatus) {
+        let (state, run) = &status.tasks[task_id];
+        (*state, run.as_ref().expect("the task has no run status"))
+    }
+
+    #[tokio::test]
+    async fn a_job_runs_to_completion_and_its_end_is_durable() {
+        let worker = FakeWorker::new("w");
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let id = sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        let mut started = 0;
+        let mut ended = Vec::new();
+        while let Some(event) = sched.job_events.recv().await {
+            match event {
+                JobEvent::TaskStarted(job_id) if job_id == id => started += 1,
+                JobEvent::TaskEnded { job_id, status } if job_id == id => {
+                    ended.push(status.tags.task_id.clone())
+                }
+                JobEvent::Ended(job_id) if job_id == id => break,
+                _ => {}
+            }
+        }
+        assert_eq!(started, 2);
+        ended.sort();
+        assert_eq!(ended, ["a", "b"]);
+        let status = sched.api.job_status(&id).await.unwrap();
+        assert_eq!(status.state, Reported::Completed);
+        for task in ["a", "b"] {
+            let (state, run) = run_of(&status, task);
+            assert_eq!(
+                (state, run.state),
+                (Reported::Completed, RunState::Complete)
+            );
+        }
+        assert!(
+            sched
+                .sagas
+                .get_state(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_saga_completed()
+        );
+        let tags: Vec<LogTags> =
+            worker.read(|r| r.runs.iter().map(|(c, _)| c.tags.clone()).collect());
+        assert!(
+            tags.iter().all(|t| t.job_id == id && t.tag == id),
+            "{tags:?}"
+        );
+        assert!(!sched.api.is_active(&id).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_whose_worker_dies_runs_again_on_another() {
+        let (a, b) = (FakeWorker::new("a"), FakeWorker::new("b"));
+        a.script(Script::Hang);
+        b.script(Script::Hang);
+        let mut sched = TestScheduler::start(&[a.clone(), b.clone()], 1).await;
+        let id = sched.api.run_job(job(&["t"])).await.unwrap();
+        let runs = |w: &FakeWorker| w.read(|r| r.runs.len());
+        eventually("a run", || runs(&a) + runs(&b) == 1).await;
+        let (dead, other) = if runs(&a) == 1 { (&a, &b) } else { (&b, &a) };
+        dead.set_down(true);
+        other.until("the retried run", |r| r.runs.len() == 1).await;
+        other.finish(&RunId("0".into()), |s| s.state = RunState::Complete);
+        sched.ended(&id).await;
+        let status = sched.api.job_status(&id).await.unwrap();
+        let (state, run) = run_of(&status, "t");
+        assert_eq!(
+            (state, run.state),
+            (Reported::Completed, RunState::Complete)
+        );
+        assert_eq!(run.stdout_ref, format!("fake://{}/0/stdout", other.node()));
+        assert_eq!(runs(dead), 1, "the dead worker got the task again");
+    }
+
+    #[tokio::test]
+    async fn kill_job_stops_running_tasks_and_ends_waiting_ones() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 3).await;
+        let id = sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        worker.until("the first run", |r| r.runs.len() == 1).await;
+        let running = worker.read(|r| r.runs[0].0.tags.task_id.clone());
+        let waiting = if running == "a" { "b" } else { "a" };
+        sched.api.kill_job(&id).await.unwrap();
+        sched.ended(&id).await;
+        assert_eq!(worker.read(|r| r.aborted.clone()), vec![RunId("0".into())]);
+        assert_eq!(
+            worker.read(|r| r.runs.len()),
+            1,
+            "a killed job's task started"
+        );
+        let status = sched.api.job_status(&id).await.unwrap();
+        assert_eq!(status.state, Reported::Completed);
+        let (state, run) = run_of(&status, &running);
+        assert_eq!((state, run.state), (Reported::Completed, RunState::Aborted));
+        assert_eq!(run.error, format!("UserRequested{DEAD_LETTER_SUFFIX}"));
+        let (state, run) = run_of(&status, waiting);
+        assert_eq!((state, run.state), (Reported::Completed, RunState::Aborted));
+        assert_eq!(run.error, "UserRequested");
+        assert!(
+            sched.api.kill_job(&id).await.is_err(),
+            "an ended job was killed again"
+        );
     }
 }

@@ -20,9 +20,9 @@ use crate::api::SchedulerApi;
 use crate::cluster::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
 use crate::config::{ClusterSource, SagaLogKind, SchedulerConfig};
 use crate::handler::CloudScootHandler;
-use crate::job::Job;
 use crate::reapi::{self, operations::Tracker};
 use crate::scheduler::Loop;
+use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -215,7 +215,7 @@ async fn recover(sagas: &SagaCoordinator, scheduling: &mut Loop) {
         if state.is_saga_completed() {
             continue;
         }
-        let job = match Job::from_bytes(state.job()) {
+        let job = match wire::job_from_saga(state.job()) {
             Ok(job) => job,
             Err(err) => {
                 tracing::error!(job_id = %id, error = %err,

@@ -2,6 +2,7 @@
 //! the loop task alone, so it needs no locks.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use scoot_saga::Saga;
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::Job;
 use crate::task_runner::StopSignal;
-use crate::worker_client::WorkerClient;
+use crate::worker_client::WorkerApi;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -148,7 +149,7 @@ pub enum NodeHealth {
 }
 
 pub struct Node {
-    pub client: WorkerClient,
+    pub client: Arc<dyn WorkerApi>,
     pub health: NodeHealth,
     /// Taken out of service by OfflineWorker; keeps any running task.
     pub offlined: bool,
@@ -161,9 +162,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(id: &str) -> Node {
+    pub fn new(client: Arc<dyn WorkerApi>) -> Node {
         Node {
-            client: WorkerClient::new(id),
+            client,
             health: NodeHealth::Checking,
             offlined: false,
             busy: None,
@@ -204,6 +205,7 @@ pub fn pick_node<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker_client::WorkerClient;
 
     #[test]
     fn durations_average_and_stay_bounded() {
@@ -221,7 +223,7 @@ mod tests {
     fn snapshot_affinity_then_fresh_then_any() {
         let mut nodes = BTreeMap::new();
         for (id, snap) in [("a", "s1"), ("b", ""), ("c", "s2")] {
-            let mut node = Node::new(id);
+            let mut node = Node::new(Arc::new(WorkerClient::new(id)));
             node.snapshot = snap.to_string();
             nodes.insert(id.to_string(), node);
         }

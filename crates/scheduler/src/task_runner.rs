@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use scoot_core::{Command, RunId, RunState, RunStatus, StateMask};
 use scoot_saga::Saga;
-use scoot_thrift::{codec, convert};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker_client::WorkerClient;
+use crate::wire;
+use crate::worker_client::WorkerApi;
 
 /// How long Run and status calls are retried while a worker does not answer.
 pub const RPC_RETRY_WINDOW: Duration = Duration::from_secs(10);
@@ -60,7 +60,7 @@ pub struct TaskAttempt {
     pub node: String,
     /// With the timeout already resolved (the task's own or the scheduler default).
     pub cmd: Command,
-    pub client: WorkerClient,
+    pub client: Arc<dyn WorkerApi>,
     pub saga: Saga,
     pub stop: StopSignal,
     /// False when this is the last allowed attempt.
@@ -140,12 +140,8 @@ fn failed(attempt: &TaskAttempt, error: String) -> RunStatus {
     RunStatus::failed(RunId::default(), 0, error, attempt.cmd.tags.clone())
 }
 
-fn status_bytes(status: &RunStatus) -> Vec<u8> {
-    codec::to_bytes(&convert::status_to_wire(status)).unwrap_or_default()
-}
-
 async fn record_end(attempt: &TaskAttempt, status: &RunStatus) -> Result<(), String> {
-    let data = status_bytes(status);
+    let data = wire::run_status_to_saga(status);
     let mut last_error = String::new();
     for _ in 0..10 {
         match attempt.saga.end_task(&attempt.task_id, data.clone()).await {
@@ -367,7 +363,7 @@ async fn follow_run(
             reported_running = true;
             if let Err(err) = attempt
                 .saga
-                .start_task(&attempt.task_id, status_bytes(&status))
+                .start_task(&attempt.task_id, wire::run_status_to_saga(&status))
                 .await
             {
                 tracing::warn!(error = %err, "cannot log the RUNNING status");
@@ -380,5 +376,200 @@ async fn follow_run(
             tokio::time::sleep(pause).await;
             poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use scoot_core::LogTags;
+    use scoot_saga::{MemorySagaLog, SagaCoordinator};
+
+    use super::*;
+    use crate::fake_worker::{FakeWorker, Script, eventually};
+
+    struct Setup {
+        attempt: TaskAttempt,
+        saga: Saga,
+        freed: Arc<AtomicBool>,
+    }
+
+    async fn setup(worker: &Arc<FakeWorker>, timeout: Duration, may_retry: bool) -> Setup {
+        let sagas = SagaCoordinator::new(Arc::new(MemorySagaLog::new(None)));
+        let saga = sagas.make_saga("job", b"job".to_vec()).await.unwrap();
+        let freed = Arc::new(AtomicBool::new(false));
+        let attempt = TaskAttempt {
+            job_id: "job".into(),
+            task_id: "task".into(),
+            node: "w".into(),
+            cmd: Command {
+                argv: vec!["true".into()],
+                timeout: Some(timeout),
+                tags: LogTags {
+                    job_id: "job".into(),
+                    task_id: "task".into(),
+                    tag: "tag".into(),
+                },
+                ..Command::default()
+            },
+            client: worker.clone(),
+            saga: saga.clone(),
+            stop: StopSignal::default(),
+            may_retry,
+            polling_period: Duration::from_millis(50),
+            worker_free: Some(Box::new({
+                let freed = freed.clone();
+                move || freed.store(true, Ordering::SeqCst)
+            })),
+        };
+        Setup {
+            attempt,
+            saga,
+            freed,
+        }
+    }
+
+    fn recorded_end(saga: &Saga) -> Option<RunStatus> {
+        saga.state()
+            .end_task_data("task")
+            .and_then(wire::run_status_from_saga)
+    }
+
+    fn ended(result: &AttemptResult) -> &RunStatus {
+        match result {
+            AttemptResult::Ended(status) => status,
+            AttemptResult::Retry(error) => panic!("retry instead of an end: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completed_run_is_recorded_with_end_task() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Complete(3));
+        let Setup {
+            attempt,
+            saga,
+            freed,
+        } = setup(&worker, Duration::from_secs(60), true).await;
+        let finished = run(attempt).await;
+        let status = ended(&finished.result);
+        assert_eq!((status.state, status.exit_code), (RunState::Complete, 3));
+        assert_eq!(
+            status.error, "",
+            "a completed run gets no dead-letter suffix"
+        );
+        assert_eq!(recorded_end(&saga).as_ref(), Some(status));
+        assert_eq!(status.stdout_ref, "fake://w/0/stdout");
+        assert!(!finished.node_suspect);
+        assert!(freed.load(Ordering::SeqCst), "the worker was not freed");
+        assert!(worker.read(|r| r.aborted.is_empty()));
+        assert_eq!(worker.read(|r| r.runs[0].0.tags.tag.clone()), "tag");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_worker_fails_the_attempt_for_a_retry() {
+        let worker = FakeWorker::new("w");
+        worker.set_down(true);
+        let Setup {
+            attempt,
+            saga,
+            freed,
+        } = setup(&worker, Duration::from_secs(60), true).await;
+        let started = Instant::now();
+        let finished = run(attempt).await;
+        assert!(started.elapsed() >= RPC_RETRY_WINDOW, "Run was not retried");
+        match &finished.result {
+            AttemptResult::Retry(error) => assert!(
+                error.starts_with("FAILED cannot start the task: worker w:"),
+                "{error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(finished.node_suspect);
+        assert!(!freed.load(Ordering::SeqCst), "a suspect worker was freed");
+        assert_eq!(recorded_end(&saga), None, "a retried attempt wrote EndTask");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_attempt_on_an_unreachable_worker_ends_the_task() {
+        let worker = FakeWorker::new("w");
+        worker.set_down(true);
+        let Setup { attempt, saga, .. } = setup(&worker, Duration::from_secs(60), false).await;
+        let finished = run(attempt).await;
+        let status = ended(&finished.result);
+        assert_eq!(status.state, RunState::Failed);
+        assert!(status.error.starts_with("cannot start the task"));
+        assert!(
+            status.error.ends_with(DEAD_LETTER_SUFFIX),
+            "{}",
+            status.error
+        );
+        assert_eq!(recorded_end(&saga).as_ref(), Some(status));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_dies_mid_run_fails_the_attempt() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let Setup { attempt, saga, .. } = setup(&worker, Duration::from_secs(600), true).await;
+        let running = tokio::spawn(run(attempt));
+        worker.until("the run", |r| r.runs.len() == 1).await;
+        // The RUNNING status reaches the saga, so clients see the output URIs.
+        eventually("RUNNING in the saga", || {
+            saga.state()
+                .start_task_data("task")
+                .and_then(wire::run_status_from_saga)
+                .is_some_and(|s| s.state == RunState::Running)
+        })
+        .await;
+        worker.set_down(true);
+        let finished = running.await.unwrap();
+        match &finished.result {
+            AttemptResult::Retry(error) => assert!(
+                error.starts_with("FAILED lost contact with the worker"),
+                "{error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(finished.node_suspect);
+        assert_eq!(recorded_end(&saga), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_past_its_timeout_is_timed_out_and_aborted() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let Setup { attempt, saga, .. } = setup(&worker, Duration::from_secs(1), false).await;
+        let started = Instant::now();
+        let finished = run(attempt).await;
+        assert!(started.elapsed() >= Duration::from_secs(1) + TASK_TIMEOUT_OVERHEAD);
+        let status = ended(&finished.result);
+        assert_eq!(status.state, RunState::TimedOut);
+        assert_eq!(
+            status.error,
+            format!("task exceeded its timeout of 1s{DEAD_LETTER_SUFFIX}")
+        );
+        assert_eq!(worker.read(|r| r.aborted.clone()), vec![RunId("0".into())]);
+        assert_eq!(recorded_end(&saga).as_ref(), Some(status));
+        assert!(!finished.node_suspect);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_task_is_aborted_on_the_worker() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let Setup { attempt, saga, .. } = setup(&worker, Duration::from_secs(600), true).await;
+        let stop = attempt.stop.clone();
+        let running = tokio::spawn(run(attempt));
+        worker.until("the run", |r| r.runs.len() == 1).await;
+        stop.stop("UserRequested");
+        let finished = running.await.unwrap();
+        let status = ended(&finished.result);
+        assert_eq!(status.state, RunState::Aborted);
+        assert_eq!(status.error, format!("UserRequested{DEAD_LETTER_SUFFIX}"));
+        assert_eq!(status.stdout_ref, "fake://w/0/stdout");
+        assert_eq!(worker.read(|r| r.aborted.clone()), vec![RunId("0".into())]);
+        assert_eq!(recorded_end(&saga).as_ref(), Some(status));
     }
 }

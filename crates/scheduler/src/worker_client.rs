@@ -1,4 +1,5 @@
-//! Talks to one worker over the Worker Thrift API.
+//! Talks to one worker: [`WorkerApi`] is what the scheduling loop and task runners ask of a
+//! worker, in `scoot-core` types; [`WorkerClient`] answers it over the Worker Thrift API.
 //!
 //! The Thrift runtime is synchronous, so calls run on the blocking pool. Connections are pooled
 //! per worker: a long `WaitRun` on one connection does not hold up an `Abort` on another. A
@@ -7,6 +8,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use scoot_core::{Command, RunId, RunStatus, ServiceStatus, StateMask};
 use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
 use scoot_thrift::convert;
@@ -32,6 +34,37 @@ impl RpcError {
         matches!(self, RpcError::Thrift { source: thrift::Error::Application(e), .. }
             if e.kind == thrift::ApplicationErrorKind::UnknownMethod)
     }
+}
+
+/// A worker as the scheduler uses it. Boxed futures keep it usable as `dyn WorkerApi`, so the
+/// loop can hold workers of any kind (Thrift clients, or scripted ones in tests).
+pub trait WorkerApi: Send + Sync {
+    /// The worker's retained runs and its service status (QueryWorker).
+    fn query(&self) -> BoxFuture<'_, Result<(Vec<RunStatus>, ServiceStatus), RpcError>>;
+
+    /// Starts a run of `cmd`; the status says whether it was accepted.
+    fn run<'a>(&'a self, cmd: &'a Command) -> BoxFuture<'a, Result<RunStatus, RpcError>>;
+
+    /// Ends a run; answers its final status.
+    fn abort<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<RunStatus, RpcError>>;
+
+    /// Waits (up to `wait`, at most [`MAX_WAIT`]) for the run to reach a state in `states`,
+    /// answering its status then or when the wait is over. `Ok(None)` means the worker does not
+    /// offer WaitRun: poll it with [`query`](WorkerApi::query) instead.
+    fn wait_run<'a>(
+        &'a self,
+        run_id: &'a RunId,
+        states: StateMask,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<RunStatus>, RpcError>>;
+}
+
+/// Makes the client of the worker with a node id (its Thrift address).
+pub type Connect = Arc<dyn Fn(&str) -> Arc<dyn WorkerApi> + Send + Sync>;
+
+/// Workers reached over the Worker Thrift API.
+pub fn thrift_workers() -> Connect {
+    Arc::new(|node: &str| Arc::new(WorkerClient::new(node)) as Arc<dyn WorkerApi>)
 }
 
 #[derive(Clone)]
@@ -83,41 +116,49 @@ impl WorkerClient {
             source,
         })
     }
+}
 
-    pub async fn query(&self) -> Result<(Vec<RunStatus>, ServiceStatus), RpcError> {
-        let status = self.call(|c| c.query_worker()).await?;
-        Ok(convert::worker_status_from_wire(status))
+impl WorkerApi for WorkerClient {
+    fn query(&self) -> BoxFuture<'_, Result<(Vec<RunStatus>, ServiceStatus), RpcError>> {
+        Box::pin(async move {
+            let status = self.call(|c| c.query_worker()).await?;
+            Ok(convert::worker_status_from_wire(status))
+        })
     }
 
-    pub async fn run(&self, cmd: &Command) -> Result<RunStatus, RpcError> {
+    fn run<'a>(&'a self, cmd: &'a Command) -> BoxFuture<'a, Result<RunStatus, RpcError>> {
         let wire = convert::command_to_wire(cmd);
-        let status = self.call(move |c| c.run(wire)).await?;
-        Ok(convert::status_from_wire(status))
+        Box::pin(async move {
+            let status = self.call(move |c| c.run(wire)).await?;
+            Ok(convert::status_from_wire(status))
+        })
     }
 
-    pub async fn abort(&self, run_id: &RunId) -> Result<RunStatus, RpcError> {
+    fn abort<'a>(&'a self, run_id: &'a RunId) -> BoxFuture<'a, Result<RunStatus, RpcError>> {
         let id = run_id.0.clone();
-        let status = self.call(move |c| c.abort(id)).await?;
-        Ok(convert::status_from_wire(status))
+        Box::pin(async move {
+            let status = self.call(move |c| c.abort(id)).await?;
+            Ok(convert::status_from_wire(status))
+        })
     }
 
-    /// Waits (up to `wait`, at most [`MAX_WAIT`]) for the run to reach a state in `states`.
-    /// `Ok(None)` means the worker does not offer WaitRun: poll it instead.
-    pub async fn wait_run(
-        &self,
-        run_id: &RunId,
+    fn wait_run<'a>(
+        &'a self,
+        run_id: &'a RunId,
         states: StateMask,
         wait: Duration,
-    ) -> Result<Option<RunStatus>, RpcError> {
+    ) -> BoxFuture<'a, Result<Option<RunStatus>, RpcError>> {
         let id = run_id.0.clone();
         let wait_ms = wait.min(MAX_WAIT).as_millis() as i32;
-        match self
-            .call(move |c| c.wait_run(id, states.0 as i64, wait_ms))
-            .await
-        {
-            Ok(status) => Ok(Some(convert::status_from_wire(status))),
-            Err(err) if err.is_unknown_method() => Ok(None),
-            Err(err) => Err(err),
-        }
+        Box::pin(async move {
+            match self
+                .call(move |c| c.wait_run(id, states.0 as i64, wait_ms))
+                .await
+            {
+                Ok(status) => Ok(Some(convert::status_from_wire(status))),
+                Err(err) if err.is_unknown_method() => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
     }
 }

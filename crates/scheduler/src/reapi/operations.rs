@@ -468,3 +468,140 @@ pub fn api_status(err: ApiError) -> Status {
         ApiError::ShuttingDown => Status::unavailable("the scheduler is shutting down"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use scoot_core::{Command, RunId};
+
+    use super::*;
+    use crate::fake_worker::{FakeWorker, PATIENCE, Script, TestScheduler};
+    use crate::job::{Job, JobDefinition, REAPI_JOB_TYPE, TaskDefinition};
+
+    fn stage(op: &Operation) -> v2::execution_stage::Value {
+        let metadata = op.metadata.as_ref().expect("no metadata");
+        let metadata = v2::ExecuteOperationMetadata::decode(metadata.value.as_slice()).unwrap();
+        v2::execution_stage::Value::try_from(metadata.stage).unwrap()
+    }
+
+    /// A tracker following a loop whose one worker runs its first task until told to finish.
+    /// The scheduler stops when it is dropped.
+    async fn tracking() -> (Arc<FakeWorker>, TestScheduler, Arc<Tracker>) {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let tracker = Tracker::new(sched.api.clone(), CancellationToken::new());
+        let events = std::mem::replace(&mut sched.job_events, mpsc::unbounded_channel().1);
+        tokio::spawn(tracker.clone().follow(events));
+        (worker, sched, tracker)
+    }
+
+    async fn until(
+        state: &mut watch::Receiver<Operation>,
+        what: &str,
+        reached: impl FnMut(&Operation) -> bool,
+    ) -> Operation {
+        match tokio::time::timeout(PATIENCE, state.wait_for(reached)).await {
+            Ok(Ok(op)) => op.clone(),
+            _ => panic!("the operation never got {what}"),
+        }
+    }
+
+    /// A job like the ones Execute makes, for the action `key`.
+    fn action_job(name: &str, key: &AcKey) -> Job {
+        let request = v2::ExecuteRequest {
+            instance_name: key.instance_name.clone(),
+            action_digest: Some(scoot_reapi::digest::to_proto(&key.action_digest)),
+            ..Default::default()
+        };
+        let def = JobDefinition {
+            tasks: vec![TaskDefinition {
+                task_id: "action".into(),
+                command: Command {
+                    argv: vec!["action".into()],
+                    reapi_request: Some(request.encode_to_vec()),
+                    ..Command::default()
+                },
+            }],
+            requestor: "bazel".into(),
+            job_type: REAPI_JOB_TYPE.into(),
+            ..JobDefinition::default()
+        };
+        Job::with_id(name.to_string(), def)
+    }
+
+    #[tokio::test]
+    async fn an_operation_moves_queued_executing_completed_from_loop_events() {
+        let (worker, sched, tracker) = tracking().await;
+        let key = AcKey::new("main", Digest::new("ab".repeat(32), 142).unwrap());
+        let name = uuid::Uuid::new_v4().to_string();
+        let Joined::New(tracked) = tracker.join_or_start(key.clone(), name.clone()) else {
+            panic!("joined an execution that does not exist");
+        };
+        let mut state = tracked.subscribe();
+        assert_eq!(stage(&state.borrow()), v2::execution_stage::Value::Queued);
+
+        sched.api.run(action_job(&name, &key)).await.unwrap();
+        let executing = until(&mut state, "EXECUTING", |op| {
+            stage(op) == v2::execution_stage::Value::Executing
+        })
+        .await;
+        assert!(!executing.done);
+        assert!(
+            matches!(tracker.join_or_start(key.clone(), "other".into()), Joined::Existing(t) if t.name == name),
+            "an identical Execute did not join the running one"
+        );
+
+        let response = v2::ExecuteResponse {
+            result: Some(v2::ActionResult {
+                exit_code: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        worker.finish(&RunId("0".into()), |s| {
+            s.state = RunState::Complete;
+            s.reapi_response = Some(response.encode_to_vec());
+        });
+        let done = until(&mut state, "done", |op| op.done).await;
+        assert_eq!(stage(&done), v2::execution_stage::Value::Completed);
+        let Some(operation::Result::Response(any)) = done.result else {
+            panic!("no response: {:?}", done.result);
+        };
+        let got = v2::ExecuteResponse::decode(any.value.as_slice()).unwrap();
+        let result = got.result.expect("no action result");
+        assert_eq!(result.exit_code, 7);
+        assert!(
+            result
+                .execution_metadata
+                .is_some_and(|m| m.queued_timestamp.is_some()),
+            "no queued timestamp"
+        );
+        assert!(
+            matches!(tracker.join_or_start(key, "again".into()), Joined::New(_)),
+            "a finished execution was joined"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_execution_ends_with_cancelled() {
+        let (worker, sched, tracker) = tracking().await;
+        let key = AcKey::new("", Digest::new("cd".repeat(32), 10).unwrap());
+        let name = uuid::Uuid::new_v4().to_string();
+        let tracked = tracker.start_unmerged(key.clone(), name.clone());
+        let mut state = tracked.subscribe();
+        sched.api.run(action_job(&name, &key)).await.unwrap();
+        worker.until("the run", |r| r.runs.len() == 1).await;
+        sched.api.kill_job(&name).await.unwrap();
+        let done = until(&mut state, "done", |op| op.done).await;
+        let Some(operation::Result::Error(status)) = done.result else {
+            panic!("not an error: {:?}", done.result);
+        };
+        assert_eq!(status.code, Code::Cancelled as i32);
+        assert!(
+            status.message.starts_with("UserRequested"),
+            "{}",
+            status.message
+        );
+        assert_eq!(worker.read(|r| r.aborted.len()), 1);
+    }
+}
