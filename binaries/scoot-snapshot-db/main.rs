@@ -1,15 +1,15 @@
-//! `scoot-snapshot-db`: create, read and export snapshots. See `scoot_gitdb::cli`.
+//! `scoot-snapshot-db`: create, read and export snapshots. See `scoot_snapshot_db::cli`.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: scoot_gitdb::cli::Args = scoot_bin_util::parse_args();
+    let args: scoot_snapshot_db::cli::Args = scoot_bin_util::parse_args();
     if let Err(err) = scoot_bin_util::init_logging(&args.log_level) {
         eprintln!("scoot-snapshot-db: {err}");
         return ExitCode::FAILURE;
     }
-    let result = match scoot_bin_util::run_server(scoot_gitdb::cli::run(args)) {
+    let result = match scoot_bin_util::run_server(scoot_snapshot_db::cli::run(args)) {
         Ok(result) => result,
         Err(err) => Err(anyhow::Error::new(err).context("cannot start the runtime")),
     };

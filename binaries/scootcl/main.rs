@@ -1,12 +1,12 @@
-//! `scootcl`: command-line client for the Scoot scheduler. See `scoot_client::scootcl`.
+//! `scootcl`: command-line client for the Scoot scheduler. See `scoot_cloudscoot_client::scootcl`.
 
 fn main() -> std::process::ExitCode {
-    let cli: scoot_client::scootcl::Cli = scoot_bin_util::parse_args();
+    let cli: scoot_cloudscoot_client::scootcl::Cli = scoot_bin_util::parse_args();
     if let Err(err) = scoot_bin_util::init_logging(&cli.log_level) {
         eprintln!("scootcl: {err}");
         return std::process::ExitCode::from(2);
     }
-    match scoot_client::scootcl::run(cli) {
+    match scoot_cloudscoot_client::scootcl::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("scootcl: {err}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
-use scoot_snapshot::store::{Store, StoreError};
+use scoot_bundlestore::store::{Store, StoreError};
 
 use crate::setup::{
     DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, StoreDir, cas_services, check_config_json,

@@ -11,7 +11,7 @@
 //!   (Scoot answered 500, but it is the client's mistake), a body that ends before its
 //!   `Content-Length`, a body that is not a git bundle (`# v2 git bundle` / `# v3 git bundle`
 //!   header), a bundle that does not hold what its name promises (checked with git by
-//!   [`scoot_gitdb::verify_bundle`]: the commit `<key>` with its whole history, or the commits of
+//!   [`scoot_snapshot_db::verify_bundle`]: the commit `<key>` with its whole history, or the commits of
 //!   a published bundle whose key is `<key>`; names are first-come, so one squatted by the wrong
 //!   bundle would fail every later snapshot that needs it). Refused with 413: a body over the
 //!   upload limit. Nothing is stored in these cases. 200 "Successfully wrote bundle <name>" once
@@ -35,9 +35,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::{Bytes, BytesMut};
-use scoot_gitdb::{GitDbConfig, verify_bundle};
-use scoot_snapshot::store::StoreError;
-use scoot_snapshot::store::http::{EXPIRES_HEADER, parse_http_date};
+use scoot_bundlestore::store::StoreError;
+use scoot_bundlestore::store::http::{EXPIRES_HEADER, parse_http_date};
+use scoot_snapshot_db::{GitDbConfig, verify_bundle};
 
 use crate::ApiServerConfig;
 

@@ -2,7 +2,7 @@
 //! the Bazel remote cache over gRPC.
 //!
 //! * [`server::run_with_grpc`]: serves the HTTP routes on one listener and, optionally, the
-//!   REAPI cache services of [`scoot_cas`] (Capabilities, ContentAddressableStorage, ByteStream,
+//!   REAPI cache services of [`scoot_cas_services`] (Capabilities, ContentAddressableStorage, ByteStream,
 //!   ActionCache) on another, until shutdown; [`server::run`] is the HTTP side alone.
 //! * [`http`]: the routes: `/bundle/<name>` (store and fetch git bundles), `/view/<snapshot>/<path>`
 //!   (one file of a snapshot, through [`SnapshotFiles`]) and `/health`.
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use scoot_snapshot::store::Store;
+use scoot_bundlestore::store::Store;
 
 pub use server::{ApiServerError, GrpcSide, run, run_with_grpc};
 
@@ -56,7 +56,7 @@ impl ApiServerConfig {
         ApiServerConfig {
             store,
             view: None,
-            default_ttl: scoot_snapshot::store::http::DEFAULT_TTL,
+            default_ttl: scoot_bundlestore::store::http::DEFAULT_TTL,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use scoot_cas::CasServices;
+use scoot_cas_services::CasServices;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,7 +93,8 @@ pub async fn run_with_grpc(
         let Some(GrpcSide { listener, services }) = grpc else {
             return Ok(());
         };
-        let serving = scoot_cas::serve(listener, services.routes(), stopped(stop_rx.clone()));
+        let serving =
+            scoot_cas_services::serve(listener, services.routes(), stopped(stop_rx.clone()));
         let drained = async {
             stopped(stop_rx).await;
             tokio::time::sleep(GRPC_DRAIN).await;
@@ -127,11 +128,11 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
+    use scoot_bundlestore::store::FileStore;
     use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
     use scoot_proto::bytestream::{ReadRequest, WriteRequest};
     use scoot_proto::reapi::v2;
     use scoot_proto::reapi::v2::capabilities_client::CapabilitiesClient;
-    use scoot_snapshot::store::FileStore;
     use tokio::sync::oneshot;
 
     use super::*;

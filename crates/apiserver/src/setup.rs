@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use scoot_cas::stores::{
+use scoot_bundlestore::store::{CachingStore, FileStore, Store, StoreError};
+pub use scoot_cas_services::stores::{
     AC_SUBDIR, CasStores, DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, OpenStoresError, open_cas_stores,
 };
-use scoot_snapshot::store::{CachingStore, FileStore, Store, StoreError};
 
 /// The environment variable naming the store directory when `-store_dir` is not given (Scoot's).
 pub const STORE_DIR_ENV: &str = "BUNDLESTORE_STORE_DIR";
@@ -59,11 +59,11 @@ pub fn file_backed_store(dir: PathBuf, cache_bytes: u64) -> Result<Arc<dyn Store
 const CAS_DIR_ATTEMPTS: usize = 16;
 
 /// The apiserver's gRPC services over `stores` (no execution advertised).
-pub fn cas_services(stores: CasStores) -> scoot_cas::CasServices {
-    scoot_cas::server(
+pub fn cas_services(stores: CasStores) -> scoot_cas_services::CasServices {
+    scoot_cas_services::server(
         stores.cas,
         stores.action_cache,
-        scoot_cas::CasConfig::default(),
+        scoot_cas_services::CasConfig::default(),
     )
 }
 
@@ -145,7 +145,7 @@ mod tests {
         scoot_blobstore::put(&*first.cas, &digest, blob)
             .await
             .unwrap();
-        let key = scoot_cas::AcKey::new("", digest.clone());
+        let key = scoot_cas_services::AcKey::new("", digest.clone());
         first
             .action_cache
             .put(&key, Bytes::from_static(b"result"))

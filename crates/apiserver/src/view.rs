@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use scoot_gitdb::{GitDb, GitDbConfig};
-use scoot_snapshot::store::Store;
+use scoot_bundlestore::store::Store;
+use scoot_snapshot_db::{GitDb, GitDbConfig};
 
 use crate::SnapshotFiles;
 

@@ -16,7 +16,7 @@
 //! * Errors are one type, [`ClientError`], carrying the gRPC code, so callers can tell a missing
 //!   blob (NOT_FOUND) from an unreachable server (UNAVAILABLE).
 //!
-//! With the `testing` feature, `testing::TestServer` runs the real `scoot_cas` services
+//! With the `testing` feature, `testing::TestServer` runs the real `scoot_cas_services` services
 //! in-process for other crates' tests.
 
 mod digest;
@@ -74,7 +74,7 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Batch requests and streams in flight at once per call.
 const CONCURRENCY: usize = 4;
 /// HTTP/2 flow-control windows: with hyper's defaults a big download stalls for a window update
-/// every MiB (the server side makes the same choice in `scoot_cas::server_builder`).
+/// every MiB (the server side makes the same choice in `scoot_cas_services::server_builder`).
 const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 

@@ -1,11 +1,11 @@
-//! An in-process CAS for tests (feature `testing`): the real `scoot_cas` services over memory
+//! An in-process CAS for tests (feature `testing`): the real `scoot_cas_services` services over memory
 //! stores, served on 127.0.0.1 at a free port until the [`TestServer`] is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use scoot_blobstore::MemoryBlobStore;
-use scoot_cas::{CasConfig, MemoryActionCache};
+use scoot_cas_services::{CasConfig, MemoryActionCache};
 use tokio::sync::oneshot;
 
 use crate::{CasClient, ClientError};
@@ -18,7 +18,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the services with [`CasConfig::default`] (4 MiB batches, like production).
     pub async fn start() -> std::io::Result<TestServer> {
-        let services = scoot_cas::server(
+        let services = scoot_cas_services::server(
             Arc::new(MemoryBlobStore::new(1 << 30)),
             Arc::new(MemoryActionCache::new(64 << 20)),
             CasConfig::default(),
@@ -26,9 +26,13 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(scoot_cas::serve(listener, services.routes(), async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(scoot_cas_services::serve(
+            listener,
+            services.routes(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(TestServer {
             addr,
             stop: Some(stop),

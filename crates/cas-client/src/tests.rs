@@ -1,4 +1,4 @@
-//! The client against the real `scoot_cas` services on 127.0.0.1.
+//! The client against the real `scoot_cas_services` services on 127.0.0.1.
 
 use bytes::Bytes;
 use scoot_core::Digest;

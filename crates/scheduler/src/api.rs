@@ -9,8 +9,8 @@ use scoot_saga::{SagaCoordinator, SagaError, SagaLogError, SagaState};
 use scoot_sched_alg::ClassConfig;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::event_loop::Request;
 use crate::job::{InvalidJob, Job, JobDefinition};
-use crate::scheduler::Request;
 use crate::wire;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
-use scoot_cas::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
+use scoot_cas_services::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
 use scoot_thrift::server::{ServeOptions, ServeOptionsError};
 
 use crate::SchedulerConfig;
@@ -73,7 +73,7 @@ pub enum CliError {
     #[error(transparent)]
     CasTask(#[from] tokio::task::JoinError),
     #[error("{0}")]
-    Cas(scoot_cas::stores::OpenStoresError),
+    Cas(scoot_cas_services::stores::OpenStoresError),
     #[error("scheduler failed")]
     Failed(#[source] SchedulerError),
 }

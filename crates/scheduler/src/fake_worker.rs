@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::SchedulerApi;
-use crate::cluster::Membership;
 use crate::config::SchedulerConfig;
-use crate::scheduler::{JobEvent, Loop};
+use crate::discovery::Membership;
+use crate::event_loop::{JobEvent, Loop};
 use crate::worker_client::{Connect, RpcError, WorkerApi};
 
 /// Longest a test waits for the scheduler (virtual time when the test pauses the clock).

@@ -4,23 +4,23 @@
 //! * [`cli`]: the `scheduler` binary: its flags, and [`cli::run`], which builds the listeners and
 //!   the CAS they describe and calls [`server::run`].
 //! * [`handler`]: the CloudScoot Thrift service; [`api`]: the same operations as async methods.
-//! * [`scheduler::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
+//! * [`event_loop::Loop`]: the event-driven scheduling loop; [`state`]: what it owns.
 //! * [`task_runner`]: one attempt of one task on one worker.
 //! * [`job`]: jobs and the rules they must meet; [`config`]: `-config` parsing.
 //! * [`wire`]: the one Thrift boundary: CloudScoot requests and replies, saga payloads.
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
-//! * [`cluster`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
+//! * [`discovery`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
 
 pub mod api;
 pub mod cli;
-pub mod cluster;
 pub mod config;
+pub mod discovery;
+pub mod event_loop;
 #[cfg(test)]
 mod fake_worker;
 pub mod handler;
 pub mod job;
 pub mod reapi;
-pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod task_runner;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use scoot_blobstore::{BlobStore, TieredBlobStore};
-use scoot_cas::CasConfig;
-use scoot_cas::stores::CasStores;
 use scoot_cas_client::{CasClient, RemoteBlobSource};
+use scoot_cas_services::CasConfig;
+use scoot_cas_services::stores::CasStores;
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use tokio::net::TcpListener;
@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::SchedulerApi;
-use crate::cluster::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
 use crate::config::{ClusterSource, SagaLogKind, SchedulerConfig};
+use crate::discovery::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
+use crate::event_loop::Loop;
 use crate::handler::CloudScootHandler;
 use crate::reapi::{self, operations::Tracker};
-use crate::scheduler::Loop;
 use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub async fn run(
         ),
     };
     let (membership_tx, membership) = mpsc::channel(100);
-    let watcher = tokio::spawn(cluster::watch(fetcher, period, membership_tx));
+    let watcher = tokio::spawn(discovery::watch(fetcher, period, membership_tx));
 
     let stop = CancellationToken::new();
     let (requests_tx, requests) = mpsc::channel(1024);
@@ -120,7 +120,7 @@ pub async fn run(
                 }
                 None => endpoint.stores.cas,
             };
-            let cas = scoot_cas::server(
+            let cas = scoot_cas_services::server(
                 blobs,
                 endpoint.stores.action_cache,
                 CasConfig {
@@ -128,7 +128,7 @@ pub async fn run(
                     ..CasConfig::default()
                 },
             );
-            Some(tokio::spawn(scoot_cas::serve(
+            Some(tokio::spawn(scoot_cas_services::serve(
                 endpoint.listener,
                 reapi::routes(cas, tracker),
                 stop.clone().cancelled_owned(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use scoot_action::{ActionConfig, ReapiActions};
+use scoot_action_runner::{ActionConfig, ReapiActions};
 use scoot_runner::action::ActionRunner;
 use scoot_runner::execer::Dispatch;
 use scoot_runner::execer::contain::Containment;
@@ -42,7 +42,7 @@ pub enum WorkerError {
     #[error("cannot create the action directory: {0}")]
     ActionDir(std::io::Error),
     #[error("cannot set up REAPI actions: {0}")]
-    Actions(#[from] scoot_action::ActionError),
+    Actions(#[from] scoot_action_runner::ActionError),
     #[error("-action_user: {0}")]
     ActionUser(#[from] IdentityError),
 }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use scoot_bundlestore::store::{FileStore, HttpStore, Store};
 use scoot_core::exit_code;
-use scoot_gitdb::{GitDb, GitDbConfig};
 use scoot_runner::filer::{Checkout, CheckoutError, Filer};
-use scoot_snapshot::store::{FileStore, HttpStore, Store};
+use scoot_snapshot_db::{GitDb, GitDbConfig};
 use tokio::sync::OnceCell;
 
 /// Where bundles come from, per `-bundlestore`: an absolute directory is a file store (Scoot
@@ -108,7 +108,7 @@ impl Filer for GitFiler {
     }
 }
 
-struct GitCheckout(scoot_gitdb::Checkout);
+struct GitCheckout(scoot_snapshot_db::Checkout);
 
 #[async_trait]
 impl Checkout for GitCheckout {

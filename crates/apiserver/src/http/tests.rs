@@ -7,11 +7,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use scoot_snapshot::store::{Expiry, HttpStore, Store, StoreError};
+use scoot_bundlestore::store::{Expiry, HttpStore, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use scoot_gitdb::{GitDb, GitDbConfig};
+use scoot_snapshot_db::{GitDb, GitDbConfig};
 
 use crate::{ApiServerConfig, SnapshotFiles};
 
@@ -236,7 +236,7 @@ async fn upload_then_download() {
     assert_eq!(data, bundle);
     // No expiry header: the default TTL applies.
     let ttl = expiry.unwrap().duration_since(before).unwrap();
-    let default = scoot_snapshot::store::http::DEFAULT_TTL;
+    let default = scoot_bundlestore::store::http::DEFAULT_TTL;
     assert!(ttl >= default && ttl < default + Duration::from_secs(60));
 
     let (status, body) = server.post(&path, FAKE).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
-use scoot_cas::{AcKey, CasError, CasServices};
+use scoot_cas_services::{AcKey, CasError, CasServices};
 use scoot_core::{Command, Digest, LogTags};
 use scoot_proto::longrunning::Operation;
 use scoot_proto::reapi::v2;
@@ -330,18 +330,18 @@ pub fn stream(tracker: &Tracker, tracked: Arc<Tracked>) -> OperationStream {
 #[cfg(test)]
 mod tests {
     use scoot_blobstore::{MemoryBlobStore, sha256_digest};
-    use scoot_cas::{CasConfig, MemoryActionCache};
+    use scoot_cas_services::{CasConfig, MemoryActionCache};
     use scoot_reapi::digest::to_proto;
 
     use super::*;
 
-    /// The scheduler refuses what workers refuse (see scoot-action's
+    /// The scheduler refuses what workers refuse (see scoot-action-runner's
     /// `actions_the_scheduler_refuses_are_refused_alike`): an Action without an input root, and
     /// messages above the one size limit, are INVALID_ARGUMENT.
     #[tokio::test]
     async fn actions_are_refused_as_workers_refuse_them() {
         let store = Arc::new(MemoryBlobStore::new(1 << 20));
-        let cas = scoot_cas::server(
+        let cas = scoot_cas_services::server(
             store.clone(),
             Arc::new(MemoryActionCache::new(1 << 20)),
             CasConfig::default(),

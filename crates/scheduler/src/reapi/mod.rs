@@ -1,7 +1,7 @@
 //! The Bazel Remote Execution API on the scheduler's gRPC port.
 //!
 //! One endpoint serves everything a client needs: Capabilities (with execution enabled), the
-//! CAS, ByteStream and ActionCache over the scheduler's own store (see [`scoot_cas`]), plus
+//! CAS, ByteStream and ActionCache over the scheduler's own store (see [`scoot_cas_services`]), plus
 //! [`execution`] (Execute, WaitExecution) and [`longrunning`] (google.longrunning.Operations).
 //! Workers fetch inputs from and upload outputs to this same CAS.
 //!
@@ -14,7 +14,7 @@ pub mod operations;
 
 use std::sync::Arc;
 
-use scoot_cas::CasServices;
+use scoot_cas_services::CasServices;
 use scoot_proto::longrunning::operations_server::OperationsServer;
 use scoot_proto::reapi::v2::execution_server::ExecutionServer;
 use tonic::service::Routes;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
-use scoot_cas::AcKey;
+use scoot_cas_services::AcKey;
 use scoot_core::{Digest, RunState, RunStatus};
 use scoot_proto::longrunning::{Operation, operation};
 use scoot_proto::prost_types::{Any, Timestamp};
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::api::{ApiError, JobState, SchedulerApi};
-use crate::scheduler::JobEvent;
+use crate::event_loop::JobEvent;
 
 const TYPE_PREFIX: &str = "type.googleapis.com/";
 /// Finished operations remembered in memory; older ones are rebuilt from the saga log.

@@ -1,0 +1,875 @@
+//! The scheduling loop.
+//!
+//! One task owns all scheduling state ([`crate::state`]) and reacts to events: requests from the
+//! API, worker membership changes, readiness results and finished task attempts. After each batch
+//! of events it runs a scheduling step, so a task starts as soon as it and a worker are both
+//! available; a one-second tick only does housekeeping (forgetting lost workers, retrying EndSaga,
+//! rebalancing timers). Slow work (saga writes, worker RPCs) runs in spawned tasks that report back.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use scoot_core::{LogTags, RunId, RunState, RunStatus};
+use scoot_saga::{Saga, SagaMessage};
+use scoot_sched_alg::{ClassConfig, JobView, LoadBasedAlg, RunningTask};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SchedulerConfig;
+use crate::discovery::Membership;
+use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
+use crate::state::{Durations, JobState, Node, NodeHealth, TaskStatus, pick_node};
+use crate::task_runner::{self, AttemptFinished, AttemptResult, TaskAttempt};
+use crate::wire;
+use crate::worker_client::{Connect, thrift_workers};
+
+/// Lost workers are forgotten after this long.
+const MAX_LOST: Duration = Duration::from_secs(60);
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
+/// Tags remembered per (requestor, basis) for expired-tag checks.
+const TAG_HISTORY: usize = 100;
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// Requests from the API to the loop.
+pub enum Request {
+    /// Admission checks that need the loop's state; on success the job's requestor slot is held.
+    Admit(Job, Reply<Result<(), InvalidJob>>),
+    /// The job's StartSaga is durable: schedule it.
+    Add(Job, Saga),
+    /// Admission succeeded but the saga could not be started.
+    Release(Job),
+    Kill(String, Reply<Result<(), String>>),
+    IsActive(String, Reply<bool>),
+    Offline(String, Reply<Result<(), String>>),
+    Reinstate(String, Reply<Result<(), String>>),
+    /// (current tasks, throttle)
+    Status(Reply<(i32, i32)>),
+    SetThrottle(i32, Reply<Result<(), String>>),
+    AlgConfig(Reply<ClassConfig>),
+    SetLoadPercents(BTreeMap<String, i32>, Reply<Result<(), String>>),
+    SetRequestorMap(BTreeMap<String, String>, Reply<Result<(), String>>),
+    SetRebalanceMinimum(Duration),
+    SetRebalanceThreshold(i32),
+}
+
+/// What the loop tells the REAPI operation tracker about jobs, so Execute streams move on as soon
+/// as a task starts or ends instead of polling the saga log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobEvent {
+    /// A task of the job was handed to a worker.
+    TaskStarted(String),
+    /// A task of the job ended with this status, already durable in the saga log.
+    TaskEnded {
+        job_id: String,
+        status: Box<RunStatus>,
+    },
+    /// The job's saga has ended: its final statuses are in the log (the only word on tasks
+    /// that ended without an attempt, such as waiting tasks of a killed job).
+    Ended(String),
+}
+
+/// Results of work the loop spawned.
+enum Event {
+    NodeReady(String),
+    /// The worker is done with the task's run; the attempt is still being recorded.
+    WorkerFree {
+        node: String,
+        job_id: String,
+        task_id: String,
+    },
+    Attempt(Box<AttemptFinished>),
+    SagaEnded(String, Result<(), String>),
+}
+
+pub struct Loop {
+    config: SchedulerConfig,
+    alg: LoadBasedAlg,
+    throttle: i32,
+    jobs: HashMap<String, JobState>,
+    /// Job ids in arrival order (the algorithm favours older jobs on ties).
+    order: Vec<String>,
+    /// Admitted jobs whose saga is being started, per requestor.
+    reserved: HashMap<String, usize>,
+    tags: HashMap<(String, String), VecDeque<String>>,
+    nodes: BTreeMap<String, Node>,
+    connect: Connect,
+    durations: Durations,
+    epoch: Instant,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    job_events: Option<mpsc::UnboundedSender<JobEvent>>,
+}
+
+impl Loop {
+    pub fn new(config: SchedulerConfig) -> Loop {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Loop {
+            config,
+            alg: LoadBasedAlg::default(),
+            throttle: -1,
+            jobs: HashMap::new(),
+            order: Vec::new(),
+            reserved: HashMap::new(),
+            tags: HashMap::new(),
+            nodes: BTreeMap::new(),
+            connect: thrift_workers(),
+            durations: Durations::new(1_000_000),
+            epoch: Instant::now(),
+            events_tx,
+            events,
+            job_events: None,
+        }
+    }
+
+    /// Reaches workers through `connect` instead of the Worker Thrift API.
+    pub fn with_workers(mut self, connect: Connect) -> Loop {
+        self.connect = connect;
+        self
+    }
+
+    /// Reports task starts and job ends to `events`.
+    pub fn with_job_events(mut self, events: mpsc::UnboundedSender<JobEvent>) -> Loop {
+        self.job_events = Some(events);
+        self
+    }
+
+    fn notify(&self, event: JobEvent) {
+        if let Some(events) = &self.job_events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or every request sender is gone.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut membership: mpsc::Receiver<Vec<Membership>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        loop {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => self.handle_request(request).await,
+                    None => break,
+                },
+                Some(changes) = membership.recv() => self.handle_membership(changes),
+                Some(event) = self.events.recv() => self.handle_event(event),
+                _ = housekeeping.tick() => self.housekeeping(),
+                _ = shutdown.cancelled() => break,
+            }
+            // Take everything else that is already waiting before scheduling once.
+            while let Ok(request) = requests.try_recv() {
+                self.handle_request(request).await;
+            }
+            while let Ok(event) = self.events.try_recv() {
+                self.handle_event(event);
+            }
+            self.schedule();
+        }
+        for node in self.nodes.values() {
+            if let Some(check) = &node.check {
+                check.cancel();
+            }
+        }
+    }
+
+    async fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Admit(job, reply) => {
+                let verdict = self.admit(&job);
+                if verdict.is_ok() {
+                    *self.reserved.entry(job.def.requestor.clone()).or_default() += 1;
+                }
+                let _ = reply.send(verdict);
+            }
+            Request::Add(job, saga) => {
+                self.unreserve(&job.def.requestor);
+                self.add_job(job, saga).await;
+            }
+            Request::Release(job) => self.unreserve(&job.def.requestor),
+            Request::Kill(job_id, reply) => {
+                let _ = reply.send(self.kill(&job_id, "UserRequested").await);
+            }
+            Request::IsActive(job_id, reply) => {
+                let _ = reply.send(self.jobs.contains_key(&job_id));
+            }
+            Request::Offline(node, reply) => {
+                let _ = reply.send(self.offline(&node));
+            }
+            Request::Reinstate(node, reply) => {
+                let _ = reply.send(self.reinstate(&node));
+            }
+            Request::Status(reply) => {
+                let current: usize = self.jobs.values().map(|j| j.tasks.len() - j.done).sum();
+                let _ = reply.send((i32::try_from(current).unwrap_or(i32::MAX), self.throttle));
+            }
+            Request::SetThrottle(limit, reply) => {
+                let result = if limit < -1 {
+                    Err(format!("invalid tasks limit {limit}. Must be >= -1."))
+                } else {
+                    self.throttle = limit;
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            Request::AlgConfig(reply) => {
+                let _ = reply.send(self.alg.config().clone());
+            }
+            Request::SetLoadPercents(percents, reply) => {
+                let _ = reply.send(
+                    self.alg
+                        .set_load_percents(percents)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            Request::SetRequestorMap(map, reply) => {
+                let _ = reply.send(self.alg.set_requestor_map(map).map_err(|e| e.to_string()));
+            }
+            Request::SetRebalanceMinimum(duration) => self.alg.set_rebalance_min_duration(duration),
+            Request::SetRebalanceThreshold(threshold) => {
+                self.alg.set_rebalance_threshold(threshold)
+            }
+        }
+    }
+
+    fn unreserve(&mut self, requestor: &str) {
+        if let Some(count) = self.reserved.get_mut(requestor) {
+            *count -= 1;
+            if *count == 0 {
+                self.reserved.remove(requestor);
+            }
+        }
+    }
+
+    fn jobs_of(&self, requestor: &str) -> usize {
+        let in_memory = self
+            .jobs
+            .values()
+            .filter(|j| j.job.def.requestor == requestor)
+            .count();
+        in_memory + self.reserved.get(requestor).copied().unwrap_or(0)
+    }
+
+    fn admit(&mut self, job: &Job) -> Result<(), InvalidJob> {
+        let requestor = &job.def.requestor;
+        let known = self.jobs_of(requestor) > 0;
+        if !known {
+            let mut requestors: Vec<&str> = self
+                .jobs
+                .values()
+                .map(|j| j.job.def.requestor.as_str())
+                .collect();
+            requestors.extend(self.reserved.keys().map(String::as_str));
+            requestors.sort_unstable();
+            requestors.dedup();
+            if requestors.len() >= self.config.max_requestors {
+                return Err(InvalidJob(format!(
+                    "exceeds max number of requestors: {} (requestor {requestor:?} is new)",
+                    self.config.max_requestors
+                )));
+            }
+        }
+        if job.def.job_type != REAPI_JOB_TYPE
+            && self.jobs_of(requestor) >= self.config.max_jobs_per_requestor
+        {
+            return Err(InvalidJob(format!(
+                "exceeds max jobs per requestor: {requestor:?} already has {} jobs in progress",
+                self.config.max_jobs_per_requestor
+            )));
+        }
+        if !job.def.basis.is_empty() {
+            let history = self
+                .tags
+                .entry((requestor.clone(), job.def.basis.clone()))
+                .or_default();
+            let tag = &job.def.tag;
+            if history.contains(tag) && history.back() != Some(tag) {
+                return Err(InvalidJob(format!(
+                    "expired tag {tag:?} for basis {:?}: a newer tag exists",
+                    job.def.basis
+                )));
+            }
+            if history.back() != Some(tag) {
+                history.push_back(tag.clone());
+                if history.len() > TAG_HISTORY {
+                    history.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_job(&mut self, job: Job, saga: Saga) {
+        let job_id = job.id.clone();
+        // The only line that names the job's tag, basis, requestor and type: task lines carry
+        // the job id, so these (up to a KiB each) are not repeated for every task.
+        tracing::info!(job_id = %job_id, tag = %job.def.tag, basis = %job.def.basis,
+            requestor = %job.def.requestor, job_type = %job.def.job_type,
+            priority = job.def.priority, tasks = job.def.tasks.len(), "job added");
+        if !job.def.basis.is_empty() {
+            // A newer job for the same basis replaces older jobs with other tags.
+            let replaced: Vec<String> = self
+                .jobs
+                .values()
+                .filter(|j| {
+                    j.job.def.requestor == job.def.requestor
+                        && j.job.def.basis == job.def.basis
+                        && j.job.def.tag != job.def.tag
+                        && !j.killed
+                })
+                .map(|j| j.job.id.clone())
+                .collect();
+            for old in replaced {
+                tracing::info!(job_id = %old, replaced_by = %job_id, "killing job replaced by a newer basis");
+                let _ = self.kill(&old, "UserRequested").await;
+            }
+        }
+        let state = JobState::new(job, saga, &self.durations);
+        self.order.push(job_id.clone());
+        self.jobs.insert(job_id.clone(), state);
+        self.end_if_finished(&job_id);
+    }
+
+    /// Adds a job recovered from the saga log; tasks with EndTask are already done.
+    pub async fn add_recovered(&mut self, job: Job, saga: Saga, done: Vec<String>) {
+        let job_id = job.id.clone();
+        self.add_job(job, saga).await;
+        if let Some(state) = self.jobs.get_mut(&job_id) {
+            for task in done {
+                state.mark_done(&task);
+            }
+        }
+        self.end_if_finished(&job_id);
+    }
+
+    async fn kill(&mut self, job_id: &str, reason: &str) -> Result<(), String> {
+        let Some(state) = self.jobs.get_mut(job_id) else {
+            return Err(format!(
+                "cannot kill Job Id {job_id}, not found. (This error can be ignored if the job has already completed.)"
+            ));
+        };
+        if state.killed {
+            return Err(format!(
+                "job Id {job_id} was already killed, request ignored"
+            ));
+        }
+        state.killed = true;
+        tracing::info!(job_id, reason, "killing job");
+        let tags = |task_id: &str| LogTags {
+            job_id: job_id.to_string(),
+            task_id: task_id.to_string(),
+            tag: state.job.def.tag.clone(),
+        };
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        for task in &state.tasks {
+            let task_id = &state.job.def.tasks[task.index].task_id;
+            match task.status {
+                TaskStatus::Waiting => {
+                    let mut aborted = RunStatus::aborted(RunId::default(), tags(task_id));
+                    aborted.error = reason.to_string();
+                    let data = wire::run_status_to_saga(&aborted);
+                    batch.push(SagaMessage::start_task(job_id, task_id, Vec::new()));
+                    batch.push(SagaMessage::end_task(job_id, task_id, data));
+                    waiting.push(task_id.clone());
+                }
+                TaskStatus::Running { .. } => task.stop.stop(reason),
+                TaskStatus::Done => {}
+            }
+        }
+        if !batch.is_empty() {
+            state
+                .saga
+                .log(batch)
+                .await
+                .map_err(|e| format!("cannot record the kill: {e}"))?;
+            for task_id in waiting {
+                state.mark_done(&task_id);
+            }
+        }
+        self.end_if_finished(job_id);
+        Ok(())
+    }
+
+    fn end_if_finished(&mut self, job_id: &str) {
+        let Some(state) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if !state.is_finished() || state.ending {
+            return;
+        }
+        state.ending = true;
+        let saga = state.saga.clone();
+        let events = self.events_tx.clone();
+        let job_id = job_id.to_string();
+        tokio::spawn(async move {
+            let result = saga.end_saga().await.map_err(|e| e.to_string());
+            let _ = events.send(Event::SagaEnded(job_id, result));
+        });
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::NodeReady(id) => {
+                if let Some(node) = self.nodes.get_mut(&id)
+                    && node.health == NodeHealth::Checking
+                {
+                    tracing::info!(node = %id, "worker ready");
+                    node.health = NodeHealth::Ready;
+                    node.check = None;
+                }
+            }
+            Event::WorkerFree {
+                node,
+                job_id,
+                task_id,
+            } => {
+                if let Some(n) = self.nodes.get_mut(&node)
+                    && n.busy == Some((job_id, task_id))
+                {
+                    n.busy = None;
+                }
+            }
+            Event::Attempt(finished) => self.attempt_finished(*finished),
+            Event::SagaEnded(job_id, Ok(())) => {
+                tracing::info!(job_id = %job_id, "job completed");
+                self.jobs.remove(&job_id);
+                self.order.retain(|id| id != &job_id);
+                self.notify(JobEvent::Ended(job_id));
+            }
+            Event::SagaEnded(job_id, Err(error)) => {
+                tracing::warn!(job_id = %job_id, %error, "cannot end saga; will retry");
+                if let Some(state) = self.jobs.get_mut(&job_id) {
+                    state.ending = false;
+                }
+            }
+        }
+    }
+
+    fn attempt_finished(&mut self, finished: AttemptFinished) {
+        let AttemptFinished {
+            job_id,
+            task_id,
+            node,
+            result,
+            elapsed,
+            node_suspect,
+        } = finished;
+        if let Some(n) = self.nodes.get_mut(&node) {
+            // It may already be free, and even running another task (see WorkerFree).
+            if n.busy.as_ref() == Some(&(job_id.clone(), task_id.clone())) {
+                n.busy = None;
+            }
+            if node_suspect && n.health == NodeHealth::Ready {
+                // The worker may have become unhealthy: check it before giving it more work.
+                n.health = NodeHealth::Checking;
+            }
+        }
+        if node_suspect {
+            self.start_readiness_check(&node);
+        }
+        if let AttemptResult::Ended(status) = &result {
+            self.notify(JobEvent::TaskEnded {
+                job_id: job_id.clone(),
+                status: Box::new(status.clone()),
+            });
+        }
+        let Some(state) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        match result {
+            AttemptResult::Ended(status) => {
+                if status.state == RunState::Complete || status.state == RunState::TimedOut {
+                    self.durations.record(&task_id, elapsed);
+                }
+                state.mark_done(&task_id);
+            }
+            AttemptResult::Retry(error) => {
+                tracing::info!(job_id = %job_id, task_id = %task_id, %error, "task will be retried");
+                if let Some(task) = state.task_mut(&task_id)
+                    && matches!(task.status, TaskStatus::Running { .. })
+                {
+                    task.status = TaskStatus::Waiting;
+                    state.running -= 1;
+                }
+            }
+        }
+        self.end_if_finished(&job_id);
+    }
+
+    fn handle_membership(&mut self, changes: Vec<Membership>) {
+        for change in changes {
+            match change {
+                Membership::Added(id) => {
+                    let node = self
+                        .nodes
+                        .entry(id.clone())
+                        .or_insert_with(|| Node::new((self.connect)(&id)));
+                    if matches!(node.health, NodeHealth::Lost(_)) || node.check.is_none() {
+                        tracing::info!(node = %id, "worker listed");
+                        node.health = NodeHealth::Checking;
+                        self.start_readiness_check(&id);
+                    }
+                }
+                Membership::Removed(id) => {
+                    let Some(node) = self.nodes.get_mut(&id) else {
+                        continue;
+                    };
+                    if node.offlined {
+                        self.nodes.remove(&id);
+                        continue;
+                    }
+                    tracing::warn!(node = %id, "worker no longer listed; suspending it");
+                    if let Some(check) = node.check.take() {
+                        check.cancel();
+                    }
+                    node.health = NodeHealth::Lost(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Polls a worker until it is initialised and healthy, aborts whatever it still runs (left
+    /// over from before a scheduler restart), then reports it ready.
+    fn start_readiness_check(&mut self, id: &str) {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if let Some(old) = node.check.take() {
+            old.cancel();
+        }
+        let cancel = CancellationToken::new();
+        node.check = Some(cancel.clone());
+        let client = node.client.clone();
+        let events = self.events_tx.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match client.query().await {
+                    Ok((runs, service)) if service.initialized && service.is_healthy => {
+                        for run in runs.iter().filter(|r| !r.state.is_done()) {
+                            tracing::info!(node = %id, run_id = %run.run_id, "aborting a leftover run");
+                            let _ = client.abort(&run.run_id).await;
+                        }
+                        let _ = events.send(Event::NodeReady(id));
+                        return;
+                    }
+                    Ok((_, service)) => {
+                        tracing::debug!(node = %id, error = %service.error, "worker not ready");
+                    }
+                    Err(err) => tracing::debug!(node = %id, error = %err, "worker not reachable"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    fn offline(&mut self, id: &str) -> Result<(), String> {
+        match self.nodes.get_mut(id) {
+            Some(node) if !node.offlined && !matches!(node.health, NodeHealth::Lost(_)) => {
+                tracing::info!(node = %id, "worker offlined");
+                node.offlined = true;
+                Ok(())
+            }
+            _ => Err(format!(
+                "node {id} was not present in nodes. It can't be offlined"
+            )),
+        }
+    }
+
+    fn reinstate(&mut self, id: &str) -> Result<(), String> {
+        match self.nodes.get_mut(id) {
+            Some(node) if node.offlined => {
+                tracing::info!(node = %id, "worker reinstated");
+                node.offlined = false;
+                node.health = NodeHealth::Checking;
+                self.start_readiness_check(id);
+                Ok(())
+            }
+            _ => Err(format!(
+                "node {id} was not offlined. It can't be reinstated"
+            )),
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.nodes.retain(|id, node| match node.health {
+            NodeHealth::Lost(since)
+                if now.duration_since(since) > MAX_LOST && node.busy.is_none() =>
+            {
+                tracing::info!(node = %id, "forgetting lost worker");
+                false
+            }
+            _ => true,
+        });
+        let unfinished: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.is_finished() && !j.ending)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in unfinished {
+            self.end_if_finished(&job_id);
+        }
+    }
+
+    fn schedule(&mut self) {
+        let mut idle: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.is_idle())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let any_waiting = self.jobs.values().any(|j| !j.killed && j.waiting() > 0);
+        if !any_waiting || (idle.is_empty() && !self.alg.rebalancing_enabled()) {
+            return;
+        }
+        let workers = self.nodes.values().filter(|n| n.counts_as_worker()).count();
+        let views: Vec<JobView> = self
+            .order
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| !j.killed && (j.waiting() > 0 || j.running > 0))
+            .map(|j| JobView {
+                job_id: j.job.id.clone(),
+                requestor: j.job.def.requestor.clone(),
+                waiting: j
+                    .tasks
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::Waiting)
+                    .map(|t| j.job.def.tasks[t.index].task_id.clone())
+                    .collect(),
+                running: j
+                    .tasks
+                    .iter()
+                    .filter_map(|t| match &t.status {
+                        TaskStatus::Running { started, .. } => Some(RunningTask {
+                            task_id: j.job.def.tasks[t.index].task_id.clone(),
+                            started_at: started.duration_since(self.epoch),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let now = Instant::now().duration_since(self.epoch);
+        let decision = self.alg.schedule(now, workers, idle.len(), &views);
+        for (job_id, task_id) in &decision.stop {
+            if let Some(task) = self.jobs.get_mut(job_id).and_then(|j| j.task_mut(task_id)) {
+                task.stop.stop("RebalanceRequested");
+            }
+        }
+        let mut assignments = Vec::new();
+        for (job_id, task_id) in decision.start {
+            let Some(job) = self.jobs.get(&job_id) else {
+                continue;
+            };
+            let Some(&pos) = job.by_id.get(&task_id) else {
+                continue;
+            };
+            let snapshot = &job.job.def.tasks[job.tasks[pos].index].command.snapshot_id;
+            let Some(node) = pick_node(&mut idle, &self.nodes, snapshot) else {
+                break;
+            };
+            assignments.push((job_id, pos, node.to_string()));
+        }
+        for (job_id, pos, node) in assignments {
+            self.start_task(&job_id, pos, &node);
+        }
+    }
+
+    fn start_task(&mut self, job_id: &str, pos: usize, node_id: &str) {
+        let (Some(job), Some(node)) = (self.jobs.get_mut(job_id), self.nodes.get_mut(node_id))
+        else {
+            return;
+        };
+        let task = &mut job.tasks[pos];
+        let def = &job.job.def.tasks[task.index];
+        task.status = TaskStatus::Running {
+            node: node_id.to_string(),
+            started: Instant::now(),
+        };
+        task.stop = Default::default();
+        let may_retry = task.attempts < self.config.max_retries_per_task;
+        task.attempts += 1;
+        job.running += 1;
+        node.busy = Some((job_id.to_string(), def.task_id.clone()));
+        node.snapshot = def.command.snapshot_id.clone();
+        let mut cmd = def.command.clone();
+        cmd.timeout = Some(cmd.timeout.unwrap_or(self.config.default_task_timeout));
+        tracing::info!(job_id, task_id = %def.task_id, node = node_id, "starting task");
+        let attempt = TaskAttempt {
+            job_id: job_id.to_string(),
+            task_id: def.task_id.clone(),
+            node: node_id.to_string(),
+            cmd,
+            client: node.client.clone(),
+            saga: job.saga.clone(),
+            stop: task.stop.clone(),
+            may_retry,
+            polling_period: self.config.polling_period,
+            worker_free: Some(Box::new({
+                let events = self.events_tx.clone();
+                let (node, job_id, task_id) =
+                    (node_id.to_string(), job_id.to_string(), def.task_id.clone());
+                move || {
+                    let _ = events.send(Event::WorkerFree {
+                        node,
+                        job_id,
+                        task_id,
+                    });
+                }
+            })),
+        };
+        self.notify(JobEvent::TaskStarted(job_id.to_string()));
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let finished = task_runner::run(attempt).await;
+            let _ = events.send(Event::Attempt(Box::new(finished)));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scoot_core::Command;
+
+    use super::*;
+    use crate::api::{JobState as Reported, JobStatus};
+    use crate::fake_worker::{FakeWorker, Script, TestScheduler, eventually};
+    use crate::job::{JobDefinition, TaskDefinition};
+    use crate::task_runner::DEAD_LETTER_SUFFIX;
+
+    fn job(task_ids: &[&str]) -> JobDefinition {
+        JobDefinition {
+            tasks: task_ids
+                .iter()
+                .map(|id| TaskDefinition {
+                    task_id: id.to_string(),
+                    command: Command {
+                        argv: vec!["true".into()],
+                        ..Command::default()
+                    },
+                })
+                .collect(),
+            requestor: "tester".into(),
+            ..JobDefinition::default()
+        }
+    }
+
+    fn run_of<'a>(status: &'a JobStatus, task_id: &str) -> (Reported, &'a RunStatus) {
+        let (state, run) = &status.tasks[task_id];
+        (*state, run.as_ref().expect("the task has no run status"))
+    }
+
+    #[tokio::test]
+    async fn a_job_runs_to_completion_and_its_end_is_durable() {
+        let worker = FakeWorker::new("w");
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let id = sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        let mut started = 0;
+        let mut ended = Vec::new();
+        while let Some(event) = sched.job_events.recv().await {
+            match event {
+                JobEvent::TaskStarted(job_id) if job_id == id => started += 1,
+                JobEvent::TaskEnded { job_id, status } if job_id == id => {
+                    ended.push(status.tags.task_id.clone())
+                }
+                JobEvent::Ended(job_id) if job_id == id => break,
+                _ => {}
+            }
+        }
+        assert_eq!(started, 2);
+        ended.sort();
+        assert_eq!(ended, ["a", "b"]);
+        let status = sched.api.job_status(&id).await.unwrap();
+        assert_eq!(status.state, Reported::Completed);
+        for task in ["a", "b"] {
+            let (state, run) = run_of(&status, task);
+            assert_eq!(
+                (state, run.state),
+                (Reported::Completed, RunState::Complete)
+            );
+        }
+        assert!(
+            sched
+                .sagas
+                .get_state(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_saga_completed()
+        );
+        let tags: Vec<LogTags> =
+            worker.read(|r| r.runs.iter().map(|(c, _)| c.tags.clone()).collect());
+        assert!(
+            tags.iter().all(|t| t.job_id == id && t.tag == id),
+            "{tags:?}"
+        );
+        assert!(!sched.api.is_active(&id).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_whose_worker_dies_runs_again_on_another() {
+        let (a, b) = (FakeWorker::new("a"), FakeWorker::new("b"));
+        a.script(Script::Hang);
+        b.script(Script::Hang);
+        let mut sched = TestScheduler::start(&[a.clone(), b.clone()], 1).await;
+        let id = sched.api.run_job(job(&["t"])).await.unwrap();
+        let runs = |w: &FakeWorker| w.read(|r| r.runs.len());
+        eventually("a run", || runs(&a) + runs(&b) == 1).await;
+        let (dead, other) = if runs(&a) == 1 { (&a, &b) } else { (&b, &a) };
+        dead.set_down(true);
+        other.until("the retried run", |r| r.runs.len() == 1).await;
+        other.finish(&RunId("0".into()), |s| s.state = RunState::Complete);
+        sched.ended(&id).await;
+        let status = sched.api.job_status(&id).await.unwrap();
+        let (state, run) = run_of(&status, "t");
+        assert_eq!(
+            (state, run.state),
+            (Reported::Completed, RunState::Complete)
+        );
+        assert_eq!(run.stdout_ref, format!("fake://{}/0/stdout", other.node()));
+        assert_eq!(runs(dead), 1, "the dead worker got the task again");
+    }
+
+    #[tokio::test]
+    async fn kill_job_stops_running_tasks_and_ends_waiting_ones() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 3).await;
+        let id = sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        worker.until("the first run", |r| r.runs.len() == 1).await;
+        let running = worker.read(|r| r.runs[0].0.tags.task_id.clone());
+        let waiting = if running == "a" { "b" } else { "a" };
+        sched.api.kill_job(&id).await.unwrap();
+        sched.ended(&id).await;
+        assert_eq!(worker.read(|r| r.aborted.clone()), vec![RunId("0".into())]);
+        assert_eq!(
+            worker.read(|r| r.runs.len()),
+            1,
+            "a killed job's task started"
+        );
+        let status = sched.api.job_status(&id).await.unwrap();
+        assert_eq!(status.state, Reported::Completed);
+        let (state, run) = run_of(&status, &running);
+        assert_eq!((state, run.state), (Reported::Completed, RunState::Aborted));
+        assert_eq!(run.error, format!("UserRequested{DEAD_LETTER_SUFFIX}"));
+        let (state, run) = run_of(&status, waiting);
+        assert_eq!((state, run.state), (Reported::Completed, RunState::Aborted));
+        assert_eq!(run.error, "UserRequested");
+        assert!(
+            sched.api.kill_job(&id).await.is_err(),
+            "an ended job was killed again"
+        );
+    }
+}
