@@ -142,11 +142,18 @@ fn idle_and_slow_connections_do_not_lock_clients_out() {
     );
 }
 
-/// A scheduler with no workers and no gRPC port, with `flags` added.
-fn scheduler_with(flags: &[&str]) -> (Proc, u16) {
+/// A scheduler with no workers and no gRPC port, with `flags` added. Its worker list is an empty
+/// static file: the default config would find every workerserver process on the machine, and
+/// abort other tests' runs as leftovers.
+fn scheduler_with(flags: &[&str]) -> (Proc, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let workers_file = dir.path().join("workers");
+    write_workers(&workers_file, &[]);
+    let config = json!({"Cluster": {"Type": "static", "File": workers_file}});
     let (proc, ports) = spawn_listening("scheduler", 2, |ports| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
-        cmd.arg("-thrift_addr")
+        cmd.args(["-config", &config.to_string()])
+            .arg("-thrift_addr")
             .arg(format!("127.0.0.1:{}", ports[0]))
             .arg("-http_addr")
             .arg(format!("127.0.0.1:{}", ports[1]))
@@ -155,7 +162,7 @@ fn scheduler_with(flags: &[&str]) -> (Proc, u16) {
             .stderr(log_file(&format!("scheduler-{}", ports[0])));
         cmd
     });
-    (proc, ports[0])
+    (proc, ports[0], dir)
 }
 
 #[test]
@@ -169,7 +176,7 @@ fn a_request_slower_than_the_message_timeout_is_cut_off() {
         "5000",
     ];
     let worker = Worker::start(&flags);
-    let (_sched, sched_port) = scheduler_with(&flags);
+    let (_sched, sched_port, _dir) = scheduler_with(&flags);
     for (port, request) in [
         (worker.thrift_port, call("QueryWorker")),
         (sched_port, call("GetSchedulerStatus")),
