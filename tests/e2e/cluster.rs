@@ -115,13 +115,6 @@ fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
-        .unwrap_or(false)
-}
-
 #[test]
 fn sigterm_to_setup_cloud_scoot_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,7 +158,7 @@ fn sigterm_to_setup_cloud_scoot_leaves_nothing_behind() {
     });
     assert!(!status.success(), "Scoot exits 1 after a signal");
     poll("every cluster process to be gone", || {
-        family.iter().all(|p| !alive(*p)).then_some(())
+        family.iter().all(|p| !process_alive(*p)).then_some(())
     });
 }
 

@@ -759,7 +759,7 @@ fn scoot_jdk_symlink_platform_property_links_the_workers_java_home() {
 
 #[test]
 fn a_timed_out_action_leaves_no_setsid_process_behind() {
-    use crate::task_processes::{Reaper, process_alive, read_pid};
+    use crate::task_processes::{Reaper, read_pid};
     use std::os::unix::fs::PermissionsExt;
 
     let cluster = Cluster::start(1);

@@ -167,26 +167,45 @@ impl Worker {
     /// A worker with `env` added to its environment.
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Worker {
         let (proc, ports) = spawn_listening("workerserver", 2, |ports| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
-            cmd.envs(env.iter().copied());
-            cmd.arg("-thrift_addr")
-                .arg(format!("127.0.0.1:{}", ports[0]))
-                .arg("-http_addr")
-                .arg(format!("127.0.0.1:{}", ports[1]))
-                .args(extra_args);
-            if !extra_args.contains(&"-log_level") {
-                cmd.args(["-log_level", "debug"]);
-            }
-            cmd.stderr(log_file(&format!("workerserver-{}", ports[0])));
+            let mut cmd = Worker::command(ports[0], ports[1], extra_args);
+            cmd.envs(env.iter().copied())
+                .stderr(log_file(&format!("workerserver-{}", ports[0])));
             cmd
         });
-        let (thrift_port, http_port) = (ports[0], ports[1]);
+        Worker::initialised(proc, ports[0], ports[1])
+    }
+
+    /// A worker on the given ports (a restart of one that was killed), logging to `log`.
+    pub fn start_on(thrift_port: u16, http_port: u16, log: &str) -> Worker {
+        let mut cmd = Worker::command(thrift_port, http_port, &[]);
+        cmd.stderr(log_file(log));
+        let mut proc = Proc::spawn("workerserver", cmd);
+        proc.wait_for_port(thrift_port);
+        proc.wait_for_port(http_port);
+        Worker::initialised(proc, thrift_port, http_port)
+    }
+
+    fn command(thrift_port: u16, http_port: u16, extra_args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
+        cmd.arg("-thrift_addr")
+            .arg(format!("127.0.0.1:{thrift_port}"))
+            .arg("-http_addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(extra_args);
+        if !extra_args.contains(&"-log_level") {
+            cmd.args(["-log_level", "debug"]);
+        }
+        cmd
+    }
+
+    /// Waits for initialisation (the snapshot data repository), which finishes after the ports
+    /// open.
+    fn initialised(proc: Proc, thrift_port: u16, http_port: u16) -> Worker {
         let worker = Worker {
             proc,
             thrift_port,
             http_port,
         };
-        // Initialisation (the snapshot data repository) finishes after the ports open.
         poll("the worker to be initialised", || {
             (worker.http_get("/health", &[]).status == 200).then_some(())
         });
@@ -385,6 +404,17 @@ pub fn command_output(path: &Path) -> String {
 }
 
 /// True when a non-zombie process belongs to process group `pgid`.
+/// True while `pid` is a process that has not ended (a zombie has).
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 pub fn group_alive(pgid: i32) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {

@@ -2,7 +2,6 @@
 //! worker itself was killed; a task inherits none of the worker's file descriptors.
 
 use std::path::Path;
-use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -13,17 +12,6 @@ use crate::support::*;
 const RUNNING: i64 = 2;
 const COMPLETE: i64 = 3;
 const TIMEDOUT: i64 = 6;
-
-/// True while `pid` is a process that has not ended (a zombie has).
-pub fn process_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
 
 /// A shell that starts `sleep 300` in a session of its own (out of the task's process group),
 /// writes that sleeper's pid to `pid_file`, then runs `sleep 300` itself.
@@ -76,29 +64,6 @@ fn a_timed_out_task_leaves_no_setsid_process_behind() {
     });
 }
 
-/// A worker on the given ports, ready once its health check passes.
-fn worker_on(thrift_port: u16, http_port: u16, log: &str) -> Worker {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
-    cmd.arg("-thrift_addr")
-        .arg(format!("127.0.0.1:{thrift_port}"))
-        .arg("-http_addr")
-        .arg(format!("127.0.0.1:{http_port}"))
-        .args(["-log_level", "debug"])
-        .stderr(log_file(log));
-    let mut proc = Proc::spawn("workerserver", cmd);
-    proc.wait_for_port(thrift_port);
-    proc.wait_for_port(http_port);
-    let worker = Worker {
-        proc,
-        thrift_port,
-        http_port,
-    };
-    poll("the worker to be initialised", || {
-        (worker.http_get("/health", &[]).status == 200).then_some(())
-    });
-    worker
-}
-
 #[test]
 fn a_restarted_worker_kills_what_its_killed_predecessor_left_running() {
     let mut worker = Worker::start(&[]);
@@ -124,7 +89,7 @@ fn a_restarted_worker_kills_what_its_killed_predecessor_left_running() {
         "the task went with the worker: nothing to test"
     );
 
-    let _restarted = worker_on(
+    let _restarted = Worker::start_on(
         thrift_port,
         http_port,
         &format!("workerserver-{thrift_port}-restarted"),

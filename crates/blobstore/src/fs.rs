@@ -505,6 +505,17 @@ impl Drop for TempFile {
     }
 }
 
+/// The digests a lookup must find in the index: the empty blob is always present, and a size no
+/// file can have is missing without looking (it goes straight into `missing`).
+fn digests_to_look_up<'a>(digests: &'a [Digest], missing: &mut Vec<Digest>) -> Vec<&'a Digest> {
+    let (absurd, rest): (Vec<&Digest>, Vec<&Digest>) = digests
+        .iter()
+        .filter(|d| !d.is_empty_blob())
+        .partition(|d| checked_size(d).is_none());
+    missing.extend(absurd.into_iter().cloned());
+    rest
+}
+
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, BlobError> {
@@ -513,14 +524,7 @@ impl BlobStore for FsBlobStore {
         let mut missing = Vec::new();
         {
             let mut index = lock(&self.shared.index);
-            for digest in digests {
-                if digest.is_empty_blob() {
-                    continue;
-                }
-                if checked_size(digest).is_none() {
-                    missing.push(digest.clone());
-                    continue;
-                }
+            for digest in digests_to_look_up(digests, &mut missing) {
                 match index.touch(digest) {
                     None => missing.push(digest.clone()),
                     Some(meta) => {
@@ -547,14 +551,7 @@ impl BlobStore for FsBlobStore {
         let mut present = Vec::new();
         {
             let mut index = lock(&self.shared.index);
-            for digest in digests {
-                if digest.is_empty_blob() {
-                    continue;
-                }
-                if checked_size(digest).is_none() {
-                    missing.push(digest.clone());
-                    continue;
-                }
+            for digest in digests_to_look_up(digests, &mut missing) {
                 match index.pin(digest) {
                     None => missing.push(digest.clone()),
                     Some(pinned) => present.push((

@@ -1173,10 +1173,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn undecodable_middle_frame_is_salvaged() {
-        let (dir, msgs) = with_sample();
-        // A checksummed frame with an unknown message kind between the first two.
+    /// A frame whose checksum holds but whose payload has an unknown message kind.
+    fn undecodable_frame() -> Vec<u8> {
         let mut payload = 0u64.to_le_bytes().to_vec();
         payload.extend_from_slice(&1u32.to_le_bytes());
         payload.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -1185,6 +1183,14 @@ mod tests {
         frame.extend_from_slice(&len_bytes);
         frame.extend_from_slice(&frame_crc(len_bytes, &payload).to_le_bytes());
         frame.extend_from_slice(&payload);
+        frame
+    }
+
+    #[test]
+    fn undecodable_middle_frame_is_salvaged() {
+        let (dir, msgs) = with_sample();
+        // A checksummed frame with an unknown message kind between the first two.
+        let frame = undecodable_frame();
         damage(dir.path(), "s", |b| {
             let at = frame_offsets(b)[1];
             b.splice(at..at, frame);
@@ -1279,15 +1285,7 @@ mod tests {
     #[test]
     fn undecodable_or_wrong_first_frames_are_unreadable() {
         let dir = tempfile::tempdir().unwrap();
-        // Checksummed payload with an unknown kind.
-        let mut payload = 0u64.to_le_bytes().to_vec();
-        payload.extend_from_slice(&1u32.to_le_bytes());
-        payload.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let len_bytes = (payload.len() as u32).to_le_bytes();
-        let mut frame = MAGIC.to_vec();
-        frame.extend_from_slice(&len_bytes);
-        frame.extend_from_slice(&frame_crc(len_bytes, &payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        let frame = undecodable_frame();
         fs::write(saga_file(dir.path(), "badkind"), &frame).unwrap();
         // A file that begins with Start Task.
         let task = SagaMessage::start_task("notstart", "t", Vec::new());
