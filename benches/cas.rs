@@ -100,6 +100,16 @@ async fn download(channel: Channel, d: &re::Digest) -> Duration {
     started.elapsed()
 }
 
+async fn connect(grpc_port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .initial_stream_window_size(8 * MIB as u32)
+        .initial_connection_window_size(16 * MIB as u32)
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() as f64 - 1.0) * p).round() as usize]
@@ -116,15 +126,10 @@ fn main() {
     let api = support::ApiServer::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let rows = runtime.block_on(async {
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", api.grpc_port))
-            .unwrap()
-            .initial_stream_window_size(8 * MIB as u32)
-            .initial_connection_window_size(16 * MIB as u32)
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect(api.grpc_port).await;
         // Each run stores a blob of its own: the CAS would answer a repeated upload at once.
         let (mut sha, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        let mut stored = Vec::new();
         for run in 0..RUNS {
             let data = pseudo_random(blob_size, run as u64);
             let started = Instant::now();
@@ -132,9 +137,18 @@ fn main() {
             sha.push(started.elapsed());
             up.push(upload(channel.clone(), &d, data).await);
             down.push(download(channel.clone(), &d).await);
+            stored.push(d);
+        }
+        // A restarted apiserver knows no CRC yet: each blob's first read is checked by SHA-256.
+        let api = api.restart();
+        let channel = connect(api.grpc_port).await;
+        let mut down_after_restart = Vec::new();
+        for d in &stored {
+            down_after_restart.push(download(channel.clone(), d).await);
         }
         let rate = |mut took: Vec<Duration>| mb_per_s(blob_size, percentile(&mut took, 0.5));
-        let (sha, up, down) = (rate(sha), rate(up), rate(down));
+        let (sha, up, down, down_after_restart) =
+            (rate(sha), rate(up), rate(down), rate(down_after_restart));
 
         let cas = re::content_addressable_storage_client::ContentAddressableStorageClient::new(channel.clone())
             .max_decoding_message_size(64 * MIB);
@@ -174,7 +188,8 @@ fn main() {
         let (p50, p99) = (percentile(&mut find, 0.5), percentile(&mut find, 0.99));
         vec![
             format!("| ByteStream upload, {} MiB | {up:.0} MB/s | ≥ 800 MB/s; SHA-256 on one core: {sha:.0} MB/s | {} |", blob_size / MIB, met(up >= 800.0)),
-            format!("| ByteStream download, {} MiB | {down:.0} MB/s | ≥ 800 MB/s | {} |", blob_size / MIB, met(down >= 800.0)),
+            format!("| ByteStream download, {} MiB, checked against the CRC-32 recorded at upload | {down:.0} MB/s | ≥ 800 MB/s | {} |", blob_size / MIB, met(down >= 800.0)),
+            format!("| ByteStream download, {} MiB, first read after an apiserver restart (checked by SHA-256) | {down_after_restart:.0} MB/s | the CRC-checked download above; SHA-256 on one core: {sha:.0} MB/s | |", blob_size / MIB),
             format!(
                 "| FindMissingBlobs, {find_digests} digests | p50 {:.2} ms, p99 {:.2} ms | < 10 ms | {} |",
                 p50.as_secs_f64() * 1e3,
@@ -192,7 +207,10 @@ fn main() {
             "## CAS\n\nOne apiserver (filesystem CAS, release build) on loopback; one client connection. \
              Throughputs and the batch time are medians of {RUNS} runs. An upload ends with the blob \
              fsynced, so it is bound by the disk as much as by the server: on this machine it has \
-             ranged from under 300 to over 700 MB/s between runs.\n\n\
+             ranged from under 300 to over 700 MB/s between runs. Every read is checked: against \
+             the CRC-32 recorded when the blob's SHA-256 was verified, or by SHA-256 when the \
+             store has not seen the blob since it opened (2026-11-22, before reads were checked: \
+             1119 MB/s).\n\n\
              | measurement | result | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")
         );

@@ -886,3 +886,58 @@ fn a_read_claiming_an_absurd_size_is_refused_and_the_scheduler_keeps_serving() {
     let read = runtime.block_on(cas.read_blobs(&[digest])).unwrap();
     assert_eq!(read[0].1, data);
 }
+
+#[test]
+fn an_apiserver_restarted_on_rotted_blobs_answers_data_loss_and_takes_them_again() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // One blob small enough to be checked before it is sent, one streamed in many messages.
+    let blobs: Vec<Bytes> = [100_usize, 5 << 20]
+        .iter()
+        .map(|&len| Bytes::from((0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>()))
+        .collect();
+    let digests: Vec<Digest> = blobs.iter().map(|b| digest_of(b)).collect();
+    let upload = |addr: String| {
+        let blobs: Vec<(Digest, Bytes)> = digests.iter().cloned().zip(blobs.clone()).collect();
+        runtime.block_on(async move {
+            let cas = CasClient::connect(&addr, "").await.unwrap();
+            cas.upload_blobs(blobs).await.unwrap();
+        })
+    };
+    upload(format!("127.0.0.1:{}", api.grpc_port));
+
+    // After a restart no CRC is known, so the first reads are checked against the digest itself.
+    let api = api.restart();
+    for d in &digests {
+        let path = api
+            .store_dir
+            .path()
+            .join("cas")
+            .join(&d.hash[..2])
+            .join(format!("{}-{}", d.hash, d.size_bytes));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", api.grpc_port);
+    runtime.block_on(async {
+        let cas = CasClient::connect(&addr, "").await.unwrap();
+        for d in &digests {
+            let error = cas.read_blobs(std::slice::from_ref(d)).await.unwrap_err();
+            assert_eq!(error.code, tonic::Code::DataLoss, "{d}: {error}");
+        }
+        assert_eq!(
+            cas.find_missing(&digests).await.unwrap(),
+            digests,
+            "rotted blobs are dropped"
+        );
+    });
+    upload(addr.clone());
+    runtime.block_on(async {
+        let cas = CasClient::connect(&addr, "").await.unwrap();
+        let read = cas.read_blobs(&digests).await.unwrap();
+        let read: Vec<Bytes> = read.into_iter().map(|(_, data)| data).collect();
+        assert_eq!(read, blobs);
+    });
+}

@@ -605,7 +605,22 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start() -> ApiServer {
-        let store_dir = tempfile::tempdir().unwrap();
+        ApiServer::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Kills this apiserver and starts another on the same store directory.
+    pub fn restart(self) -> ApiServer {
+        let ApiServer {
+            mut proc,
+            store_dir,
+            ..
+        } = self;
+        let _ = killpg(proc.pid(), Signal::SIGKILL);
+        let _ = proc.child.wait();
+        ApiServer::start_in(store_dir)
+    }
+
+    fn start_in(store_dir: tempfile::TempDir) -> ApiServer {
         let (proc, ports) = spawn_listening("apiserver", 2, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiserver"));
             cmd.arg("-http_addr")
