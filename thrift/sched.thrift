@@ -2,6 +2,12 @@
 # payload of a saga's StartSaga record. Field ids match Twitter Scoot's so that its saga data
 # stays readable. Regenerate the Rust bindings with `make thrift`.
 
+# scoot-rs: a platform property of a REAPI action (as worker.thrift's PlatformProperty).
+struct PlatformProperty {
+  1: required string name
+  2: required string value
+}
+
 struct Command {
   1: required list<string> argv
   2: optional map<string, string> envVars
@@ -10,6 +16,10 @@ struct Command {
   4: required string snapshotId
   # scoot-rs: the encoded REAPI ExecuteRequest of a job made by the Execution service.
   21: optional binary reapiRequest
+  # scoot-rs: the action's platform properties as the client sent them (Action.platform, else
+  # Command.platform), so a recovered job is matched to workers as before. Absent means none, as
+  # for every CloudScoot task.
+  22: optional list<PlatformProperty> platform
 }
 
 struct TaskDefinition {

@@ -31,6 +31,13 @@ struct RunStatus {
   21: optional binary reapiResponse
 }
 
+# scoot-rs: a platform property (REAPI's Platform.Property): a fact of the worker's machine such as
+# OSFamily=linux, one the operator gave it, or a sandbox mode it serves (sandbox=rootfs).
+struct PlatformProperty {
+  1: required string name
+  2: required string value
+}
+
 struct WorkerStatus {
   # The runs the worker still remembers (a single-slot worker keeps only its latest).
   1: required list<RunStatus> runs
@@ -40,6 +47,12 @@ struct WorkerStatus {
   3: required bool isHealthy
   # Why the worker is uninitialised or unhealthy; empty otherwise.
   4: required string error
+  # scoot-rs extension (Scoot's schedulers ignore it): the platform properties the worker offers,
+  # which the scheduler matches against what each task asks for (a REAPI action's platform;
+  # nothing for CloudScoot tasks). A worker that reports none (any Scoot worker) is taken to offer
+  # sandbox=none and nothing else: it runs actions unsandboxed on its host, so it gets CloudScoot
+  # tasks and Bazel host-tools actions as before.
+  21: optional list<PlatformProperty> platform
 }
 
 struct RunCommand {

@@ -17,7 +17,7 @@ mod query;
 mod state;
 mod status;
 
-pub use command::{Command, LogTags};
+pub use command::{Command, LogTags, PlatformProperty};
 pub use digest::{Digest, DigestError, EMPTY_SHA256};
 pub use error_chain::error_chain;
 pub use query::{Query, Wait};

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{LogTags, RunState};
+use crate::{LogTags, PlatformProperty, RunState};
 
 /// A worker-local run id. Each worker process counts from "0"; ids mean nothing across workers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -112,6 +112,10 @@ pub struct ServiceStatus {
     pub is_healthy: bool,
     /// Why it is uninitialised or unhealthy; empty otherwise.
     pub error: String,
+    /// The platform properties the worker offers: its machine's facts, the operator's, and one
+    /// `sandbox` property per way it can run actions. Empty from a worker that does not report
+    /// them (a Scoot worker), which the scheduler takes as an unsandboxed one.
+    pub platform: Vec<PlatformProperty>,
 }
 
 impl ServiceStatus {
@@ -119,7 +123,7 @@ impl ServiceStatus {
         ServiceStatus {
             initialized: true,
             is_healthy: true,
-            error: String::new(),
+            ..ServiceStatus::default()
         }
     }
 }

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use scoot_core::{LogTags, RunId, RunStatus};
+use scoot_reapi::platform::Requirements;
 use scoot_saga::{SagaCoordinator, SagaError, SagaLogError, SagaState};
 use scoot_sched_alg::ClassConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event_loop::Request;
 use crate::job::{InvalidJob, Job, JobDefinition};
+use crate::state::Placement;
 use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +224,12 @@ impl SchedulerApi {
             };
         }
         self.job_status(job_id).await
+    }
+
+    /// Whether the cluster's workers can run a task asking for `requirements`.
+    pub async fn placement(&self, requirements: Requirements) -> Result<Placement, ApiError> {
+        self.ask(|tx| Request::Placement(Box::new(requirements), tx))
+            .await
     }
 
     pub async fn offline_worker(&self, node: &str) -> Result<(), ApiError> {

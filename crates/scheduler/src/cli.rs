@@ -53,6 +53,11 @@ pub struct Cli {
     /// A Thrift connection that starts no request for this long is closed.
     #[arg(long = "thrift_idle_timeout", default_value = "15m", value_parser = humantime::parse_duration)]
     pub thrift_idle_timeout: Duration,
+    /// A task that has waited this long while no ready worker offers the platform it asks for
+    /// is ended with FAILED_PRECONDITION (at once when workers are ready and none can ever run
+    /// it).
+    #[arg(long = "unmatched_platform_timeout", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub unmatched_platform_timeout: Duration,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
@@ -88,6 +93,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         cli.thrift_idle_timeout,
     )
     .map_err(CliError::ThriftLimits)?;
+    config.unmatched_platform_timeout = cli.unmatched_platform_timeout;
     let thrift = listen("thrift_addr", &cli.thrift_addr).await?;
     let http = listen("http_addr", &cli.http_addr).await?;
     // Kept until exit: a temporary CAS directory is removed when this is dropped.

@@ -73,7 +73,14 @@ pub struct SchedulerConfig {
     /// Limits of the CloudScoot Thrift port; not part of Scoot's JSON (the binary's
     /// `-thrift_*` flags set them).
     pub thrift: ServeOptions,
+    /// How long a task may wait while no ready worker can run it before it is ended
+    /// (FAILED_PRECONDITION); not part of Scoot's JSON (`-unmatched_platform_timeout`).
+    pub unmatched_platform_timeout: Duration,
 }
+
+/// The default of [`SchedulerConfig::unmatched_platform_timeout`]: long enough for a worker to
+/// restart, short enough that a build asking for a platform the cluster lacks fails clearly.
+pub const DEFAULT_UNMATCHED_PLATFORM_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Deserialize, Default, Debug)]
 #[serde(rename_all = "PascalCase", default)]
@@ -250,6 +257,7 @@ impl SchedulerConfig {
             default_task_timeout,
             saga_log,
             thrift: ServeOptions::default(),
+            unmatched_platform_timeout: DEFAULT_UNMATCHED_PLATFORM_TIMEOUT,
         })
     }
 }

@@ -4,12 +4,23 @@
 //! API, worker membership changes, readiness results and finished task attempts. After each batch
 //! of events it runs a scheduling step, so a task starts as soon as it and a worker are both
 //! available; a one-second tick only does housekeeping (forgetting lost workers, retrying EndSaga,
-//! rebalancing timers). Slow work (saga writes, worker RPCs) runs in spawned tasks that report back.
+//! rebalancing timers, ending tasks no worker can run). Slow work (saga writes, worker RPCs) runs
+//! in spawned tasks that report back.
+//!
+//! Platforms: a task only starts on a worker that offers what its platform asks for
+//! ([`pick_node`]). A waiting task that no worker can run ([`placement`]) is ended without a run,
+//! FAILED with a REAPI FAILED_PRECONDITION response naming the property none offers: at once
+//! when workers are ready and none of them, nor any being checked or offlined, can run it;
+//! after `unmatched_platform_timeout` when no ready worker can but one might later (or no worker
+//! is ready at all), so that no task waits forever.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use scoot_core::{LogTags, RunId, RunState, RunStatus};
+use prost::Message;
+use scoot_core::{LogTags, PlatformProperty, RunId, RunState, RunStatus};
+use scoot_reapi::platform::Requirements;
+use scoot_reapi::status::{rpc_status, status_response};
 use scoot_saga::{Saga, SagaMessage};
 use scoot_sched_alg::{ClassConfig, JobView, LoadBasedAlg, RunningTask};
 use tokio::sync::{mpsc, oneshot};
@@ -19,8 +30,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SchedulerConfig;
 use crate::discovery::Membership;
 use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
-use crate::state::{Durations, JobState, Node, NodeHealth, TaskStatus, pick_node};
-use crate::task_runner::{self, AttemptFinished, AttemptResult, TaskAttempt};
+use crate::state::{
+    Durations, JobState, Node, NodeHealth, Placement, TaskStatus, offered, pick_node, placement,
+};
+use crate::task_runner::{self, AttemptFinished, AttemptResult, DEAD_LETTER_SUFFIX, TaskAttempt};
 use crate::wire;
 use crate::worker_client::{Connect, thrift_workers};
 
@@ -52,6 +65,8 @@ pub enum Request {
     SetRequestorMap(BTreeMap<String, String>, Reply<Result<(), String>>),
     SetRebalanceMinimum(Duration),
     SetRebalanceThreshold(i32),
+    /// Whether the cluster's workers can run a task asking for these requirements.
+    Placement(Box<Requirements>, Reply<Placement>),
 }
 
 /// What the loop tells the REAPI operation tracker about jobs, so Execute streams move on as soon
@@ -72,7 +87,8 @@ pub enum JobEvent {
 
 /// Results of work the loop spawned.
 enum Event {
-    NodeReady(String),
+    /// The worker passed its readiness check, offering this platform.
+    NodeReady(String, Vec<PlatformProperty>),
     /// The worker is done with the task's run; the attempt is still being recorded.
     WorkerFree {
         node: String,
@@ -80,6 +96,12 @@ enum Event {
         task_id: String,
     },
     Attempt(Box<AttemptFinished>),
+    /// The loop ended a task no worker can run (see [`Loop::end_unrunnable`]).
+    Unrunnable {
+        job_id: String,
+        task_id: String,
+        result: AttemptResult,
+    },
     SagaEnded(String, Result<(), String>),
 }
 
@@ -232,6 +254,9 @@ impl Loop {
             Request::SetRebalanceThreshold(threshold) => {
                 self.alg.set_rebalance_threshold(threshold)
             }
+            Request::Placement(requirements, reply) => {
+                let _ = reply.send(placement(&requirements, &self.nodes));
+            }
         }
     }
 
@@ -377,7 +402,8 @@ impl Loop {
                     waiting.push(task_id.clone());
                 }
                 TaskStatus::Running { .. } => task.stop.stop(reason),
-                TaskStatus::Done => {}
+                // Already being ended, with its own reason.
+                TaskStatus::Ending | TaskStatus::Done => {}
             }
         }
         if !batch.is_empty() {
@@ -413,11 +439,14 @@ impl Loop {
 
     fn handle_event(&mut self, event: Event) {
         match event {
-            Event::NodeReady(id) => {
+            Event::NodeReady(id, reported) => {
                 if let Some(node) = self.nodes.get_mut(&id)
                     && node.health == NodeHealth::Checking
                 {
-                    tracing::info!(node = %id, "worker ready");
+                    let platform = offered(reported);
+                    let listed: Vec<String> = platform.iter().map(|p| p.to_string()).collect();
+                    tracing::info!(node = %id, platform = %listed.join(","), "worker ready");
+                    node.platform = Some(platform);
                     node.health = NodeHealth::Ready;
                     node.check = None;
                 }
@@ -434,6 +463,11 @@ impl Loop {
                 }
             }
             Event::Attempt(finished) => self.attempt_finished(*finished),
+            Event::Unrunnable {
+                job_id,
+                task_id,
+                result,
+            } => self.task_finished(job_id, task_id, result, Duration::ZERO),
             Event::SagaEnded(job_id, Ok(())) => {
                 tracing::info!(job_id = %job_id, "job completed");
                 self.jobs.remove(&job_id);
@@ -471,6 +505,17 @@ impl Loop {
         if node_suspect {
             self.start_readiness_check(&node);
         }
+        self.task_finished(job_id, task_id, result, elapsed);
+    }
+
+    /// A task's attempt (or its end by the loop) is over: it is done, or waits again.
+    fn task_finished(
+        &mut self,
+        job_id: String,
+        task_id: String,
+        result: AttemptResult,
+        elapsed: Duration,
+    ) {
         if let AttemptResult::Ended(status) = &result {
             self.notify(JobEvent::TaskEnded {
                 job_id: job_id.clone(),
@@ -490,7 +535,7 @@ impl Loop {
             AttemptResult::Retry(error) => {
                 tracing::info!(job_id = %job_id, task_id = %task_id, %error, "task will be retried");
                 if let Some(task) = state.task_mut(&task_id)
-                    && matches!(task.status, TaskStatus::Running { .. })
+                    && matches!(task.status, TaskStatus::Running { .. } | TaskStatus::Ending)
                 {
                     task.status = TaskStatus::Waiting;
                     state.running -= 1;
@@ -555,7 +600,7 @@ impl Loop {
                             tracing::info!(node = %id, run_id = %run.run_id, "aborting a leftover run");
                             let _ = client.abort(&run.run_id).await;
                         }
-                        let _ = events.send(Event::NodeReady(id));
+                        let _ = events.send(Event::NodeReady(id, service.platform));
                         return;
                     }
                     Ok((_, service)) => {
@@ -620,6 +665,118 @@ impl Loop {
         for job_id in unfinished {
             self.end_if_finished(&job_id);
         }
+        self.end_unrunnable();
+    }
+
+    /// Ends the waiting tasks no worker can run (see the module documentation), and those whose
+    /// platform does not parse (INVALID_ARGUMENT).
+    fn end_unrunnable(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.unmatched_platform_timeout;
+        // Tasks mostly share a few platforms: judge each once per pass.
+        let mut judged: Vec<(Requirements, Placement)> = Vec::new();
+        let mut ending = Vec::new();
+        for (job_id, job) in &mut self.jobs {
+            if job.killed {
+                continue;
+            }
+            for (pos, task) in job.tasks.iter_mut().enumerate() {
+                if task.status != TaskStatus::Waiting {
+                    task.unplaced_since = None;
+                    continue;
+                }
+                let requirements = match &task.requirements {
+                    Ok(requirements) => requirements,
+                    Err(invalid) => {
+                        let why = format!("the task's platform is invalid: {invalid}");
+                        ending.push((job_id.clone(), pos, tonic::Code::InvalidArgument, why));
+                        continue;
+                    }
+                };
+                let known = judged.iter().position(|(r, _)| r == requirements);
+                let index = known.unwrap_or_else(|| {
+                    judged.push((requirements.clone(), placement(requirements, &self.nodes)));
+                    judged.len() - 1
+                });
+                let why = match &judged[index].1 {
+                    Placement::Ready => {
+                        task.unplaced_since = None;
+                        continue;
+                    }
+                    Placement::Never(why) => why.clone(),
+                    Placement::Later(why) => {
+                        let since = *task.unplaced_since.get_or_insert(now);
+                        if now.duration_since(since) < timeout {
+                            continue;
+                        }
+                        format!(
+                            "{why} (the task waited {} for a worker that can run it)",
+                            humantime::format_duration(timeout)
+                        )
+                    }
+                };
+                ending.push((job_id.clone(), pos, tonic::Code::FailedPrecondition, why));
+            }
+        }
+        for (job_id, pos, code, why) in ending {
+            self.end_unrunnable_task(&job_id, pos, code, why);
+        }
+    }
+
+    /// Ends a waiting task without a run, as its worker would end an action it refused: FAILED,
+    /// with an ExecuteResponse carrying `code` and `why` for a REAPI action. StartTask and
+    /// EndTask are recorded in one saga write; the result comes back as [`Event::Unrunnable`].
+    fn end_unrunnable_task(&mut self, job_id: &str, pos: usize, code: tonic::Code, why: String) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(task) = job.tasks.get_mut(pos) else {
+            return;
+        };
+        if task.status != TaskStatus::Waiting {
+            return;
+        }
+        task.status = TaskStatus::Ending;
+        task.unplaced_since = None;
+        job.running += 1;
+        let def = &job.job.def.tasks[task.index];
+        let task_id = def.task_id.clone();
+        tracing::warn!(job_id, task_id = %task_id, reason = %why, "no worker can run the task; ending it");
+        let tags = LogTags {
+            job_id: job_id.to_string(),
+            task_id: task_id.clone(),
+            tag: job.job.def.tag.clone(),
+        };
+        let mut status = RunStatus::failed(
+            RunId::default(),
+            0,
+            format!("{why}{DEAD_LETTER_SUFFIX}"),
+            tags,
+        );
+        if def.command.reapi_request.is_some() {
+            let response = status_response(rpc_status(code, why));
+            status.reapi_response = Some(response.encode_to_vec());
+        }
+        let batch = vec![
+            SagaMessage::start_task(job_id, &task_id, Vec::new()),
+            SagaMessage::end_task(job_id, &task_id, wire::run_status_to_saga(&status)),
+        ];
+        let saga = job.saga.clone();
+        let events = self.events_tx.clone();
+        let job_id = job_id.to_string();
+        tokio::spawn(async move {
+            let result = match saga.log(batch).await {
+                Ok(()) => AttemptResult::Ended(status),
+                Err(err) => {
+                    AttemptResult::Retry(format!("cannot record the end of the task: {err}"))
+                }
+            };
+            let _ = events.send(Event::Unrunnable {
+                job_id,
+                task_id,
+                result,
+            });
+        });
     }
 
     fn schedule(&mut self) {
@@ -676,9 +833,14 @@ impl Loop {
             let Some(&pos) = job.by_id.get(&task_id) else {
                 continue;
             };
-            let snapshot = &job.job.def.tasks[job.tasks[pos].index].command.snapshot_id;
-            let Some(node) = pick_node(&mut idle, &self.nodes, snapshot) else {
-                break;
+            let task = &job.tasks[pos];
+            let Ok(requirements) = &task.requirements else {
+                continue;
+            };
+            let snapshot = &job.job.def.tasks[task.index].command.snapshot_id;
+            // A task no idle worker can run waits; the next one chosen may fit another.
+            let Some(node) = pick_node(&mut idle, &self.nodes, snapshot, requirements) else {
+                continue;
             };
             assignments.push((job_id, pos, node.to_string()));
         }
@@ -742,6 +904,7 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use scoot_core::Command;
+    use scoot_proto::reapi::v2;
 
     use super::*;
     use crate::api::{JobState as Reported, JobStatus};
@@ -764,6 +927,33 @@ mod tests {
             requestor: "tester".into(),
             ..JobDefinition::default()
         }
+    }
+
+    /// A job whose tasks ask for `platform`, made as Execute makes an action's.
+    fn platform_job(task_ids: &[&str], platform: &[(&str, &str)]) -> JobDefinition {
+        let mut def = job(task_ids);
+        for task in &mut def.tasks {
+            task.command.reapi_request = Some(Vec::new());
+            task.command.platform = platform
+                .iter()
+                .map(|(name, value)| PlatformProperty::new(*name, *value))
+                .collect();
+        }
+        def
+    }
+
+    /// What a worker that sandboxes actions in `modes` reports.
+    fn sandboxed(modes: &[&'static str]) -> Vec<(&'static str, &'static str)> {
+        let mut platform = vec![("OSFamily", "linux"), ("ISA", "x86-64")];
+        platform.extend(modes.iter().map(|mode| ("sandbox", *mode)));
+        platform
+    }
+
+    /// The status of the REAPI response on a run the loop ended.
+    fn response_status(run: &RunStatus) -> scoot_proto::rpc::Status {
+        let bytes = run.reapi_response.as_deref().expect("no REAPI response");
+        let response = v2::ExecuteResponse::decode(bytes).unwrap();
+        response.status.expect("no status")
     }
 
     fn run_of<'a>(status: &'a JobStatus, task_id: &str) -> (Reported, &'a RunStatus) {
@@ -870,6 +1060,130 @@ mod tests {
         assert!(
             sched.api.kill_job(&id).await.is_err(),
             "an ended job was killed again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rootfs_task_only_goes_to_a_worker_offering_rootfs() {
+        let (plain, rootfs) = (FakeWorker::new("plain"), FakeWorker::new("rootfs"));
+        rootfs.set_platform(&sandboxed(&["rootfs"]));
+        rootfs.script(Script::Hang);
+        let mut sched = TestScheduler::start(&[plain.clone(), rootfs.clone()], 0).await;
+        let def = platform_job(&["a", "b"], &[("OSFamily", "linux")]);
+        let id = sched.api.run_job(def).await.unwrap();
+        rootfs.until("the first run", |r| r.runs.len() == 1).await;
+        // The other task waits for the rootfs worker: the idle plain one cannot run it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(sched.api.is_active(&id).await.unwrap());
+        assert_eq!(plain.read(|r| r.runs.len()), 0);
+        rootfs.finish(&RunId("0".into()), |s| s.state = RunState::Complete);
+        sched.ended(&id).await;
+        assert_eq!(plain.read(|r| r.runs.len()), 0);
+        let platforms = rootfs.read(|r| {
+            r.runs
+                .iter()
+                .map(|(cmd, _)| cmd.platform.clone())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            platforms,
+            vec![vec![PlatformProperty::new("OSFamily", "linux")]; 2],
+            "the worker did not get both tasks with their platform"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_no_worker_can_run_ends_failed_precondition_without_a_run() {
+        let worker = FakeWorker::new("w");
+        worker.set_platform(&sandboxed(&["host-tools", "rootfs"]));
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let def = platform_job(&["t"], &[("OSFamily", "linux"), ("ISA", "sparc")]);
+        let id = sched.api.run_job(def).await.unwrap();
+        sched.ended(&id).await;
+        assert_eq!(worker.read(|r| r.runs.len()), 0, "the task ran");
+        let status = sched.api.job_status(&id).await.unwrap();
+        let (state, run) = run_of(&status, "t");
+        assert_eq!((state, run.state), (Reported::Completed, RunState::Failed));
+        assert!(run.error.contains("ISA=sparc"), "{}", run.error);
+        let response = response_status(run);
+        assert_eq!(response.code, tonic::Code::FailedPrecondition as i32);
+        assert!(response.message.contains("ISA=sparc"), "{response:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_task_ends_when_the_only_worker_that_can_run_it_goes_away() {
+        let (plain, rootfs) = (FakeWorker::new("plain"), FakeWorker::new("rootfs"));
+        rootfs.set_platform(&sandboxed(&["rootfs"]));
+        rootfs.script(Script::Hang);
+        let mut sched = TestScheduler::start(&[plain.clone(), rootfs.clone()], 0).await;
+        let wants_rootfs = [("sandbox", "rootfs")];
+        let first = sched
+            .api
+            .run_job(platform_job(&["first"], &wants_rootfs))
+            .await
+            .unwrap();
+        rootfs.until("the first run", |r| r.runs.len() == 1).await;
+        let waiting = sched
+            .api
+            .run_job(platform_job(&["waiting"], &wants_rootfs))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            sched.api.is_active(&waiting).await.unwrap(),
+            "a task ended while a worker that can run it was busy"
+        );
+        sched.unlist("rootfs").await;
+        sched.ended(&waiting).await;
+        let status = sched.api.job_status(&waiting).await.unwrap();
+        let (_, run) = run_of(&status, "waiting");
+        assert_eq!(run.state, RunState::Failed);
+        let response = response_status(run);
+        assert_eq!(response.code, tonic::Code::FailedPrecondition as i32);
+        assert!(response.message.contains("sandbox=rootfs"), "{response:?}");
+        assert_eq!(plain.read(|r| r.runs.len()), 0);
+        assert_eq!(rootfs.read(|r| r.runs.len()), 1);
+        assert!(sched.api.is_active(&first).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cloudscoot_tasks_run_on_every_worker_that_runs_tasks_on_its_host() {
+        // Named so that the rootfs-only worker is the first candidate: it has no host for
+        // CloudScoot tasks, as it serves rootfs actions only.
+        let rootfs_only = FakeWorker::new("a-rootfs");
+        let plain = FakeWorker::new("b-plain");
+        let both = FakeWorker::new("c-both");
+        both.set_platform(&sandboxed(&["host-tools", "rootfs"]));
+        rootfs_only.set_platform(&sandboxed(&["rootfs"]));
+        let workers = [plain.clone(), both.clone(), rootfs_only.clone()];
+        for worker in &workers {
+            worker.script(Script::Hang);
+        }
+        let sched = TestScheduler::start(&workers, 0).await;
+        sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        plain.until("a run", |r| r.runs.len() == 1).await;
+        both.until("a run", |r| r.runs.len() == 1).await;
+        assert_eq!(rootfs_only.read(|r| r.runs.len()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_workers_a_task_waits_until_the_unmatched_platform_timeout() {
+        let mut sched = TestScheduler::start(&[], 0).await;
+        let id = sched.api.run_job(job(&["t"])).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4 * 60 + 30)).await;
+        assert!(
+            sched.api.is_active(&id).await.unwrap(),
+            "the task did not wait"
+        );
+        sched.ended(&id).await;
+        let status = sched.api.job_status(&id).await.unwrap();
+        let (_, run) = run_of(&status, "t");
+        assert_eq!(run.state, RunState::Failed);
+        assert!(run.error.contains("no worker is there"), "{}", run.error);
+        assert!(run.error.contains("waited 5m"), "{}", run.error);
+        assert_eq!(
+            run.reapi_response, None,
+            "a CloudScoot task got a REAPI response"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use scoot_core::{Command, RunId, RunState, RunStatus, ServiceStatus, StateMask};
+use scoot_core::{Command, PlatformProperty, RunId, RunState, RunStatus, ServiceStatus, StateMask};
 use scoot_saga::{MemorySagaLog, SagaCoordinator};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ pub struct Record {
     pub aborted: Vec<RunId>,
     scripts: VecDeque<Script>,
     down: bool,
+    platform: Vec<PlatformProperty>,
 }
 
 pub struct FakeWorker {
@@ -72,6 +73,15 @@ impl FakeWorker {
 
     pub fn script(&self, script: Script) {
         self.change(|r| r.scripts.push_back(script));
+    }
+
+    /// Makes QueryWorker report `properties` (none by default, as a Scoot worker reports).
+    pub fn set_platform(&self, properties: &[(&str, &str)]) {
+        let platform = properties
+            .iter()
+            .map(|(name, value)| PlatformProperty::new(*name, *value))
+            .collect();
+        self.change(|r| r.platform = platform);
     }
 
     /// A worker that is down refuses every call, as a dead or unreachable one would.
@@ -123,11 +133,13 @@ impl WorkerApi for FakeWorker {
             if self.read(|r| r.down) {
                 return self.refuse();
             }
-            let runs = self.read(|r| r.runs.iter().map(|(_, s)| s.clone()).collect());
+            let (runs, platform) = self.read(|r| {
+                let runs = r.runs.iter().map(|(_, s)| s.clone()).collect();
+                (runs, r.platform.clone())
+            });
             let service = ServiceStatus {
-                initialized: true,
-                is_healthy: true,
-                error: String::new(),
+                platform,
+                ..ServiceStatus::ready()
             };
             Ok((runs, service))
         })
@@ -227,8 +239,8 @@ pub struct TestScheduler {
     pub api: SchedulerApi,
     pub sagas: SagaCoordinator,
     pub job_events: mpsc::UnboundedReceiver<JobEvent>,
-    /// Kept so the loop does not see membership end.
-    _membership: mpsc::Sender<Vec<Membership>>,
+    /// Lists and unlists workers; kept so the loop does not see membership end.
+    membership: mpsc::Sender<Vec<Membership>>,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -255,9 +267,15 @@ impl TestScheduler {
             api: SchedulerApi::new(requests_tx, sagas.clone()),
             sagas,
             job_events,
-            _membership: membership_tx,
+            membership: membership_tx,
             _stop: stop.drop_guard(),
         }
+    }
+
+    /// Tells the loop the worker is no longer listed (as discovery would).
+    pub async fn unlist(&self, node: &str) {
+        let removed = vec![Membership::Removed(node.to_string())];
+        self.membership.send(removed).await.expect("loop stopped");
     }
 
     /// Waits for the loop to report that the job's saga has ended.

@@ -1,10 +1,18 @@
 //! In-memory state of the scheduling loop: jobs being run and the workers they run on. Owned by
 //! the loop task alone, so it needs no locks.
+//!
+//! Platform matching: each task keeps what it asks of its worker ([`Requirements`], parsed
+//! once from `Command::platform` when its job is added); each worker the platform it offered at
+//! its last readiness check. [`pick_node`] only picks a worker that meets a task's requirements,
+//! and [`placement`] says whether any worker of the cluster can run a task at all.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use scoot_core::PlatformProperty;
+use scoot_reapi::Invalid;
+use scoot_reapi::platform::{self, Requirements, SANDBOX, UNSANDBOXED};
 use scoot_saga::Saga;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +24,13 @@ use crate::worker_client::WorkerApi;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskStatus {
     Waiting,
-    Running { node: String, started: Instant },
+    Running {
+        node: String,
+        started: Instant,
+    },
+    /// Ended by the scheduler without a run, since no worker can run it; the end is being
+    /// recorded.
+    Ending,
     Done,
 }
 
@@ -26,6 +40,11 @@ pub struct TaskState {
     pub status: TaskStatus,
     pub attempts: u32,
     pub stop: StopSignal,
+    /// What the task asks of its worker; an error when its platform does not parse (only a
+    /// job recovered from a damaged or foreign saga log can carry one, since Execute checks).
+    pub requirements: Result<Requirements, Invalid>,
+    /// Since when it has waited with no ready worker able to run it.
+    pub unplaced_since: Option<Instant>,
 }
 
 pub struct JobState {
@@ -34,6 +53,7 @@ pub struct JobState {
     /// Tasks in the order they should start: longest average duration first.
     pub tasks: Vec<TaskState>,
     pub by_id: HashMap<String, usize>,
+    /// Tasks Running or Ending: neither waiting nor done.
     pub running: usize,
     pub done: usize,
     pub killed: bool,
@@ -53,6 +73,8 @@ impl JobState {
                 status: TaskStatus::Waiting,
                 attempts: 0,
                 stop: StopSignal::default(),
+                requirements: platform::parse(&job.def.tasks[index].command.platform),
+                unplaced_since: None,
             })
             .collect();
         let by_id = tasks
@@ -91,7 +113,7 @@ impl JobState {
         };
         let task = &mut self.tasks[pos];
         match task.status {
-            TaskStatus::Running { .. } => self.running -= 1,
+            TaskStatus::Running { .. } | TaskStatus::Ending => self.running -= 1,
             TaskStatus::Done => return,
             TaskStatus::Waiting => {}
         }
@@ -159,6 +181,8 @@ pub struct Node {
     pub snapshot: String,
     /// Cancels its readiness check when it changes state.
     pub check: Option<CancellationToken>,
+    /// What it offered at its last readiness check ([`offered`]); `None` before the first.
+    pub platform: Option<Vec<PlatformProperty>>,
 }
 
 impl Node {
@@ -170,7 +194,15 @@ impl Node {
             busy: None,
             snapshot: String::new(),
             check: None,
+            platform: None,
         }
+    }
+
+    /// Whether it is known to offer what `requirements` ask for.
+    pub fn meets(&self, requirements: &Requirements) -> bool {
+        self.platform
+            .as_deref()
+            .is_some_and(|offered| requirements.first_unmet(offered).is_none())
     }
 
     pub fn is_idle(&self) -> bool {
@@ -182,24 +214,81 @@ impl Node {
     }
 }
 
-/// Picks an idle node for a task: one that last ran the same snapshot, else a fresh one, else any.
+/// The platform a worker offers, given what it reported: a worker that reports none (a Scoot
+/// worker, which knows nothing of platforms) runs tasks on its host, unsandboxed.
+pub fn offered(reported: Vec<PlatformProperty>) -> Vec<PlatformProperty> {
+    if reported.is_empty() {
+        vec![PlatformProperty::new(SANDBOX, UNSANDBOXED)]
+    } else {
+        reported
+    }
+}
+
+/// Picks an idle node that meets the task's requirements: one that last ran the same snapshot,
+/// else a fresh one, else any.
 pub fn pick_node<'a>(
     idle: &mut Vec<&'a str>,
     nodes: &BTreeMap<String, Node>,
     snapshot: &str,
+    requirements: &Requirements,
 ) -> Option<&'a str> {
-    let snapshot_of = |id: &str| {
-        nodes
-            .get(id)
-            .map(|n| n.snapshot.as_str())
-            .unwrap_or_default()
-    };
-    let position = idle
+    let able: Vec<(usize, &str)> = idle
         .iter()
-        .position(|id| snapshot_of(id) == snapshot)
-        .or_else(|| idle.iter().position(|id| snapshot_of(id).is_empty()))
-        .or(if idle.is_empty() { None } else { Some(0) })?;
-    Some(idle.remove(position))
+        .enumerate()
+        .filter_map(|(pos, id)| {
+            let node = nodes.get(*id)?;
+            node.meets(requirements)
+                .then_some((pos, node.snapshot.as_str()))
+        })
+        .collect();
+    let (position, _) = able
+        .iter()
+        .find(|(_, last)| *last == snapshot)
+        .or_else(|| able.iter().find(|(_, last)| last.is_empty()))
+        .or(able.first())?;
+    Some(idle.remove(*position))
+}
+
+/// Whether the cluster's workers can run a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A ready worker can.
+    Ready,
+    /// Workers are ready, and neither they nor any other worker known to the scheduler can;
+    /// why, naming the property none offers.
+    Never(String),
+    /// No ready worker can, but one may later: a worker being checked (whose platform is
+    /// unknown or meets the requirements), an offlined one that meets them, or any worker at
+    /// all when none is ready. `why` is what to say if the task waits too long.
+    Later(String),
+}
+
+/// Judges `requirements` against every worker in `nodes` (lost ones are gone and do not count).
+pub fn placement(requirements: &Requirements, nodes: &BTreeMap<String, Node>) -> Placement {
+    let mut ready = Vec::new();
+    let mut maybe_later = false;
+    for node in nodes.values() {
+        match (&node.health, &node.platform) {
+            (NodeHealth::Lost(_), _) => {}
+            (NodeHealth::Ready, Some(offered)) if !node.offlined => {
+                if requirements.first_unmet(offered).is_none() {
+                    return Placement::Ready;
+                }
+                ready.push(offered.as_slice());
+            }
+            (_, Some(offered)) => {
+                maybe_later |= requirements.first_unmet(offered).is_none();
+            }
+            (_, None) => maybe_later = true,
+        }
+    }
+    // Every ready worker fails some requirement, so there is always something to name.
+    let why = requirements.unmatched(&ready).unwrap_or_default();
+    if maybe_later || ready.is_empty() {
+        Placement::Later(why)
+    } else {
+        Placement::Never(why)
+    }
 }
 
 #[cfg(test)]
@@ -219,18 +308,129 @@ mod tests {
         assert_eq!(d.get("c"), Duration::from_secs(1));
     }
 
+    fn node(id: &str, health: NodeHealth, platform: Option<&[(&str, &str)]>) -> Node {
+        let mut node = Node::new(Arc::new(WorkerClient::new(id)));
+        node.health = health;
+        node.platform = platform.map(|p| {
+            offered(
+                p.iter()
+                    .map(|(name, value)| PlatformProperty::new(*name, *value))
+                    .collect(),
+            )
+        });
+        node
+    }
+
+    fn requirements(properties: &[(&str, &str)]) -> Requirements {
+        let properties: Vec<PlatformProperty> = properties
+            .iter()
+            .map(|(name, value)| PlatformProperty::new(*name, *value))
+            .collect();
+        platform::parse(&properties).unwrap()
+    }
+
     #[test]
     fn snapshot_affinity_then_fresh_then_any() {
         let mut nodes = BTreeMap::new();
         for (id, snap) in [("a", "s1"), ("b", ""), ("c", "s2")] {
-            let mut node = Node::new(Arc::new(WorkerClient::new(id)));
+            let mut node = node(id, NodeHealth::Ready, Some(&[]));
             node.snapshot = snap.to_string();
             nodes.insert(id.to_string(), node);
         }
+        let any = Requirements::default();
         let mut idle = vec!["a", "b", "c"];
-        assert_eq!(pick_node(&mut idle, &nodes, "s2"), Some("c"));
-        assert_eq!(pick_node(&mut idle, &nodes, "s9"), Some("b"));
-        assert_eq!(pick_node(&mut idle, &nodes, "s9"), Some("a"));
-        assert_eq!(pick_node(&mut idle, &nodes, "s9"), None);
+        assert_eq!(pick_node(&mut idle, &nodes, "s2", &any), Some("c"));
+        assert_eq!(pick_node(&mut idle, &nodes, "s9", &any), Some("b"));
+        assert_eq!(pick_node(&mut idle, &nodes, "s9", &any), Some("a"));
+        assert_eq!(pick_node(&mut idle, &nodes, "s9", &any), None);
+    }
+
+    #[test]
+    fn only_nodes_that_meet_the_requirements_are_picked() {
+        let rootfs = [("OSFamily", "linux"), ("sandbox", "rootfs")];
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "plain".to_string(),
+            node("plain", NodeHealth::Ready, Some(&[])),
+        );
+        nodes.insert(
+            "rootfs-fresh".to_string(),
+            node("rootfs-fresh", NodeHealth::Ready, Some(&rootfs)),
+        );
+        let mut warm = node("rootfs-warm", NodeHealth::Ready, Some(&rootfs));
+        warm.snapshot = "s1".to_string();
+        nodes.insert("rootfs-warm".to_string(), warm);
+        let wants_rootfs = requirements(&[("OSFamily", "linux")]);
+        let mut idle = vec!["plain", "rootfs-fresh", "rootfs-warm"];
+        // Affinity among the nodes that can run it, never a node that cannot.
+        assert_eq!(
+            pick_node(&mut idle, &nodes, "s1", &wants_rootfs),
+            Some("rootfs-warm")
+        );
+        assert_eq!(
+            pick_node(&mut idle, &nodes, "s1", &wants_rootfs),
+            Some("rootfs-fresh")
+        );
+        assert_eq!(pick_node(&mut idle, &nodes, "s1", &wants_rootfs), None);
+        assert_eq!(idle, ["plain"]);
+        // A worker that reports no platform runs what Scoot ran: tasks asking for nothing.
+        assert_eq!(
+            pick_node(&mut idle, &nodes, "", &Requirements::default()),
+            Some("plain")
+        );
+    }
+
+    #[test]
+    fn placement_waits_only_while_a_worker_might_run_the_task() {
+        let rootfs = [("OSFamily", "linux"), ("sandbox", "rootfs")];
+        let wants_rootfs = requirements(&[("OSFamily", "linux")]);
+        let nodes = |list: Vec<Node>| -> BTreeMap<String, Node> {
+            list.into_iter()
+                .enumerate()
+                .map(|(i, n)| (i.to_string(), n))
+                .collect()
+        };
+        let plain = || node("plain", NodeHealth::Ready, Some(&[]));
+        assert_eq!(
+            placement(
+                &wants_rootfs,
+                &nodes(vec![plain(), node("r", NodeHealth::Ready, Some(&rootfs))])
+            ),
+            Placement::Ready
+        );
+        let Placement::Never(why) = placement(&wants_rootfs, &nodes(vec![plain()])) else {
+            panic!("a plain worker was thought able to run a rootfs task");
+        };
+        assert!(why.contains("sandbox=rootfs"), "{why}");
+        // A lost worker does not count; one being checked, or offlined, may come back.
+        let lost = node("r", NodeHealth::Lost(Instant::now()), Some(&rootfs));
+        assert!(matches!(
+            placement(&wants_rootfs, &nodes(vec![plain(), lost])),
+            Placement::Never(_)
+        ));
+        for maybe in [
+            node("new", NodeHealth::Checking, None),
+            node("r", NodeHealth::Checking, Some(&rootfs)),
+            {
+                let mut offlined = node("r", NodeHealth::Ready, Some(&rootfs));
+                offlined.offlined = true;
+                offlined
+            },
+        ] {
+            assert!(matches!(
+                placement(&wants_rootfs, &nodes(vec![plain(), maybe])),
+                Placement::Later(_)
+            ));
+        }
+        // A worker being checked that is known not to meet them does not hold the task.
+        let checked = node("p", NodeHealth::Checking, Some(&[]));
+        assert!(matches!(
+            placement(&wants_rootfs, &nodes(vec![plain(), checked])),
+            Placement::Never(_)
+        ));
+        let Placement::Later(why) = placement(&wants_rootfs, &BTreeMap::new()) else {
+            panic!("with no worker at all, a task should wait");
+        };
+        assert!(why.contains("no worker"), "{why}");
     }
 }

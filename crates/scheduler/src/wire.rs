@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use scoot_core::{Command, LogTags, RunStatus};
+use scoot_core::{Command, LogTags, PlatformProperty, RunStatus};
 use scoot_thrift::{codec, convert, sched, scoot, worker};
 
 use crate::api::{JobState, JobStatus};
@@ -41,7 +41,7 @@ pub fn job_definition_from_wire(def: scoot::JobDefinition) -> JobDefinition {
                         task_id: task_id.clone(),
                         ..LogTags::default()
                     },
-                    reapi_request: None,
+                    ..Command::default()
                 },
                 task_id,
             }
@@ -75,6 +75,14 @@ pub fn job_to_saga(job: &Job) -> Vec<u8> {
                     timeout_ns,
                     t.command.snapshot_id.clone(),
                     t.command.reapi_request.clone(),
+                    // Absent rather than empty, so CloudScoot jobs are stored as Scoot stored them.
+                    (!t.command.platform.is_empty()).then(|| {
+                        t.command
+                            .platform
+                            .iter()
+                            .map(|p| sched::PlatformProperty::new(p.name.clone(), p.value.clone()))
+                            .collect()
+                    }),
                 ),
                 Some(t.task_id.clone()),
             )
@@ -117,6 +125,13 @@ pub fn job_from_saga(bytes: &[u8]) -> Result<Job, UndecodableJob> {
                 snapshot_id: t.command.snapshot_id,
                 tags: LogTags::default(),
                 reapi_request: t.command.reapi_request,
+                platform: t
+                    .command
+                    .platform
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| PlatformProperty::new(p.name, p.value))
+                    .collect(),
             },
         })
         .collect();
@@ -267,6 +282,10 @@ mod tests {
         def.tasks[0].command.env = BTreeMap::from([("K".to_string(), "V".to_string())]);
         def.tasks[0].command.snapshot_id = "snap".into();
         def.tasks[0].command.reapi_request = Some(vec![1, 2, 3]);
+        def.tasks[0].command.platform = vec![
+            PlatformProperty::new("OSFamily", "linux"),
+            PlatformProperty::new("unixUID", "0"),
+        ];
         let job = Job::new(def);
         assert_eq!(job_from_saga(&job_to_saga(&job)).unwrap(), job);
         assert!(
@@ -274,6 +293,26 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("undecodable job: ")
+        );
+    }
+
+    /// A job without platform properties is stored without field 22, as Scoot stored jobs, and
+    /// a job Scoot stored (no field 22) reads back with none.
+    #[test]
+    fn platformless_jobs_are_stored_as_scoot_stored_them() {
+        let job = Job::new(job_definition_from_wire(job(vec![task(
+            Some("t"),
+            &["true"],
+            None,
+        )])));
+        let stored: sched::Job = codec::from_bytes(&job_to_saga(&job)).unwrap();
+        let tasks = stored.job_definition.tasks.as_deref().unwrap_or_default();
+        assert_eq!(tasks[0].command.platform, None);
+        assert!(
+            job_from_saga(&job_to_saga(&job)).unwrap().def.tasks[0]
+                .command
+                .platform
+                .is_empty()
         );
     }
 

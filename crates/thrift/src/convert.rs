@@ -1,11 +1,12 @@
 //! Conversions between the Worker API's wire types and `scoot-core` types.
 //!
 //! Wire rules kept here: optional strings are omitted when empty, `exitCode` is always written,
-//! a non-positive `timeoutMs` means "no timeout", unknown state numbers read as UNKNOWN.
+//! a non-positive `timeoutMs` means "no timeout", unknown state numbers read as UNKNOWN, a
+//! worker's `platform` is written only when it has properties and reads as empty when absent.
 
 use std::time::Duration;
 
-use scoot_core::{Command, LogTags, RunId, RunState, RunStatus, ServiceStatus};
+use scoot_core::{Command, LogTags, PlatformProperty, RunId, RunState, RunStatus, ServiceStatus};
 
 use crate::worker;
 
@@ -28,6 +29,9 @@ pub fn command_from_wire(cmd: worker::RunCommand) -> Command {
             tag: cmd.tag.unwrap_or_default(),
         },
         reapi_request: cmd.reapi_request,
+        // The Worker API does not carry it: a worker reads an action's platform from the
+        // action itself.
+        platform: Vec::new(),
     }
 }
 
@@ -84,11 +88,17 @@ pub fn status_from_wire(status: worker::RunStatus) -> RunStatus {
 }
 
 pub fn worker_status_to_wire(runs: &[RunStatus], service: &ServiceStatus) -> worker::WorkerStatus {
+    let platform = service
+        .platform
+        .iter()
+        .map(|p| worker::PlatformProperty::new(p.name.clone(), p.value.clone()))
+        .collect::<Vec<_>>();
     worker::WorkerStatus {
         runs: runs.iter().map(status_to_wire).collect(),
         initialized: service.initialized,
         is_healthy: service.is_healthy,
         error: service.error.clone(),
+        platform: (!platform.is_empty()).then_some(platform),
     }
 }
 
@@ -98,6 +108,12 @@ pub fn worker_status_from_wire(status: worker::WorkerStatus) -> (Vec<RunStatus>,
         initialized: status.initialized,
         is_healthy: status.is_healthy,
         error: status.error,
+        platform: status
+            .platform
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| PlatformProperty::new(p.name, p.value))
+            .collect(),
     };
     (
         status.runs.into_iter().map(status_from_wire).collect(),
@@ -126,6 +142,7 @@ mod tests {
             snapshot_id: "snap".into(),
             tags: tags(),
             reapi_request: Some(vec![0x0a, 0x00]),
+            platform: Vec::new(),
         };
         let wire = command_to_wire(&cmd);
         assert_eq!(wire.timeout_ms, Some(1500));
@@ -166,6 +183,29 @@ mod tests {
             ..RunStatus::failed(RunId::from("7"), 240, "could not exec: nope", tags())
         };
         assert_eq!(status_from_wire(status_to_wire(&status)), status);
+    }
+
+    #[test]
+    fn worker_platform_round_trips_and_is_absent_when_empty() {
+        let runs = [RunStatus::pending(RunId::from("0"), tags())];
+        let service = ServiceStatus {
+            platform: vec![
+                PlatformProperty::new("OSFamily", "linux"),
+                PlatformProperty::new("sandbox", "rootfs"),
+            ],
+            ..ServiceStatus::ready()
+        };
+        let wire = worker_status_to_wire(&runs, &service);
+        let bytes = crate::codec::to_bytes(&wire).unwrap();
+        let decoded: worker::WorkerStatus = crate::codec::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            worker_status_from_wire(decoded),
+            (runs.to_vec(), service.clone())
+        );
+        // Scoot's workers send no platform; ours send none when they have nothing to offer.
+        let bare = worker_status_to_wire(&[], &ServiceStatus::ready());
+        assert_eq!(bare.platform, None);
+        assert_eq!(worker_status_from_wire(bare).1, ServiceStatus::ready());
     }
 
     #[test]

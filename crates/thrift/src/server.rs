@@ -330,7 +330,13 @@ mod tests {
 
     impl WorkerSyncHandler for Answers {
         fn handle_query_worker(&self) -> thrift::Result<WorkerStatus> {
-            Ok(WorkerStatus::new(Vec::new(), true, true, String::new()))
+            Ok(WorkerStatus::new(
+                Vec::new(),
+                true,
+                true,
+                String::new(),
+                None,
+            ))
         }
         fn handle_run(&self, _: RunCommand) -> thrift::Result<RunStatus> {
             Err(refused())

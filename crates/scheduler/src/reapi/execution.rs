@@ -5,8 +5,15 @@
 //! workers make ([`scoot_reapi::inputs`]): the Action, its Command and every Directory and file of
 //! its input root must be present (else the operation ends at once with FAILED_PRECONDITION
 //! listing each missing blob, which is what makes Bazel upload them and retry), and the Action
-//! must name both, with names and output paths well formed (else INVALID_ARGUMENT). A worker
-//! therefore only meets a missing blob when one was evicted in between.
+//! must name both, with names, output paths and platform properties well formed (else
+//! INVALID_ARGUMENT). A worker therefore only meets a missing blob when one was evicted in
+//! between.
+//!
+//! The action's platform (`Action.platform`, else `Command.platform`) goes with its task
+//! (`Command::platform`), and the loop is asked whether any worker can run it: when workers are
+//! ready and none of them (nor any being checked) offers what it asks for, the operation ends
+//! at once with FAILED_PRECONDITION naming the property; otherwise the action is queued (and the
+//! loop ends it the same way should that change while it waits).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,18 +22,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use scoot_cas_services::{AcKey, CasError, CasServices};
-use scoot_core::{Command, Digest, LogTags};
+use scoot_core::{Command, Digest, LogTags, PlatformProperty};
 use scoot_proto::longrunning::Operation;
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::execution_server::Execution;
 use scoot_reapi::digest::{check_function, required};
-use scoot_reapi::inputs::{self, BlobSource, InputsError, MAX_MESSAGE_BYTES};
+use scoot_reapi::inputs::{self, BlobSource, CheckedInputs, InputsError, MAX_MESSAGE_BYTES};
+use scoot_reapi::platform;
 use scoot_reapi::status::{missing_blobs_response, rpc_status, status_response};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::operations::{Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status};
 use crate::job::{Job, JobDefinition, REAPI_JOB_TYPE, TaskDefinition};
+use crate::state::Placement;
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
@@ -94,9 +103,8 @@ impl BlobSource for LocalCas<'_> {
 
 /// Whether the Command and every Directory and file of the input root are in `cas` and well
 /// formed.
-async fn check_inputs(cas: &CasServices, action: &v2::Action) -> Result<(), Refusal> {
-    inputs::check_inputs(&LocalCas(cas), action).await?;
-    Ok(())
+async fn check_inputs(cas: &CasServices, action: &v2::Action) -> Result<CheckedInputs, Refusal> {
+    Ok(inputs::check_inputs(&LocalCas(cas), action).await?)
 }
 
 #[tonic::async_trait]
@@ -211,7 +219,8 @@ impl ExecutionService {
         Response::new(stream(&self.tracker, tracked))
     }
 
-    /// Checks that everything `action` needs is in the CAS and well formed, then queues it.
+    /// Checks that everything `action` needs is in the CAS and well formed, and that a worker
+    /// can run it, then queues it.
     async fn start(
         &self,
         tracked: &Tracked,
@@ -219,18 +228,33 @@ impl ExecutionService {
         action: &v2::Action,
     ) -> Result<(), Refusal> {
         // Only the execution that will run the action checks (joiners do not).
-        check_inputs(&self.cas, action).await?;
-        self.queue(tracked, request, action)
+        let checked = check_inputs(&self.cas, action).await?;
+        let placement = self
+            .tracker
+            .api()
+            .placement(checked.platform)
+            .await
+            .map_err(|e| Refusal::Status(api_status(e)))?;
+        if let Placement::Never(why) = placement {
+            tracing::info!(operation = %tracked.name, action = %tracked.key.action_digest,
+                reason = %why, "no worker can run the action");
+            let status = rpc_status(tonic::Code::FailedPrecondition, why);
+            return Err(Refusal::Response(Box::new(status_response(status))));
+        }
+        let platform = platform::action_properties(action, &checked.command);
+        self.queue(tracked, request, action, platform)
             .await
             .map_err(Refusal::Status)
     }
 
-    /// Queues the checked `action` as a job under the operation's name.
+    /// Queues the checked `action`, whose platform properties are `platform`, as a job under
+    /// the operation's name.
     async fn queue(
         &self,
         tracked: &Tracked,
         request: &v2::ExecuteRequest,
         action: &v2::Action,
+        platform: Vec<PlatformProperty>,
     ) -> Result<(), Status> {
         let timeout = match &action.timeout {
             Some(t) if t.seconds < 0 || t.nanos < 0 => {
@@ -261,6 +285,7 @@ impl ExecutionService {
                     snapshot_id: format!("bz-{}-{}", digest.hash, digest.size_bytes),
                     tags: LogTags::default(),
                     reapi_request: Some(request.encode_to_vec()),
+                    platform,
                     ..Command::default()
                 },
             }],
@@ -380,9 +405,127 @@ mod tests {
                     assert!(status.message().contains(expected), "{status:?}");
                 }
                 Err(Refusal::Response(response)) => panic!("refused with {response:?}"),
-                Ok(()) => panic!("accepted, expected {expected:?}"),
+                Ok(_) => panic!("accepted, expected {expected:?}"),
             }
         }
+    }
+
+    /// Execute asks the loop before it queues: an action no ready worker can run ends at once
+    /// with FAILED_PRECONDITION naming the property, and one that can run goes to a worker
+    /// with its platform.
+    #[tokio::test(start_paused = true)]
+    async fn actions_no_worker_can_run_are_refused_before_they_are_queued() {
+        use scoot_reapi::platform::Requirements;
+        use tokio_stream::StreamExt;
+
+        use crate::fake_worker::{FakeWorker, TestScheduler};
+        use crate::reapi::operations::Tracker;
+
+        let worker = FakeWorker::new("w");
+        worker.set_platform(&[
+            ("OSFamily", "linux"),
+            ("ISA", "x86-64"),
+            ("sandbox", "rootfs"),
+        ]);
+        let mut sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let tracker = Tracker::new(
+            sched.api.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let events = std::mem::replace(
+            &mut sched.job_events,
+            tokio::sync::mpsc::unbounded_channel().1,
+        );
+        tokio::spawn(tracker.clone().follow(events));
+        let store = Arc::new(MemoryBlobStore::new(1 << 20));
+        let cas = scoot_cas_services::server(
+            store.clone(),
+            Arc::new(MemoryActionCache::new(1 << 20)),
+            CasConfig::default(),
+        );
+        let service = ExecutionService::new(tracker, cas);
+        let put = |message: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                let digest = sha256_digest(&message);
+                scoot_blobstore::put(&*store, &digest, message.into())
+                    .await
+                    .unwrap();
+                digest
+            }
+        };
+        let command = put(v2::Command {
+            arguments: vec!["true".into()],
+            ..Default::default()
+        }
+        .encode_to_vec())
+        .await;
+        let action_for = |isa: &str| v2::Action {
+            command_digest: Some(to_proto(&command)),
+            input_root_digest: Some(to_proto(&Digest::empty())),
+            platform: Some(v2::Platform {
+                properties: vec![
+                    v2::platform::Property {
+                        name: "OSFamily".into(),
+                        value: "linux".into(),
+                    },
+                    v2::platform::Property {
+                        name: "ISA".into(),
+                        value: isa.into(),
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        // Until the worker has been checked its platform is unknown, and actions are queued.
+        // It offers rootfs only, so an action asking for nothing is refused once it is known.
+        while matches!(
+            sched.api.placement(Requirements::default()).await.unwrap(),
+            Placement::Later(_)
+        ) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let execute = |action: Digest| {
+            service.execute(Request::new(v2::ExecuteRequest {
+                action_digest: Some(to_proto(&action)),
+                skip_cache_lookup: true,
+                ..Default::default()
+            }))
+        };
+
+        let sparc = put(action_for("sparc").encode_to_vec()).await;
+        let mut ops = execute(sparc).await.unwrap().into_inner();
+        let op = ops.next().await.unwrap().unwrap();
+        assert!(op.done, "an action no worker can run was queued");
+        let Some(scoot_proto::longrunning::operation::Result::Response(any)) = op.result else {
+            panic!("no response: {op:?}");
+        };
+        let response = v2::ExecuteResponse::decode(any.value.as_slice()).unwrap();
+        let status = response.status.unwrap();
+        assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+        assert!(status.message.contains("ISA=sparc"), "{status:?}");
+        assert_eq!(worker.read(|r| r.runs.len()), 0);
+
+        let x86 = put(action_for("x86-64").encode_to_vec()).await;
+        let mut ops = execute(x86).await.unwrap().into_inner();
+        while let Some(op) = ops.next().await {
+            if op.unwrap().done {
+                break;
+            }
+        }
+        let ran = worker.read(|r| {
+            r.runs
+                .iter()
+                .map(|(c, _)| c.platform.clone())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            ran,
+            vec![vec![
+                PlatformProperty::new("OSFamily", "linux"),
+                PlatformProperty::new("ISA", "x86-64"),
+            ]]
+        );
     }
 
     #[test]

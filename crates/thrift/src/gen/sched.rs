@@ -26,6 +26,74 @@ use thrift::protocol::verify_required_field_exists;
 use thrift::server::TProcessor;
 
 //
+// PlatformProperty
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct PlatformProperty {
+  pub name: String,
+  pub value: String,
+}
+
+impl PlatformProperty {
+  pub fn new(name: String, value: String) -> PlatformProperty {
+    PlatformProperty {
+      name,
+      value,
+    }
+  }
+}
+
+impl TSerializable for PlatformProperty {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PlatformProperty> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PlatformProperty.name", &f_1)?;
+    verify_required_field_exists("PlatformProperty.value", &f_2)?;
+    let ret = PlatformProperty {
+      name: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PlatformProperty");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("name", TType::String, 1))?;
+    o_prot.write_string(&self.name)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_string(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // Command
 //
 
@@ -36,16 +104,18 @@ pub struct Command {
   pub timeout: Option<i64>,
   pub snapshot_id: String,
   pub reapi_request: Option<Vec<u8>>,
+  pub platform: Option<Vec<PlatformProperty>>,
 }
 
 impl Command {
-  pub fn new<F2, F3, F21>(argv: Vec<String>, env_vars: F2, timeout: F3, snapshot_id: String, reapi_request: F21) -> Command where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<i64>>, F21: Into<Option<Vec<u8>>> {
+  pub fn new<F2, F3, F21, F22>(argv: Vec<String>, env_vars: F2, timeout: F3, snapshot_id: String, reapi_request: F21, platform: F22) -> Command where F2: Into<Option<BTreeMap<String, String>>>, F3: Into<Option<i64>>, F21: Into<Option<Vec<u8>>>, F22: Into<Option<Vec<PlatformProperty>>> {
     Command {
       argv,
       env_vars: env_vars.into(),
       timeout: timeout.into(),
       snapshot_id,
       reapi_request: reapi_request.into(),
+      platform: platform.into(),
     }
   }
 }
@@ -58,6 +128,7 @@ impl TSerializable for Command {
     let mut f_3: Option<i64> = None;
     let mut f_4: Option<String> = None;
     let mut f_21: Option<Vec<u8>> = None;
+    let mut f_22: Option<Vec<PlatformProperty>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -98,6 +169,16 @@ impl TSerializable for Command {
           let val = i_prot.read_bytes()?;
           f_21 = Some(val);
         },
+        22 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<PlatformProperty> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_3 = PlatformProperty::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
+          }
+          i_prot.read_list_end()?;
+          f_22 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -113,6 +194,7 @@ impl TSerializable for Command {
       timeout: f_3,
       snapshot_id: f_4.expect("auto-generated code should have checked for presence of required fields"),
       reapi_request: f_21,
+      platform: f_22,
     };
     Ok(ret)
   }
@@ -147,6 +229,15 @@ impl TSerializable for Command {
     if let Some(ref fld_var) = self.reapi_request {
       o_prot.write_field_begin(&TFieldIdentifier::new("reapiRequest", TType::String, 21))?;
       o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.platform {
+      o_prot.write_field_begin(&TFieldIdentifier::new("platform", TType::List, 22))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -274,8 +365,8 @@ impl TSerializable for JobDefinition {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<TaskDefinition> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = TaskDefinition::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_4 = TaskDefinition::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);

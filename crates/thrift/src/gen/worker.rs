@@ -277,6 +277,74 @@ impl TSerializable for RunStatus {
 }
 
 //
+// PlatformProperty
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct PlatformProperty {
+  pub name: String,
+  pub value: String,
+}
+
+impl PlatformProperty {
+  pub fn new(name: String, value: String) -> PlatformProperty {
+    PlatformProperty {
+      name,
+      value,
+    }
+  }
+}
+
+impl TSerializable for PlatformProperty {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PlatformProperty> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PlatformProperty.name", &f_1)?;
+    verify_required_field_exists("PlatformProperty.value", &f_2)?;
+    let ret = PlatformProperty {
+      name: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PlatformProperty");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("name", TType::String, 1))?;
+    o_prot.write_string(&self.name)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_string(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // WorkerStatus
 //
 
@@ -286,15 +354,17 @@ pub struct WorkerStatus {
   pub initialized: bool,
   pub is_healthy: bool,
   pub error: String,
+  pub platform: Option<Vec<PlatformProperty>>,
 }
 
 impl WorkerStatus {
-  pub fn new(runs: Vec<RunStatus>, initialized: bool, is_healthy: bool, error: String) -> WorkerStatus {
+  pub fn new<F21>(runs: Vec<RunStatus>, initialized: bool, is_healthy: bool, error: String, platform: F21) -> WorkerStatus where F21: Into<Option<Vec<PlatformProperty>>> {
     WorkerStatus {
       runs,
       initialized,
       is_healthy,
       error,
+      platform: platform.into(),
     }
   }
 }
@@ -306,6 +376,7 @@ impl TSerializable for WorkerStatus {
     let mut f_2: Option<bool> = None;
     let mut f_3: Option<bool> = None;
     let mut f_4: Option<String> = None;
+    let mut f_21: Option<Vec<PlatformProperty>> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -335,6 +406,16 @@ impl TSerializable for WorkerStatus {
           let val = i_prot.read_string()?;
           f_4 = Some(val);
         },
+        21 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<PlatformProperty> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_1 = PlatformProperty::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_1);
+          }
+          i_prot.read_list_end()?;
+          f_21 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -351,6 +432,7 @@ impl TSerializable for WorkerStatus {
       initialized: f_2.expect("auto-generated code should have checked for presence of required fields"),
       is_healthy: f_3.expect("auto-generated code should have checked for presence of required fields"),
       error: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      platform: f_21,
     };
     Ok(ret)
   }
@@ -373,6 +455,15 @@ impl TSerializable for WorkerStatus {
     o_prot.write_field_begin(&TFieldIdentifier::new("error", TType::String, 4))?;
     o_prot.write_string(&self.error)?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.platform {
+      o_prot.write_field_begin(&TFieldIdentifier::new("platform", TType::List, 21))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -431,8 +522,8 @@ impl TSerializable for RunCommand {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_1 = i_prot.read_string()?;
-            val.push(list_elem_1);
+            let list_elem_2 = i_prot.read_string()?;
+            val.push(list_elem_2);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -441,9 +532,9 @@ impl TSerializable for RunCommand {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, String> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_2 = i_prot.read_string()?;
-            let map_val_3 = i_prot.read_string()?;
-            val.insert(map_key_2, map_val_3);
+            let map_key_3 = i_prot.read_string()?;
+            let map_val_4 = i_prot.read_string()?;
+            val.insert(map_key_3, map_val_4);
           }
           i_prot.read_map_end()?;
           f_2 = Some(val);
