@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use scoot_reapi::platform::Mode;
 
 /// Scoot worker: runs one command at a time for a scheduler.
 #[derive(Parser, Debug)]
@@ -53,6 +54,21 @@ struct Args {
     /// A Thrift connection that starts no request for this long is closed.
     #[arg(long = "thrift_idle_timeout", default_value = "15m", value_parser = humantime::parse_duration)]
     thrift_idle_timeout: std::time::Duration,
+    /// Modes REAPI actions run in, sandboxed (comma-separated: host-tools, rootfs), or `off`
+    /// to run them on the host unsandboxed. See README: Platforms and sandboxes.
+    #[arg(long = "sandbox", default_value = "host-tools,rootfs", value_parser = parse_sandbox_modes)]
+    sandbox: SandboxModes,
+    /// Run CloudScoot tasks in a host-tools sandbox too (no network, host read-only but for
+    /// their snapshot checkout); by default they run on the host, as in Scoot.
+    #[arg(long = "sandbox_tasks")]
+    sandbox_tasks: bool,
+    /// Most processes one sandboxed run may have; reaching it stops the run (0 = no limit).
+    #[arg(long = "sandbox_pids_max", default_value_t = scoot_worker::server::DEFAULT_PIDS_MAX)]
+    sandbox_pids_max: u64,
+    /// Platform properties this worker offers besides its own OSFamily, ISA and sandbox
+    /// modes, as name=value[,name=value...] (actions naming them run only on such workers).
+    #[arg(long = "platform", default_value = "", value_parser = parse_platform)]
+    platform: Platform,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
@@ -70,7 +86,37 @@ fn parse_bundlestore(value: &str) -> Result<String, String> {
     }
 }
 
+#[derive(Clone, Debug)]
+struct SandboxModes(Vec<Mode>);
+
+fn parse_sandbox_modes(value: &str) -> Result<SandboxModes, String> {
+    if value == "off" {
+        return Ok(SandboxModes(Vec::new()));
+    }
+    let mut modes = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let mode = Mode::parse(name).ok_or_else(|| {
+            format!("{name:?} is no sandbox mode: give host-tools, rootfs or both, or off")
+        })?;
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    Ok(SandboxModes(modes))
+}
+
+#[derive(Clone, Debug)]
+struct Platform(Vec<scoot_core::PlatformProperty>);
+
+fn parse_platform(value: &str) -> Result<Platform, String> {
+    scoot_reapi::platform::parse_worker_properties(value)
+        .map(Platform)
+        .map_err(|e| e.0)
+}
+
 fn main() -> anyhow::Result<()> {
+    // A sandboxed run starts this binary as its launcher; that must happen before any thread.
+    scoot_sandbox::launcher::run_if_asked();
     scoot_bin_util::run_server(serve())?
 }
 
@@ -101,6 +147,10 @@ async fn serve() -> anyhow::Result<()> {
         action_user: args.action_user,
         retained_output_bytes: args.output_retention_bytes,
         thrift: thrift_limits,
+        sandbox_modes: args.sandbox.0.clone(),
+        sandbox_tasks: args.sandbox_tasks,
+        sandbox_pids_max: (args.sandbox_pids_max > 0).then_some(args.sandbox_pids_max),
+        platform_extra: args.platform.0.clone(),
         ..scoot_worker::WorkerConfig::default()
     };
     scoot_worker::run(thrift, http, config, scoot_bin_util::shutdown_signal())

@@ -19,7 +19,8 @@ use scoot_core::Digest;
 use scoot_proto::reapi::v2;
 use scoot_reapi::BlobSource;
 use scoot_reapi::digest::from_proto;
-use scoot_reapi::rules::{CommandLayout, JDK_SYMLINK_PROPERTY};
+use scoot_reapi::platform::{JDK_SYMLINK as JDK_SYMLINK_PROPERTY, Requirements};
+use scoot_reapi::rules::CommandLayout;
 use scoot_runner::execer::identity::Identity;
 use tonic::Code;
 
@@ -35,8 +36,8 @@ pub(crate) struct Inputs {
     pub action: v2::Action,
     pub command: v2::Command,
     pub layout: CommandLayout,
-    /// Where Scoot's `JDK_SYMLINK` platform property wants `$JAVA_HOME` linked, if it does.
-    pub jdk_symlink: Option<String>,
+    /// What the action's platform asks for.
+    pub platform: Requirements,
     pub root: Digest,
     pub directories: Arc<HashMap<Digest, v2::Directory>>,
     /// Distinct non-empty file digests in the input tree.
@@ -58,7 +59,7 @@ pub(crate) async fn fetch(
         action,
         command: checked.command,
         layout: checked.layout,
-        jdk_symlink: checked.jdk_symlink,
+        platform: checked.platform,
         root: checked.tree.root,
         file_count: checked.tree.files.len(),
         directories: Arc::new(checked.tree.directories),
@@ -137,7 +138,7 @@ pub(crate) async fn materialise(
     fetch_into_cache(client, cache, to_fetch).await?;
     let (dir, layout) = (root_dir.to_path_buf(), inputs.layout.clone());
     tokio::task::spawn_blocking(move || prepare_outputs(&dir, &layout)).await??;
-    if let Some(path) = &inputs.jdk_symlink {
+    if let Some(path) = &inputs.platform.jdk_symlink {
         let (dir, path) = (root_dir.to_path_buf(), path.clone());
         tokio::task::spawn_blocking(move || link_java_home(&dir, &path)).await??;
     }
@@ -154,6 +155,75 @@ pub(crate) async fn materialise(
         })
     })
     .await?
+}
+
+/// Checks that a rootfs action's input root has a `/bin/sh` it can run (following symlinks
+/// as they resolve inside the root): clients of rootfs sandboxes run their commands with it.
+/// Blocking.
+pub(crate) fn check_shell(root: &Path) -> Result<(), Failure> {
+    let unusable = |why: &str| {
+        Failure::new(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "the action runs with its input root as its filesystem (rootfs), but that root \
+                 has no usable /bin/sh: {why}"
+            ),
+        )
+    };
+    let mut path = PathBuf::from("bin/sh");
+    for _ in 0..40 {
+        let mut resolved = root.to_path_buf();
+        let mut followed = None;
+        let components: Vec<_> = path.components().collect();
+        for (i, component) in components.iter().enumerate() {
+            match component {
+                std::path::Component::Normal(name) => resolved.push(name),
+                std::path::Component::ParentDir if resolved != root => {
+                    resolved.pop();
+                }
+                _ => {}
+            }
+            let meta = fs::symlink_metadata(&resolved)
+                .map_err(|_| unusable(&format!("{} does not exist", shown(root, &resolved))))?;
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&resolved)
+                    .map_err(|e| unusable(&format!("{}: {e}", shown(root, &resolved))))?;
+                let rest: PathBuf = components[i + 1..].iter().collect();
+                let base = if target.is_absolute() {
+                    target.strip_prefix("/").unwrap_or(&target).to_path_buf()
+                } else {
+                    let parent = resolved
+                        .parent()
+                        .and_then(|p| p.strip_prefix(root).ok())
+                        .unwrap_or(Path::new(""));
+                    parent.join(target)
+                };
+                followed = Some(base.join(rest));
+                break;
+            }
+        }
+        match followed {
+            Some(next) => path = next,
+            None => {
+                let meta = fs::metadata(&resolved)
+                    .map_err(|e| unusable(&format!("{}: {e}", shown(root, &resolved))))?;
+                return if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                    Ok(())
+                } else {
+                    Err(unusable(&format!(
+                        "{} is not an executable file",
+                        shown(root, &resolved)
+                    )))
+                };
+            }
+        }
+    }
+    Err(unusable("too many levels of symbolic links"))
+}
+
+/// `path` as the action sees it.
+fn shown(root: &Path, path: &Path) -> String {
+    format!("/{}", path.strip_prefix(root).unwrap_or(path).display())
 }
 
 /// Gives every directory of the input root (input, output and working directories alike) to

@@ -52,9 +52,11 @@ use scoot_core::{Digest, LogTags, exit_code};
 use scoot_proto::reapi::v2;
 use scoot_proto::{prost_types, rpc};
 use scoot_reapi::digest::{check_function, from_proto};
+use scoot_reapi::platform::{self, Mode, Property};
 use scoot_reapi::rules::CommandLayout;
 use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedAction};
 use scoot_runner::execer::identity::Identity;
+use scoot_runner::execer::{SandboxLayout, SandboxRequest};
 use tracing::Instrument;
 
 use crate::cache::{Cache, Staging};
@@ -80,6 +82,9 @@ pub struct ActionConfig {
     /// [`Identity::for_actions`]). Inputs are hard links into the cache only when this is a
     /// user other than root and the worker, who cannot write the cache's read-only files.
     pub user: Option<Identity>,
+    /// What this worker offers: its facts and one `sandbox` property per mode it runs actions
+    /// in, or `sandbox=none` when it runs them unsandboxed (see [`scoot_reapi::platform`]).
+    pub platform: Vec<Property>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +130,7 @@ struct Shared {
     work_dir: PathBuf,
     worker_name: String,
     user: Option<Identity>,
+    platform: Vec<Property>,
 }
 
 impl ReapiActions {
@@ -144,6 +150,7 @@ impl ReapiActions {
                 work_dir: config.work_dir,
                 worker_name: config.worker_name,
                 user: config.user,
+                platform: config.platform,
             }),
         })
     }
@@ -169,6 +176,20 @@ impl ReapiActions {
         let client = shared.client.with_instance(&request.instance_name);
         metadata.input_fetch_start_timestamp = now();
         let inputs = inputs::fetch(&client, &action_digest, &shared.cache).await?;
+        if let Some(unmet) = inputs.platform.first_unmet(&shared.platform) {
+            return Err(Failure::new(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "this worker cannot honour the platform property {unmet}; it offers {}",
+                    shared
+                        .platform
+                        .iter()
+                        .map(Property::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
 
         let dir = shared
             .work_dir
@@ -181,6 +202,11 @@ impl ReapiActions {
             .await?
             .map_err(|e| Failure::io(&e, format!("creating {}", dir.display())))?;
         inputs::materialise(&client, &shared.cache, &inputs, &dir, shared.user).await?;
+        let mode = inputs.platform.mode();
+        if mode == Mode::Rootfs {
+            let root = dir.clone();
+            tokio::task::spawn_blocking(move || inputs::check_shell(&root)).await??;
+        }
         unfinished.disarm();
         metadata.input_fetch_completed_timestamp = now();
         tracing::info!(
@@ -192,6 +218,20 @@ impl ReapiActions {
             "inputs ready"
         );
         let command = &inputs.command;
+        let sandboxed = shared
+            .platform
+            .iter()
+            .any(|p| p.name == platform::SANDBOX && p.value == mode.name());
+        let sandbox = sandboxed.then(|| SandboxRequest {
+            layout: match mode {
+                Mode::HostTools => SandboxLayout::HostTools,
+                Mode::Rootfs => SandboxLayout::Rootfs,
+            },
+            root: dir.clone(),
+            network: inputs.platform.network,
+            uid: inputs.platform.unix_uid,
+            gid: inputs.platform.unix_gid,
+        });
         let spec = ActionSpec {
             argv: command.arguments.clone(),
             env: command
@@ -201,6 +241,7 @@ impl ReapiActions {
                 .collect(),
             dir: under(&dir, &inputs.layout.working_directory),
             user: shared.user,
+            sandbox,
         };
         metadata.execution_start_timestamp = now();
         Ok(PreparedReapiAction {

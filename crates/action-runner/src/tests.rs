@@ -51,6 +51,7 @@ impl Harness {
             cache_max_bytes,
             worker_name: "worker-7".into(),
             user,
+            platform: unsandboxed(),
         })
         .await
         .unwrap();
@@ -805,6 +806,7 @@ async fn open_checks_filesystems_but_not_the_cas() {
         cache_max_bytes: 1 << 20,
         worker_name: "w".into(),
         user: None,
+        platform: unsandboxed(),
     };
     fs::create_dir_all(config.work_dir.join("action-left-over/sub")).unwrap();
     fs::set_permissions(
@@ -894,6 +896,7 @@ async fn open_refuses_a_work_directory_the_action_user_cannot_reach() {
         cache_max_bytes: 1 << 20,
         worker_name: "w".into(),
         user: Some(stranger),
+        platform: unsandboxed(),
     };
     let e = ReapiActions::open(config.clone()).await.err().unwrap();
     match &e {
@@ -944,4 +947,45 @@ async fn actions_the_scheduler_refuses_are_refused_alike() {
         assert!(failure.message.contains(expected), "{}", failure.message);
     }
     assert_eq!(h.work_entries(), 0);
+}
+
+/// What a worker running actions on its host offers.
+fn unsandboxed() -> Vec<scoot_reapi::platform::Property> {
+    let mut platform = scoot_reapi::platform::host_facts();
+    platform.push(scoot_reapi::platform::Property::new(
+        scoot_reapi::platform::SANDBOX,
+        scoot_reapi::platform::UNSANDBOXED,
+    ));
+    platform
+}
+
+#[test]
+fn a_rootfs_needs_an_executable_bin_sh_resolved_inside_it() {
+    let root = tempfile::tempdir().unwrap();
+    let check = || crate::inputs::check_shell(root.path()).map_err(|f| (f.code, f.message));
+    let (code, message) = check().unwrap_err();
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("/bin/sh does not exist"), "{message}");
+    fs::create_dir_all(root.path().join("bin")).unwrap();
+    fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+    // An absolute link resolves inside the root, not on the worker's host.
+    std::os::unix::fs::symlink("/usr/bin/busybox", root.path().join("bin/sh")).unwrap();
+    let (_, message) = check().unwrap_err();
+    assert!(
+        message.contains("/usr/bin/busybox does not exist"),
+        "{message}"
+    );
+    fs::write(root.path().join("usr/bin/busybox"), "#!").unwrap();
+    let (_, message) = check().unwrap_err();
+    assert!(message.contains("not an executable"), "{message}");
+    fs::set_permissions(
+        root.path().join("usr/bin/busybox"),
+        fs::Permissions::from_mode(0o555),
+    )
+    .unwrap();
+    check().unwrap();
+    // A link that climbs out of the root stays in it.
+    fs::remove_file(root.path().join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("../../../../usr/bin/busybox", root.path().join("bin/sh")).unwrap();
+    check().unwrap();
 }

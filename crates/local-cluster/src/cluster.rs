@@ -237,6 +237,7 @@ impl Cluster {
             child
                 .wait_ready(&[ports.thrift, ports.http], timeout)
                 .await?;
+            announce_platform(&child.name, ports.http).await;
         }
 
         let workers_file = self.workers_file();
@@ -562,4 +563,30 @@ async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
         }
     }
     Ok(())
+}
+
+/// Logs the platform a worker offers and what its sandbox can do, from its `/health`, so that
+/// whoever starts a cluster sees which workers serve which actions.
+async fn announce_platform(name: &str, http_port: u16) {
+    let url = format!("http://{}/health", spec::local_addr(http_port));
+    let body = match reqwest::get(&url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(err) => {
+            tracing::warn!(worker = %name, error = %err, "cannot read the worker's platform");
+            return;
+        }
+    };
+    let line = |prefix: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string()
+    };
+    tracing::info!(
+        worker = %name,
+        platform = %line("platform:"),
+        sandbox = %line("sandbox:"),
+        "worker serves"
+    );
 }

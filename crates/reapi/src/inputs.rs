@@ -18,6 +18,7 @@ use scoot_proto::reapi::v2;
 
 use crate::Invalid;
 use crate::digest::{from_proto, size};
+use crate::platform::{self, Requirements};
 use crate::rules::{self, CommandLayout};
 use crate::status::missing_blobs_message;
 
@@ -64,8 +65,8 @@ pub enum InputsError<E> {
 pub struct CheckedInputs {
     pub command: v2::Command,
     pub layout: CommandLayout,
-    /// Where Scoot's `JDK_SYMLINK` platform property wants `$JAVA_HOME` linked, if it does.
-    pub jdk_symlink: Option<String>,
+    /// What the action's platform asks for.
+    pub platform: Requirements,
     pub tree: InputTree,
 }
 
@@ -107,9 +108,9 @@ pub async fn check_inputs<S: BlobSource>(
     );
     let command = command?;
     let layout = command.as_ref().map(rules::validate_command).transpose()?;
-    let jdk_symlink = match &command {
-        Some(command) => rules::jdk_symlink(action, command)?,
-        None => None,
+    let platform = match &command {
+        Some(command) => platform::parse(&platform::action_properties(action, command))?,
+        None => Requirements::default(),
     };
     let (tree, missing_directories) = walked?;
 
@@ -131,7 +132,7 @@ pub async fn check_inputs<S: BlobSource>(
         (Some(command), Some(layout)) if missing.is_empty() => Ok(CheckedInputs {
             command,
             layout,
-            jdk_symlink,
+            platform,
             tree,
         }),
         _ => Err(InputsError::Missing(missing)),
@@ -347,7 +348,7 @@ pub(crate) mod tests {
         assert_eq!(checked.tree.root, root);
         assert_eq!(checked.tree.files, vec![shared, other]);
         assert_eq!(checked.tree.directories.len(), 2);
-        assert_eq!(checked.jdk_symlink, None);
+        assert_eq!(checked.platform, Requirements::default());
         let reads = cas.reads.lock().unwrap().clone();
         // The Command and each level of the tree, the repeated leaf read once.
         assert_eq!(reads.len(), 3, "{reads:?}");

@@ -6,6 +6,8 @@
 //! * [`rules`]: what names, paths, symlinks and Commands must satisfy, as pure functions.
 //! * [`status`]: `google.rpc.Status` helpers, including the FAILED_PRECONDITION answer that lists
 //!   every missing blob.
+//! * [`platform`]: platform properties, what an action asks for and what a worker offers, and
+//!   the one matching of the two.
 //! * [`inputs`]: the one check of an action's Command and input tree, over any [`BlobSource`]
 //!   (the scheduler's own blob store in-process, a worker's CAS client level by level).
 //!
@@ -20,6 +22,7 @@
 
 pub mod digest;
 pub mod inputs;
+pub mod platform;
 pub mod rules;
 pub mod status;
 

@@ -177,30 +177,6 @@ pub fn validate_command(command: &v2::Command) -> Result<CommandLayout, Invalid>
     })
 }
 
-/// Scoot's platform property `JDK_SYMLINK=<path>`: the action wants a symlink at `<path>` in its
-/// input root to the worker's `$JAVA_HOME` (a JDK the worker has, not shipped as inputs).
-pub const JDK_SYMLINK_PROPERTY: &str = "JDK_SYMLINK";
-
-/// Where the action wants its `JDK_SYMLINK`, from the Action's platform or else the Command's.
-pub fn jdk_symlink(action: &v2::Action, command: &v2::Command) -> Result<Option<String>, Invalid> {
-    let property = [action.platform.as_ref(), command.platform.as_ref()]
-        .into_iter()
-        .flatten()
-        .flat_map(|platform| &platform.properties)
-        .find(|p| p.name == JDK_SYMLINK_PROPERTY);
-    let Some(property) = property else {
-        return Ok(None);
-    };
-    let path = validate_relative_path(&property.value)
-        .map_err(|e| Invalid(format!("platform property {JDK_SYMLINK_PROPERTY}: {}", e.0)))?;
-    if path.is_empty() {
-        return Err(Invalid(format!(
-            "platform property {JDK_SYMLINK_PROPERTY} names the input root itself"
-        )));
-    }
-    Ok(Some(path))
-}
-
 /// The blobs one Directory refers to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectoryRefs {
@@ -385,38 +361,6 @@ mod tests {
         let layout = validate_command(&modern).unwrap();
         assert_eq!(layout.outputs.len(), 1);
         assert_eq!(layout.outputs[0].kind, OutputKind::Path);
-        // Scoot's JDK_SYMLINK platform property, from the Action or the Command.
-        let with = |value: &str| v2::Platform {
-            properties: vec![v2::platform::Property {
-                name: JDK_SYMLINK_PROPERTY.into(),
-                value: value.into(),
-            }],
-        };
-        let action = v2::Action {
-            platform: Some(with("jdk")),
-            ..Default::default()
-        };
-        assert_eq!(
-            jdk_symlink(&action, &command).unwrap().as_deref(),
-            Some("jdk")
-        );
-        let in_command = v2::Command {
-            platform: Some(with("tools/jdk")),
-            ..command.clone()
-        };
-        let plain = v2::Action::default();
-        assert_eq!(
-            jdk_symlink(&plain, &in_command).unwrap().as_deref(),
-            Some("tools/jdk")
-        );
-        assert_eq!(jdk_symlink(&plain, &command).unwrap(), None);
-        for bad in ["", "/abs", "../out"] {
-            let bad_command = v2::Command {
-                platform: Some(with(bad)),
-                ..command.clone()
-            };
-            assert!(jdk_symlink(&plain, &bad_command).is_err(), "{bad:?}");
-        }
         // ...but the legacy output directories are still created before the run.
         assert_eq!(layout.tree_directories, vec!["pkg/gen".to_string()]);
 

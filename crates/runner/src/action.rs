@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use scoot_core::LogTags;
 
+use crate::execer::SandboxRequest;
 use crate::execer::identity::Identity;
 
 /// What the invoker runs for a prepared action.
@@ -27,6 +28,8 @@ pub struct ActionSpec {
     pub dir: PathBuf,
     /// Who the process runs as; `None` for the worker itself.
     pub user: Option<Identity>,
+    /// The sandbox the action asked for (its platform), if it runs in one.
+    pub sandbox: Option<SandboxRequest>,
 }
 
 /// Why an action could not be prepared or finished. The run ends FAILED with `exit_code` and

@@ -124,9 +124,9 @@ impl Invoker {
         held: &mut Resources,
         reports: &mut Reports,
     ) -> Event {
-        let (argv, env, dir, clear_env, user) = match &cmd.reapi_request {
+        let (argv, env, dir, clear_env, user, sandbox) = match &cmd.reapi_request {
             Some(request) => match self.prepare_action(request, cmd, held).await {
-                Ok(spec) => (spec.argv, spec.env, spec.dir, true, spec.user),
+                Ok(spec) => (spec.argv, spec.env, spec.dir, true, spec.user, spec.sandbox),
                 Err(failure) => {
                     let event = Event::PrepareFailed {
                         exit_code: failure.exit_code,
@@ -139,7 +139,7 @@ impl Invoker {
             None => match self.checkout(&cmd.snapshot_id).await {
                 Ok(checkout) => {
                     let dir = held.checkout.insert(checkout).path().to_path_buf();
-                    (cmd.argv.clone(), cmd.env.clone(), dir, false, None)
+                    (cmd.argv.clone(), cmd.env.clone(), dir, false, None, None)
                 }
                 Err(err) => {
                     return Event::PrepareFailed {
@@ -165,6 +165,8 @@ impl Invoker {
             clear_env,
             outputs: outputs.clone(),
             user,
+            sandbox,
+            stdin: Vec::new(),
         };
         match self.execer.start(spec).await {
             Ok(process) => held.process = Some(process),
@@ -341,6 +343,7 @@ mod tests {
                 env: BTreeMap::from([("ONLY".to_string(), "this".to_string())]),
                 dir: dir.path().to_path_buf(),
                 user: None,
+                sandbox: None,
             };
             Ok(Box::new(ShellAction { spec, _dir: dir }))
         }

@@ -83,7 +83,7 @@ fn outcome_of(process: ProcessOutcome) -> Outcome {
             error: String::new(),
         },
         // Scoot reports a memory-cap kill as a completed command that exited 1.
-        ProcessOutcome::MemoryCapExceeded { message } => Outcome::Complete {
+        ProcessOutcome::LimitExceeded { message } => Outcome::Complete {
             exit_code: 1,
             error: message,
         },
@@ -232,7 +232,7 @@ mod tests {
     fn process_outcomes_map_to_scoot_results() {
         let cases = [
             (
-                ProcessOutcome::MemoryCapExceeded {
+                ProcessOutcome::LimitExceeded {
                     message: "m".into(),
                 },
                 Outcome::Complete {

@@ -107,6 +107,7 @@ impl QueueRunner {
                         initialized: false,
                         is_healthy: true,
                         error,
+                        ..ServiceStatus::default()
                     });
                 }
             }
@@ -289,6 +290,7 @@ impl Shared {
                 initialized: true,
                 is_healthy: false,
                 error,
+                ..ServiceStatus::default()
             });
         }
     }
@@ -319,6 +321,8 @@ mod tests {
                     kill_grace: Duration::from_secs(2),
                     ..OsExecer::default()
                 },
+                sandbox: None,
+                sandbox_tasks: false,
                 sim: SimExecer,
             }),
             filer: None,

@@ -1,7 +1,9 @@
 //! The worker's HTTP endpoints.
 //!
 //! * `/health`: 200 `ok` when the worker can take work; 503 with the reason while it is booting,
-//!   unhealthy or draining (Scoot always answered 200, which left orchestrators blind).
+//!   unhealthy or draining (Scoot always answered 200, which left orchestrators blind). A
+//!   second line says what the sandbox can do on this machine, a third the platform properties
+//!   the worker offers.
 //! * `/output/`: the retained output files; `/output/<name>`: a page that tails the file;
 //!   `/output/<name>?content=true`: its raw bytes, with Range and Last-Modified support.
 //!   Unknown names are 404; outputs already removed to bound disk use are 410.
@@ -21,6 +23,10 @@ use tower_http::services::ServeFile;
 pub struct HttpState {
     pub runner: QueueRunner,
     pub outputs: Arc<OutputStore>,
+    /// What the sandbox can do here (`sandbox: host-tools, rootfs`, `sandbox: off`, or
+    /// `sandbox: unavailable: <why>`) and the platform the worker offers (`platform: ...`),
+    /// shown after the health.
+    pub sandbox: Arc<String>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -53,7 +59,7 @@ async fn health(State(state): State<HttpState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
         }
     };
-    (code, body).into_response()
+    (code, format!("{body}\n{}\n", state.sandbox)).into_response()
 }
 
 async fn list_outputs(State(state): State<HttpState>) -> Html<String> {

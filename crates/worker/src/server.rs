@@ -7,16 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use scoot_action_runner::{ActionConfig, ReapiActions};
+use scoot_core::PlatformProperty;
+use scoot_reapi::platform::{Mode, SANDBOX, UNSANDBOXED, host_facts};
 use scoot_runner::action::ActionRunner;
-use scoot_runner::execer::Dispatch;
 use scoot_runner::execer::contain::Containment;
 use scoot_runner::execer::identity::{Identity, IdentityError};
 use scoot_runner::execer::os::OsExecer;
 use scoot_runner::execer::sim::SimExecer;
+use scoot_runner::execer::{Dispatch, Execer};
 use scoot_runner::invoker::Invoker;
 use scoot_runner::output::OutputStore;
 use scoot_runner::queue::QueueRunner;
 use scoot_runner::status::StatusManager;
+use scoot_sandbox::{SandboxConfig, SandboxExecer};
 use scoot_thrift::server::ServeOptions;
 use scoot_thrift::worker::WorkerSyncProcessor;
 use tokio::net::TcpListener;
@@ -45,7 +48,13 @@ pub enum WorkerError {
     Actions(#[from] scoot_action_runner::ActionError),
     #[error("-action_user: {0}")]
     ActionUser(#[from] IdentityError),
+    #[error("-sandbox_tasks asks for a sandbox this machine cannot make: {0}")]
+    Sandbox(String),
 }
+
+/// Most processes of one sandboxed run by default: far above what builds use, far below
+/// what a fork bomb reaches.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
 
 /// Everything about a worker that is not a listener.
 #[derive(Clone, Debug)]
@@ -80,6 +89,16 @@ pub struct WorkerConfig {
     pub action_user: Option<Identity>,
     /// Limits of the Thrift port (connections, time to read a request, idle time).
     pub thrift: ServeOptions,
+    /// `-sandbox`: the modes REAPI actions run in, each sandboxed; empty (`-sandbox off`) runs
+    /// them on the host, unsandboxed. Modes this machine cannot sandbox are dropped at start.
+    pub sandbox_modes: Vec<Mode>,
+    /// `-sandbox_tasks`: run CloudScoot tasks in a host-tools sandbox too (Scoot ran them on
+    /// the host).
+    pub sandbox_tasks: bool,
+    /// `-sandbox_pids_max`: most processes a sandboxed run may have.
+    pub sandbox_pids_max: Option<u64>,
+    /// `-platform`: properties the operator gives this worker besides its own facts.
+    pub platform_extra: Vec<PlatformProperty>,
 }
 
 impl Default for WorkerConfig {
@@ -98,6 +117,10 @@ impl Default for WorkerConfig {
             cas_cache_bytes: 4 << 30,
             action_user: None,
             thrift: ServeOptions::default(),
+            sandbox_modes: Mode::ALL.to_vec(),
+            sandbox_tasks: false,
+            sandbox_pids_max: Some(DEFAULT_PIDS_MAX),
+            platform_extra: Vec::new(),
         }
     }
 }
@@ -156,19 +179,45 @@ pub async fn run(
         GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
             .map_err(WorkerError::Bundlestore)?,
     );
-    let mut _owned_action_dir = None;
+    // Named after the Thrift address, which stays the same when a worker restarts, and differs
+    // between the workers of a host; tasks a previous incarnation left are killed here.
+    let containment = Arc::new(Containment::new(&containment_name(
+        thrift.local_addr().map_err(WorkerError::Listener)?,
+    )));
+    let os = OsExecer {
+        memory_cap: config.memory_cap,
+        pids_max: None,
+        kill_grace: config.kill_grace,
+        containment,
+    };
+    let (action_dir, _owned_action_dir) =
+        dir_or_temp(config.action_dir.as_deref(), "scoot-worker-actions")
+            .map_err(WorkerError::ActionDir)?;
+    if _owned_action_dir.is_some() {
+        // A temporary directory is private to its owner; actions run as someone else must
+        // pass through it to their input roots.
+        std::fs::set_permissions(&action_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(WorkerError::ActionDir)?;
+    }
+    let user = Identity::for_actions(config.action_user)?;
+    let sandbox = Sandbox::start(&config, &os, &action_dir, outputs.dir(), user).await?;
+    let mut platform = host_facts();
+    match &sandbox.modes {
+        None => platform.push(PlatformProperty::new(SANDBOX, UNSANDBOXED)),
+        Some(modes) => platform.extend(
+            modes
+                .iter()
+                .map(|mode| PlatformProperty::new(SANDBOX, mode.name())),
+        ),
+    }
+    platform.extend(config.platform_extra.iter().cloned());
+    tracing::info!(
+        platform = %platform.iter().map(PlatformProperty::to_string).collect::<Vec<_>>().join(", "),
+        "platform properties offered"
+    );
     let actions: Option<Arc<dyn ActionRunner>> = match &config.cas_addr {
         Some(cas_addr) => {
-            let (dir, owned) = dir_or_temp(config.action_dir.as_deref(), "scoot-worker-actions")
-                .map_err(WorkerError::ActionDir)?;
-            let user = Identity::for_actions(config.action_user)?;
-            if let Some(temp) = &owned {
-                // A temporary directory is private to its owner; actions run as someone else
-                // must pass through it to their input roots.
-                std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
-                    .map_err(WorkerError::ActionDir)?;
-            }
-            _owned_action_dir = owned;
+            let dir = action_dir.clone();
             let actions = ReapiActions::open(ActionConfig {
                 cas_addr: cas_addr.clone(),
                 work_dir: dir.join("work"),
@@ -176,25 +225,19 @@ pub async fn run(
                 cache_max_bytes: config.cas_cache_bytes,
                 worker_name: http_addr.clone(),
                 user,
+                platform: platform.clone(),
             })
             .await?;
             Some(Arc::new(actions))
         }
         None => None,
     };
-    // Named after the Thrift address, which stays the same when a worker restarts, and differs
-    // between the workers of a host; tasks a previous incarnation left are killed here.
-    let containment = Arc::new(Containment::new(&containment_name(
-        thrift.local_addr().map_err(WorkerError::Listener)?,
-    )));
     let invoker = Invoker {
         execer: Arc::new(Dispatch {
-            os: OsExecer {
-                memory_cap: config.memory_cap,
-                kill_grace: config.kill_grace,
-                containment,
-            },
+            os,
             sim: SimExecer,
+            sandbox_tasks: config.sandbox_tasks && sandbox.execer.is_some(),
+            sandbox: sandbox.execer.clone(),
         }),
         filer: Some(filer.clone()),
         actions,
@@ -212,10 +255,10 @@ pub async fn run(
     );
 
     let stop = CancellationToken::new();
-    let processor = Arc::new(WorkerSyncProcessor::new(WorkerHandler::new(
-        runner.clone(),
-        tokio::runtime::Handle::current(),
-    )));
+    let processor = Arc::new(WorkerSyncProcessor::new(
+        WorkerHandler::new(runner.clone(), tokio::runtime::Handle::current())
+            .with_platform(platform.clone()),
+    ));
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
         processor,
@@ -225,6 +268,15 @@ pub async fn run(
     let app = router(HttpState {
         runner: runner.clone(),
         outputs,
+        sandbox: Arc::new(format!(
+            "{}\nplatform: {}",
+            sandbox.describe(),
+            platform
+                .iter()
+                .map(PlatformProperty::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     });
     let http_server = tokio::spawn(
         axum::serve(http, app)
@@ -245,4 +297,101 @@ pub async fn run(
         .map_err(WorkerError::Http)?;
     tracing::info!("workerserver stopped");
     Ok(())
+}
+
+/// The worker's sandbox, as far as this machine allows.
+struct Sandbox {
+    /// The modes actions are sandboxed in; `None` when they run unsandboxed by choice.
+    modes: Option<Vec<Mode>>,
+    execer: Option<Arc<dyn Execer>>,
+    /// Why the sandbox cannot be used here, when it was asked for.
+    unavailable: Option<String>,
+}
+
+impl Sandbox {
+    /// Sets up the sandbox engine unless the operator turned it off, and probes it: a machine
+    /// that cannot make sandboxes (no user namespaces, an old kernel) says so and serves no
+    /// sandboxed mode, rather than running actions unconfined.
+    async fn start(
+        config: &WorkerConfig,
+        os: &OsExecer,
+        action_dir: &Path,
+        output_dir: &Path,
+        user: Option<Identity>,
+    ) -> Result<Sandbox, WorkerError> {
+        if config.sandbox_modes.is_empty() && !config.sandbox_tasks {
+            tracing::info!("sandbox off: actions run on the host, unsandboxed");
+            return Ok(Sandbox {
+                modes: None,
+                execer: None,
+                unavailable: None,
+            });
+        }
+        let report_dir = action_dir.join("launch-reports");
+        let probe_dir = action_dir.join("sandbox-probe");
+        for dir in [&report_dir, &probe_dir] {
+            std::fs::create_dir_all(dir).map_err(WorkerError::ActionDir)?;
+        }
+        let launcher = std::env::current_exe().map_err(WorkerError::ActionDir)?;
+        let execer = SandboxExecer::new(
+            SandboxConfig {
+                launcher,
+                hidden: vec![action_dir.to_path_buf(), output_dir.to_path_buf()],
+                pids_max: config.sandbox_pids_max,
+                report_dir,
+            },
+            os.clone(),
+        );
+        if let Some(user) = user {
+            std::os::unix::fs::chown(&probe_dir, Some(user.uid), Some(user.gid))
+                .map_err(WorkerError::ActionDir)?;
+        }
+        let probed = scoot_sandbox::probe(&execer, &probe_dir, user).await;
+        let _ = std::fs::remove_dir_all(&probe_dir);
+        match probed {
+            Ok(()) => {
+                tracing::info!(
+                    modes = %config.sandbox_modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+                    tasks = config.sandbox_tasks,
+                    "actions run sandboxed"
+                );
+                Ok(Sandbox {
+                    modes: (!config.sandbox_modes.is_empty()).then(|| config.sandbox_modes.clone()),
+                    execer: Some(Arc::new(execer)),
+                    unavailable: None,
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "this machine cannot sandbox processes: sandboxed actions (and tasks, with \
+                     -sandbox_tasks) are refused; -sandbox off runs actions unsandboxed"
+                );
+                if config.sandbox_tasks {
+                    return Err(WorkerError::Sandbox(reason));
+                }
+                Ok(Sandbox {
+                    modes: Some(Vec::new()),
+                    execer: None,
+                    unavailable: Some(reason),
+                })
+            }
+        }
+    }
+
+    /// The line `/health` shows.
+    fn describe(&self) -> String {
+        match (&self.modes, &self.unavailable) {
+            (_, Some(reason)) => format!("sandbox: unavailable: {reason}"),
+            (None, None) => "sandbox: off".to_string(),
+            (Some(modes), None) => format!(
+                "sandbox: {}",
+                modes
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }

@@ -269,6 +269,7 @@ mod tests {
         );
         let execer = OsExecer {
             memory_cap: None,
+            pids_max: None,
             kill_grace: Duration::from_secs(2),
             containment: Arc::new(containment),
         };
@@ -284,6 +285,8 @@ mod tests {
             dir: dir.path().to_path_buf(),
             outputs,
             user: None,
+            sandbox: None,
+            stdin: Vec::new(),
         };
         let mut process = execer.start(spec).await.unwrap();
         assert_eq!(process.wait().await, ProcessOutcome::Exited(0));

@@ -32,6 +32,34 @@ pub struct ExecSpec {
     pub outputs: Arc<RunOutputs>,
     /// Run as this user and group instead of the worker's own (see [`identity`]).
     pub user: Option<identity::Identity>,
+    /// Run confined in a sandbox, as asked; only an engine with a sandbox runs such a spec.
+    pub sandbox: Option<SandboxRequest>,
+    /// Written to the process's standard input, which is then closed (empty by default).
+    pub stdin: Vec<u8>,
+}
+
+/// How a sandboxed process sees the filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxLayout {
+    /// The host's filesystem read-only, `root` (the exec root) writable at its own path.
+    HostTools,
+    /// `root` is the process's `/`.
+    Rootfs,
+}
+
+/// What a run asks of its sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRequest {
+    pub layout: SandboxLayout,
+    /// The exec root (host-tools) or the directory that becomes `/` (rootfs); the spec's `dir`
+    /// is inside it.
+    pub root: PathBuf,
+    /// Keep the host's network; otherwise only a loopback of its own.
+    pub network: bool,
+    /// The user and group the process has inside; by default the run's own (host-tools) or
+    /// root (rootfs). Either way they are the run's user outside.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// How a process ended.
@@ -42,7 +70,7 @@ pub enum ProcessOutcome {
     /// It was stopped by [`Process::kill`].
     Killed,
     /// It was stopped because its processes used more memory than the cap.
-    MemoryCapExceeded { message: String },
+    LimitExceeded { message: String },
     /// It used more memory than the cap as soon as it started; the machine is suspect.
     HighInitialMemory { message: String },
     /// Watching it failed.
@@ -67,19 +95,39 @@ pub trait Process: Send {
     async fn kill(&mut self) -> ProcessOutcome;
 }
 
-/// Sends `#! sim execer` commands to the simulator and everything else to the OS engine.
+/// Sends `#! sim execer` commands to the simulator, sandboxed runs to the sandbox engine and
+/// everything else to the OS engine.
 pub struct Dispatch {
     pub os: os::OsExecer,
     pub sim: sim::SimExecer,
+    /// Runs specs that ask for a sandbox; without one they are refused.
+    pub sandbox: Option<Arc<dyn Execer>>,
+    /// Run Scoot tasks (which do not ask) in a host-tools sandbox too.
+    pub sandbox_tasks: bool,
 }
 
 #[async_trait]
 impl Execer for Dispatch {
-    async fn start(&self, spec: ExecSpec) -> Result<Box<dyn Process>, ExecError> {
+    async fn start(&self, mut spec: ExecSpec) -> Result<Box<dyn Process>, ExecError> {
         if sim::is_sim(&spec.argv) {
-            self.sim.start(spec).await
-        } else {
-            self.os.start(spec).await
+            return self.sim.start(spec).await;
+        }
+        if self.sandbox_tasks && spec.sandbox.is_none() {
+            spec.sandbox = Some(SandboxRequest {
+                layout: SandboxLayout::HostTools,
+                root: spec.dir.clone(),
+                network: false,
+                uid: None,
+                gid: None,
+            });
+        }
+        match (&spec.sandbox, &self.sandbox) {
+            (None, _) => self.os.start(spec).await,
+            (Some(_), Some(sandbox)) => sandbox.start(spec).await,
+            (Some(request), None) => Err(ExecError(format!(
+                "this worker has no sandbox, so it cannot run a {:?} sandboxed process",
+                request.layout
+            ))),
         }
     }
 }

@@ -31,6 +31,8 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct OsExecer {
     /// Kill a task whose processes use more than this many bytes of resident memory.
     pub memory_cap: Option<u64>,
+    /// Stop a task once it has this many processes (sampled with the memory).
+    pub pids_max: Option<u64>,
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     pub kill_grace: Duration,
     /// How every process of a task is found.
@@ -44,6 +46,7 @@ impl Default for OsExecer {
         let engine = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         OsExecer {
             memory_cap: None,
+            pids_max: None,
             kill_grace: Duration::from_secs(10),
             containment: Arc::new(Containment::new(&format!(
                 "scoot-runner-{}-{engine}",
@@ -82,7 +85,11 @@ impl Execer for OsExecer {
             .args(&spec.argv[1..])
             .envs(&spec.env)
             .current_dir(&spec.dir)
-            .stdin(std::process::Stdio::null())
+            .stdin(if spec.stdin.is_empty() {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::piped()
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
@@ -98,6 +105,16 @@ impl Execer for OsExecer {
                 ))),
             }
         })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let input = spec.stdin;
+            // Dropping the pipe at the end closes it: the process reads to the end, then EOF.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Err(err) = stdin.write_all(&input).await {
+                    tracing::debug!(error = %err, "the task did not read all its standard input");
+                }
+            });
+        }
         let pumps = vec![
             pump(
                 child.stdout.take(),
@@ -115,7 +132,7 @@ impl Execer for OsExecer {
             scope: Arc::new(scope),
             pumps,
             outputs: spec.outputs,
-            memory: self.memory_cap.map(MemoryWatch::new),
+            memory: LimitWatch::new(self.memory_cap, self.pids_max),
             kill_grace: self.kill_grace,
             early_outcome: None,
         };
@@ -144,22 +161,28 @@ where
     })
 }
 
-struct MemoryWatch {
+struct LimitWatch {
+    /// The memory cap (`u64::MAX` for none).
     cap: u64,
+    pids_max: Option<u64>,
     ticker: tokio::time::Interval,
     /// Highest fraction of the cap already reported, in percent.
     reported_percent: u64,
 }
 
-impl MemoryWatch {
-    fn new(cap: u64) -> MemoryWatch {
+impl LimitWatch {
+    fn new(memory_cap: Option<u64>, pids_max: Option<u64>) -> Option<LimitWatch> {
+        if memory_cap.is_none() && pids_max.is_none() {
+            return None;
+        }
         let mut ticker = tokio::time::interval(MEMORY_SAMPLE_PERIOD);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        MemoryWatch {
-            cap: cap.max(1),
+        Some(LimitWatch {
+            cap: memory_cap.unwrap_or(u64::MAX).max(1),
+            pids_max,
             ticker,
             reported_percent: 0,
-        }
+        })
     }
 }
 
@@ -168,7 +191,7 @@ struct OsProcess {
     scope: Arc<RunScope>,
     pumps: Vec<JoinHandle<()>>,
     outputs: std::sync::Arc<RunOutputs>,
-    memory: Option<MemoryWatch>,
+    memory: Option<LimitWatch>,
     kill_grace: Duration,
     /// Set when the process was stopped before anyone waited on it.
     early_outcome: Option<ProcessOutcome>,
@@ -215,10 +238,19 @@ impl OsProcess {
         }
     }
 
-    /// Samples memory once; returns an outcome if the cap was exceeded.
+    /// Samples memory and processes once; returns an outcome if a limit was reached.
     async fn sample_memory(&mut self) -> Option<ProcessOutcome> {
         let memory = self.memory.as_mut()?;
         let members = self.scope.members();
+        if let Some(max) = memory.pids_max
+            && members.len() as u64 >= max
+        {
+            let message = format!("the task reached its limit of {max} processes and was stopped");
+            self.outputs
+                .write_stderr(format!("\n{message}\n{}", listing(&members)).as_bytes());
+            self.kill_group_now().await;
+            return Some(ProcessOutcome::LimitExceeded { message });
+        }
         let used = rss_bytes(&members);
         let percent = used.saturating_mul(100) / memory.cap;
         if let Some(threshold) = [50u64, 75, 90]
@@ -243,7 +275,7 @@ impl OsProcess {
         self.outputs
             .write_stderr(format!("\n{message}\n{}", listing(&members)).as_bytes());
         self.kill_group_now().await;
-        Some(ProcessOutcome::MemoryCapExceeded { message })
+        Some(ProcessOutcome::LimitExceeded { message })
     }
 }
 
