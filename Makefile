@@ -21,6 +21,7 @@ build:
 test-deps:
 	scripts/ensure-test-deps.sh
 	scripts/ensure-bazel.sh
+	scripts/ensure-bst.sh >/dev/null
 
 test: test-deps thrift-check
 	$(CARGO) test --workspace --all-targets
@@ -51,6 +52,7 @@ bench: test-deps
 	$(CARGO) bench --bench scheduling
 	$(CARGO) bench --bench throughput
 	$(CARGO) bench --bench bazel
+	$(CARGO) bench --bench sandbox
 	# Last: its gigabyte of fsynced uploads leaves the disk busy writing back for a while,
 	# which would slow the saga log of the benchmarks above.
 	$(CARGO) bench --bench cas

@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod bazel;
+mod buildstream;
 mod bzutil;
 mod cluster;
 mod reapi;
+mod sandbox;
 mod scheduler;
 mod scootcl;
 mod snapshots;

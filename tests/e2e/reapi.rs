@@ -2,7 +2,7 @@
 //! by a tonic client the way Bazel drives them (upload, Execute, read the stream, fetch outputs).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::sys::signal::{Signal, killpg};
@@ -762,7 +762,17 @@ fn a_timed_out_action_leaves_no_setsid_process_behind() {
     use crate::task_processes::{Reaper, read_pid};
     use std::os::unix::fs::PermissionsExt;
 
-    let cluster = Cluster::start(1);
+    // Unsandboxed, so the action can tell the test its sleeper's pid through the host's /tmp
+    // (a sandboxed run's end kills its whole pid namespace: sandbox::no_process_of_...).
+    let mut cluster = Cluster::start(0);
+    let worker = Worker::start(&[
+        "-cas_addr",
+        &format!("127.0.0.1:{}", cluster.scheduler.grpc_port),
+        "-sandbox",
+        "off",
+    ]);
+    write_workers(&cluster.scheduler.workers_file, &[&worker]);
+    cluster.workers.push(worker);
     let scratch = tempfile::tempdir().unwrap();
     // Actions may run as an unprivileged user.
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -940,4 +950,158 @@ fn an_apiserver_restarted_on_rotted_blobs_answers_data_loss_and_takes_them_again
         let read: Vec<Bytes> = read.into_iter().map(|(_, data)| data).collect();
         assert_eq!(read, blobs);
     });
+}
+
+/// A Command run by busybox's `sh` from `PATH`, asking for `platform`.
+fn platform_command(script: &str, outputs: &[&str], platform: &[(&str, &str)]) -> v2::Command {
+    let mut properties: Vec<v2::platform::Property> = platform
+        .iter()
+        .map(|(name, value)| v2::platform::Property {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect();
+    properties.sort_by(|a, b| a.name.cmp(&b.name));
+    v2::Command {
+        arguments: vec!["sh".into(), "-c".into(), script.into()],
+        environment_variables: vec![v2::command::EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/bin".into(),
+        }],
+        output_paths: outputs.iter().map(|s| s.to_string()).collect(),
+        platform: Some(v2::Platform { properties }),
+        ..Default::default()
+    }
+}
+
+/// A sysroot of Debian's busybox-static: `bin/busybox` and `bin/sh` linking to it.
+fn busybox_sysroot(blobs: &mut Vec<(Digest, Bytes)>) -> v2::Directory {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("busybox is needed (Debian's busybox-static; make test-deps installs it)");
+    let data = Bytes::from(busybox);
+    let digest = digest_of(&data);
+    blobs.push((digest.clone(), data));
+    let bin = v2::Directory {
+        files: vec![v2::FileNode {
+            name: "busybox".into(),
+            digest: Some(to_proto(&digest)),
+            is_executable: true,
+            ..Default::default()
+        }],
+        symlinks: vec![v2::SymlinkNode {
+            name: "sh".into(),
+            target: "busybox".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (bin_digest, bin_bytes) = encode(&bin);
+    blobs.push((bin_digest.clone(), bin_bytes));
+    v2::Directory {
+        directories: vec![v2::DirectoryNode {
+            name: "bin".into(),
+            digest: Some(to_proto(&bin_digest)),
+        }],
+        ..Default::default()
+    }
+}
+
+impl Cluster {
+    /// Uploads `command` over the input root `root` (with `blobs`) and its Action.
+    fn action_on(
+        &self,
+        mut blobs: Vec<(Digest, Bytes)>,
+        root: &v2::Directory,
+        command: &v2::Command,
+    ) -> Digest {
+        let (root_digest, root_bytes) = encode(root);
+        blobs.push((root_digest.clone(), root_bytes));
+        let (command_digest, command_bytes) = encode(command);
+        blobs.push((command_digest.clone(), command_bytes));
+        let (action_digest, action_bytes) = encode(&v2::Action {
+            command_digest: Some(to_proto(&command_digest)),
+            input_root_digest: Some(to_proto(&root_digest)),
+            ..Default::default()
+        });
+        blobs.push((action_digest.clone(), action_bytes));
+        self.upload(blobs);
+        action_digest
+    }
+}
+
+#[test]
+fn a_rootfs_action_on_a_busybox_sysroot_writes_its_output_at_an_absolute_path() {
+    let cluster = Cluster::start(1);
+    let mut blobs = Vec::new();
+    let root = busybox_sysroot(&mut blobs);
+    let command = platform_command(
+        "mkdir -p /out && echo hello > /out/hello.txt && id -u && \
+         if [ -e /etc/os-release ]; then echo host; else echo own root; fi",
+        &["out/hello.txt"],
+        &[("OSFamily", "linux"), ("ISA", "x86-64")],
+    );
+    let action = cluster.action_on(blobs, &root, &command);
+    let result = response_of_last(&cluster.execute(&action, false));
+    assert_eq!(result.exit_code, 0, "{result:?}");
+    assert_eq!(
+        cluster.read(result.stdout_digest.as_ref().unwrap()),
+        "0\nown root\n"
+    );
+    let [file] = result.output_files.as_slice() else {
+        panic!("{result:?}");
+    };
+    assert_eq!(file.path, "out/hello.txt");
+    assert_eq!(cluster.read(file.digest.as_ref().unwrap()), "hello\n");
+}
+
+#[test]
+fn an_action_no_worker_can_run_fails_at_once_naming_the_property() {
+    let cluster = Cluster::start(1);
+    let mut blobs = Vec::new();
+    let root = busybox_sysroot(&mut blobs);
+    let command = platform_command("true", &[], &[("OSFamily", "linux"), ("ISA", "sparc")]);
+    let action = cluster.action_on(blobs, &root, &command);
+    let started = Instant::now();
+    let ops = cluster.execute(&action, false);
+    let response = response_of(ops.last().unwrap());
+    assert_eq!(status_code(&response), tonic::Code::FailedPrecondition);
+    let message = &response.status.as_ref().unwrap().message;
+    assert!(message.contains("ISA=sparc"), "{message}");
+    // Refused before queueing: no run, and nothing like a timeout waited for.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        ops.iter()
+            .all(|op| stage(op) != v2::execution_stage::Value::Executing)
+    );
+}
+
+#[test]
+fn malformed_platforms_and_rootfs_without_a_shell_are_refused_with_nothing_run() {
+    let cluster = Cluster::start(1);
+    for (name, value) in [("unixUID", "root"), ("network", "maybe"), ("sandbox", "vm")] {
+        let command = platform_command("true", &[], &[("OSFamily", "linux"), (name, value)]);
+        let mut blobs = Vec::new();
+        let root = busybox_sysroot(&mut blobs);
+        let action = cluster.action_on(blobs, &root, &command);
+        let err = cluster.execute_stream(&action, false).err().unwrap();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{name}={value}: {err}"
+        );
+        assert!(err.message().contains(name), "{err}");
+    }
+    // An empty input root as a rootfs: the worker refuses it before running anything.
+    let command = platform_command("echo ran", &[], &[("OSFamily", "linux")]);
+    let action = cluster.action_on(Vec::new(), &v2::Directory::default(), &command);
+    let response = response_of(cluster.execute(&action, false).last().unwrap());
+    assert_eq!(status_code(&response), tonic::Code::FailedPrecondition);
+    let message = &response.status.as_ref().unwrap().message;
+    assert!(message.contains("/bin/sh"), "{message}");
 }

@@ -965,7 +965,7 @@ fn a_rootfs_needs_an_executable_bin_sh_resolved_inside_it() {
     let check = || crate::inputs::check_shell(root.path()).map_err(|f| (f.code, f.message));
     let (code, message) = check().unwrap_err();
     assert_eq!(code, tonic::Code::FailedPrecondition);
-    assert!(message.contains("/bin/sh does not exist"), "{message}");
+    assert!(message.contains("/bin does not exist"), "{message}");
     fs::create_dir_all(root.path().join("bin")).unwrap();
     fs::create_dir_all(root.path().join("usr/bin")).unwrap();
     // An absolute link resolves inside the root, not on the worker's host.

@@ -237,7 +237,8 @@ impl Cluster {
             child
                 .wait_ready(&[ports.thrift, ports.http], timeout)
                 .await?;
-            announce_platform(&child.name, ports.http).await;
+            // In the background: the start waits for no worker's answer.
+            tokio::spawn(announce_platform(child.name.clone(), ports.http));
         }
 
         let workers_file = self.workers_file();
@@ -567,11 +568,16 @@ async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
 
 /// Logs the platform a worker offers and what its sandbox can do, from its `/health`, so that
 /// whoever starts a cluster sees which workers serve which actions.
-async fn announce_platform(name: &str, http_port: u16) {
+async fn announce_platform(name: String, http_port: u16) {
     let url = format!("http://{}/health", spec::local_addr(http_port));
-    let body = match reqwest::get(&url).await {
-        Ok(response) => response.text().await.unwrap_or_default(),
-        Err(err) => {
+    let asked = async { reqwest::get(&url).await?.text().await };
+    let body = match tokio::time::timeout(Duration::from_secs(10), asked).await {
+        Ok(Ok(body)) => body,
+        Err(_) => {
+            tracing::warn!(worker = %name, "the worker did not say its platform within 10 s");
+            return;
+        }
+        Ok(Err(err)) => {
             tracing::warn!(worker = %name, error = %err, "cannot read the worker's platform");
             return;
         }

@@ -14,7 +14,7 @@ use scoot_runner::execer::{
 };
 use scoot_runner::output::{OutputStore, RunOutputs};
 
-use crate::spec::{Filesystem, LAUNCHER_ARG, LaunchSpec};
+use crate::spec::{Filesystem, LAUNCHER_ARG, LaunchSpec, SANDBOX_HOSTNAME};
 
 /// How a worker's sandbox is set up.
 #[derive(Clone, Debug)]
@@ -178,7 +178,7 @@ impl Process for SandboxedProcess {
     }
 }
 
-/// Runs `true` from the host in a host-tools sandbox as `user` (in `scratch`, which they
+/// Runs a command from the host in a host-tools sandbox as `user` (in `scratch`, which they
 /// own), to learn at start whether this machine can make sandboxes (namespaces,
 /// `mount_setattr`); the error says why not.
 pub async fn probe(
@@ -197,7 +197,8 @@ pub async fn probe(
             .map_err(|e| format!("probe output files: {e}"))?,
     );
     let spec = ExecSpec {
-        argv: vec!["true".into()],
+        // Prints what only a sandbox has, so a launcher that does not build one cannot pass.
+        argv: vec!["cat".into(), "/proc/sys/kernel/hostname".into()],
         env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
         clear_env: true,
         dir: scratch.to_path_buf(),
@@ -214,16 +215,23 @@ pub async fn probe(
     };
     let mut process = execer.start(spec).await.map_err(|e| e.0)?;
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), process.wait()).await;
+    let stdout = std::fs::read_to_string(&outputs.stdout_path).unwrap_or_default();
     match outcome {
-        Ok(ProcessOutcome::Exited(0)) => Ok(()),
+        Ok(ProcessOutcome::Exited(0)) if stdout.trim() == SANDBOX_HOSTNAME => Ok(()),
+        Ok(ProcessOutcome::Exited(0)) => Err(format!(
+            "{} did not act as the sandbox launcher (a sandboxed process saw the host name \
+             {:?})",
+            execer.config.launcher.display(),
+            stdout.trim()
+        )),
         Ok(ProcessOutcome::Failed { message }) => Err(message),
         Ok(other) => Err(format!(
-            "a sandboxed `true` ended with {other:?}: {}",
+            "a sandboxed probe ended with {other:?}: {}",
             std::fs::read_to_string(&outputs.stderr_path).unwrap_or_default()
         )),
         Err(_) => {
             process.kill().await;
-            Err("a sandboxed `true` did not end within 30 s".into())
+            Err("a sandboxed probe did not end within 30 s".into())
         }
     }
 }

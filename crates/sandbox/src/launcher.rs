@@ -33,7 +33,7 @@ use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use crate::spec::{Filesystem, LAUNCHER_ARG, LaunchSpec};
+use crate::spec::{Filesystem, LAUNCHER_ARG, LaunchSpec, SANDBOX_HOSTNAME};
 
 /// The largest spec the launcher reads (argv and environment included).
 const MAX_SPEC_BYTES: u64 = 64 << 20;
@@ -247,7 +247,7 @@ fn set_up(spec: &LaunchSpec) -> Result<(), String> {
     // in the namespace through this change.
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setting the user: {e}"))?;
     build_filesystem(spec)?;
-    nix::unistd::sethostname("scoot-sandbox").map_err(|e| format!("hostname: {e}"))?;
+    nix::unistd::sethostname(SANDBOX_HOSTNAME).map_err(|e| format!("hostname: {e}"))?;
     if !spec.network {
         loopback_up()?;
     }

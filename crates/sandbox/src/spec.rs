@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 /// The first argument that makes a binary act as the launcher (see [`crate::launcher`]).
 pub const LAUNCHER_ARG: &str = "__scoot-sandbox-launch";
 
+/// The host name inside every sandbox.
+pub const SANDBOX_HOSTNAME: &str = "scoot-sandbox";
+
 /// The filesystem a sandboxed process sees.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Filesystem {
