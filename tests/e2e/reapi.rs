@@ -119,22 +119,11 @@ impl Cluster {
     /// regular helper cannot express); returns the Action's digest.
     fn raw_action(
         &self,
-        mut blobs: Vec<(Digest, Bytes)>,
+        blobs: Vec<(Digest, Bytes)>,
         root: &v2::Directory,
         script: &str,
     ) -> Digest {
-        let (root_digest, root_bytes) = encode(root);
-        blobs.push((root_digest.clone(), root_bytes));
-        let (command_digest, command_bytes) = encode(&command(script, &[], &[]));
-        blobs.push((command_digest.clone(), command_bytes));
-        let (action_digest, action_bytes) = encode(&v2::Action {
-            command_digest: Some(to_proto(&command_digest)),
-            input_root_digest: Some(to_proto(&root_digest)),
-            ..Default::default()
-        });
-        blobs.push((action_digest.clone(), action_bytes));
-        self.upload(blobs);
-        action_digest
+        self.action_on(blobs, root, &command(script, &[], &[]))
     }
 
     fn execute_stream(

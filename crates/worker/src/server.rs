@@ -385,7 +385,8 @@ impl Sandbox {
             (_, Some(reason)) => format!("sandbox: unavailable: {reason}"),
             (None, None) => "sandbox: off".to_string(),
             (Some(modes), None) => format!(
-                "sandbox: {}",
+                "sandbox: {}; limits: processes by RLIMIT_NPROC in the sandbox and sampling, \
+                 memory by sampling RSS (cgroup v2 controllers are not used)",
                 modes
                     .iter()
                     .map(|m| m.name())
