@@ -271,15 +271,8 @@ async fn no_process_of_a_sandboxed_run_outlives_it() {
         )
         .await;
     assert_eq!(outcome, ProcessOutcome::Exited(0), "{stderr}");
-    let left = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .any(|c| String::from_utf8_lossy(&c).contains(&format!("sleep\0{marker}")))
-    };
     crate::support::poll("the sandbox's processes to be gone", || {
-        (!left()).then_some(())
+        (!sleeper_left(marker)).then_some(())
     });
 }
 
@@ -359,4 +352,85 @@ async fn a_sandbox_that_cannot_be_built_fails_the_run_with_the_reason() {
         other => panic!("{other:?}"),
     }
     assert_eq!(stdout, "", "the program ran");
+}
+
+/// Whether a process whose command line has `sleep <marker>` exists on the host.
+fn sleeper_left(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(&format!("sleep\0{marker}")))
+}
+
+#[tokio::test]
+async fn an_aborted_sandboxed_run_takes_all_its_processes_with_it() {
+    let host = Host::new();
+    let dir = host.run_dir("action-abort");
+    let engine = host.engine(os(), None);
+    let marker = "318.5";
+    let outputs = Arc::new(
+        host.store
+            .create(
+                &RunId::from("abort"),
+                &Command {
+                    reapi_request: Some(Vec::new()),
+                    ..Command::default()
+                },
+            )
+            .unwrap(),
+    );
+    let spec = ExecSpec {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("setsid sleep {marker} & echo started; sleep {marker}"),
+        ],
+        env: BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
+        clear_env: true,
+        dir: dir.clone(),
+        outputs: outputs.clone(),
+        user: Some(NOBODY),
+        sandbox: Some(host_tools(&dir)),
+        stdin: Vec::new(),
+    };
+    let mut process = engine.start(spec).await.unwrap();
+    // Polled without blocking the runtime, which feeds the launcher its spec and copies output.
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    loop {
+        let stdout = std::fs::read_to_string(&outputs.stdout_path).unwrap_or_default();
+        if stdout.contains("started") && sleeper_left(marker) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not start its sleepers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(process.kill().await, ProcessOutcome::Killed);
+    crate::support::poll("the sandbox's processes to be gone", || {
+        (!sleeper_left(marker)).then_some(())
+    });
+}
+
+#[tokio::test]
+async fn the_ids_an_action_asks_for_are_its_ids_inside() {
+    let host = Host::new();
+    let dir = host.run_dir("action-ids");
+    let engine = host.engine(os(), None);
+    let request = SandboxRequest {
+        uid: Some(1234),
+        gid: Some(4321),
+        ..host_tools(&dir)
+    };
+    let (outcome, stdout, stderr) = host
+        .run(&engine, request, &dir, "echo $(id -u):$(id -g); touch mine")
+        .await;
+    assert_eq!(outcome, ProcessOutcome::Exited(0), "{stderr}");
+    assert_eq!(stdout, "1234:4321\n");
+    // Outside, what it wrote belongs to the run's user.
+    let meta = std::fs::metadata(dir.join("mine")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (NOBODY.uid, NOBODY.gid));
 }

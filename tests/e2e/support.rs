@@ -686,6 +686,11 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub fn start(offset: u16) -> LocalCluster {
+        LocalCluster::start_with(offset, &[])
+    }
+
+    /// A cluster started with more `setup-cloud-scoot` flags.
+    pub fn start_with(offset: u16, flags: &[&str]) -> LocalCluster {
         let home = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setup-cloud-scoot"));
         cmd.current_dir(home.path())
@@ -693,6 +698,7 @@ impl LocalCluster {
             .env_remove("SCOOT_ID")
             .args(["--strategy", "local.local", "--port_offset"])
             .arg(offset.to_string())
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log_file(&format!("setup-cloud-scoot-{offset}")));
         let mut proc = Proc::spawn("setup-cloud-scoot", cmd);

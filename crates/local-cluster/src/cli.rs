@@ -55,6 +55,10 @@ pub struct Cli {
     /// Added to every port, so that several clusters can run on one machine.
     #[arg(long = "port_offset", default_value_t = 0)]
     pub port_offset: u16,
+    /// Passed to every workerserver as `-sandbox`: the modes REAPI actions run in
+    /// (host-tools, rootfs, both) or `off`; the workers' default (both) when not given.
+    #[arg(long = "worker_sandbox")]
+    pub worker_sandbox: Option<String>,
     /// Keep the logs (and the rest of the state directory) after teardown.
     #[arg(long = "keep_logs")]
     pub keep_logs: bool,
@@ -166,6 +170,7 @@ pub async fn run(
         log_level: cli.log_level.clone(),
         port_offset: cli.port_offset,
         keep_logs: cli.keep_logs,
+        worker_sandbox: cli.worker_sandbox.clone(),
         ..ClusterSpec::new(bin_dir)
     };
 

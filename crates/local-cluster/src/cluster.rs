@@ -209,6 +209,9 @@ impl Cluster {
                 "-kill_grace".into(),
                 "1s".into(),
             ];
+            if let Some(sandbox) = &self.spec.worker_sandbox {
+                args.extend(["-sandbox".into(), sandbox.clone()]);
+            }
             if !bundlestores.is_empty() {
                 args.push("-bundlestore".into());
                 args.push(bundlestores[i % bundlestores.len()].clone());

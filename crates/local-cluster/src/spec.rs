@@ -70,6 +70,9 @@ pub struct ClusterSpec {
     /// Passed to workers as `-drain_grace`: how long a running task may go on after SIGTERM
     /// before the worker aborts it. Keep it well under `stop_grace`.
     pub worker_drain_grace: Duration,
+    /// Passed to workers as `-sandbox` (the modes their actions run in, or `off`); `None`
+    /// leaves the workers' default (host-tools and rootfs).
+    pub worker_sandbox: Option<String>,
 }
 
 impl ClusterSpec {
@@ -86,6 +89,7 @@ impl ClusterSpec {
             ready_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(5),
             worker_drain_grace: Duration::from_secs(2),
+            worker_sandbox: None,
         }
     }
 }
