@@ -25,7 +25,8 @@ struct Host {
 
 impl Host {
     fn new() -> Host {
-        // Not under /tmp: a sandbox's /tmp is its own, which would hide these for free.
+        // Not in the system's temp dir: a sandbox's /tmp is its own, which would hide these for
+        // free (the assertions also hold when the repository itself is under /tmp).
         let base = crate::support::repo_root().join("target");
         let dir = tempfile::Builder::new()
             .prefix("sandbox-test-")
@@ -165,9 +166,12 @@ async fn a_host_tools_process_writes_only_its_exec_root_and_sees_no_other_run() 
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let engine = host.engine(os(), None);
+    // The host's /var/tmp is writable by anyone, so only the read-only view stops the write
+    // (`open` may be hidden instead, when the test directory is under the host's /tmp).
+    let probe = format!("/var/tmp/scoot-sandbox-probe-{}", std::process::id());
     let script = format!(
-        "id -u; echo out > result; echo escaped > {open}/file; ls {work}; cat {theirs}/secret; \
-         ls {outputs}; echo tmp > /tmp/t && cat /tmp/t",
+        "id -u; echo out > result; echo escaped > {open}/file; echo escaped > {probe}; \
+         ls {work}; cat {theirs}/secret; ls {outputs}; echo tmp > /tmp/t && cat /tmp/t",
         open = open.display(),
         work = host.path("work").display(),
         theirs = theirs.display(),
@@ -180,6 +184,11 @@ async fn a_host_tools_process_writes_only_its_exec_root_and_sees_no_other_run() 
         "out\n"
     );
     assert!(!open.join("file").exists(), "wrote outside its exec root");
+    assert!(
+        stderr.contains(&format!("{}/file", open.display())),
+        "{stderr}"
+    );
+    assert!(!Path::new(&probe).exists(), "wrote outside its exec root");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     // Only its own directory is there, and the others' files cannot be read.
     assert_eq!(
