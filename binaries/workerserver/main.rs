@@ -14,6 +14,14 @@ struct Args {
     /// Address for HTTP (/health, /output/).
     #[arg(long = "http_addr", default_value = "localhost:9093")]
     http_addr: String,
+    /// The host name or address other machines reach this worker at, put in output URIs;
+    /// needed when -http_addr listens on every interface.
+    #[arg(long = "advertise_host")]
+    advertise_host: Option<String>,
+    #[command(flatten)]
+    transport: scoot_security::TransportFlags,
+    #[command(flatten)]
+    access: scoot_security::AccessFlags,
     /// Kill a task whose processes use this many bytes of resident memory (0 = no cap).
     #[arg(long = "mem_cap", default_value_t = 0)]
     mem_cap: u64,
@@ -135,10 +143,27 @@ async fn serve() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("cannot listen on -http_addr {}", args.http_addr))?;
+    if args.access.auth_tokens.is_some() {
+        anyhow::bail!(
+            "-auth_tokens: a workerserver serves no REAPI calls; give the tokens to the \
+             scheduler and apiserver, and this worker its own with -auth_token_file"
+        );
+    }
+    let advertised = scoot_bin_util::advertised_addr(
+        "http_addr",
+        &args.http_addr,
+        http.local_addr().context("-http_addr")?,
+        args.advertise_host.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let server = args.transport.server(&args.access).context("TLS set-up")?;
+    let client = args.transport.client().context("TLS set-up")?;
     let config = scoot_worker::WorkerConfig {
         memory_cap: (args.mem_cap > 0).then_some(args.mem_cap),
         bundlestore: args.bundlestore.clone(),
-        advertised_http_addr: Some(args.http_addr.clone()),
+        advertised_http_addr: Some(advertised),
+        http_tls: server.http_tls,
+        client,
         drain_grace: args.drain_grace,
         kill_grace: args.kill_grace,
         cas_addr: args.cas_addr.clone(),

@@ -40,6 +40,7 @@ mod outputs;
 #[cfg(test)]
 mod tests;
 
+use scoot_security::ClientSecurity;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,10 +67,12 @@ use crate::failure::Failure;
 /// earlier process are removed at open.
 const ACTION_DIR_PREFIX: &str = "action-";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ActionConfig {
-    /// The CAS and action cache (`host:port` or `http://host:port`).
+    /// The CAS and action cache (`host:port`, `http://host:port` or `grpcs://host:port`).
     pub cas_addr: String,
+    /// TLS and token for the CAS.
+    pub security: ClientSecurity,
     /// Per-action directories are created under here.
     pub work_dir: PathBuf,
     /// The local CAS cache; must be on the same filesystem as `work_dir`.
@@ -137,7 +140,7 @@ impl ReapiActions {
     /// Creates the directories, empties the cache, removes action directories left by an
     /// earlier process and sets up a lazy connection to the CAS (which need not be up yet).
     pub async fn open(config: ActionConfig) -> Result<ReapiActions, ActionError> {
-        let client = CasClient::connect_lazy(&config.cas_addr, "")?;
+        let client = CasClient::connect_lazy(&config.cas_addr, "", &config.security)?;
         let (work_dir, cache_dir) = (config.work_dir.clone(), config.cache_dir.clone());
         let (max_bytes, user) = (config.cache_max_bytes, config.user);
         let cache =

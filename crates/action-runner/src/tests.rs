@@ -46,6 +46,7 @@ impl Harness {
         let user = Identity::for_actions(None).unwrap();
         let actions = ReapiActions::open(ActionConfig {
             cas_addr: server.address(),
+            security: Default::default(),
             work_dir: dir.path().join("work"),
             cache_dir: dir.path().join("cache"),
             cache_max_bytes,
@@ -801,6 +802,7 @@ async fn open_checks_filesystems_but_not_the_cas() {
         .port();
     let config = ActionConfig {
         cas_addr: format!("127.0.0.1:{port}"),
+        security: Default::default(),
         work_dir: dir.path().join("work"),
         cache_dir: dir.path().join("cache"),
         cache_max_bytes: 1 << 20,
@@ -891,6 +893,7 @@ async fn open_refuses_a_work_directory_the_action_user_cannot_reach() {
     };
     let config = ActionConfig {
         cas_addr: "127.0.0.1:1".into(),
+        security: Default::default(),
         work_dir: closed.path().join("work"),
         cache_dir: closed.path().join("cache"),
         cache_max_bytes: 1 << 20,

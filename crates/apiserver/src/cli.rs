@@ -48,6 +48,10 @@ pub struct Cli {
     /// `cas-1`, `cas-2`, ... there when other apiservers hold it.
     #[arg(long = "cas_dir")]
     pub cas_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub transport: scoot_security::TransportFlags,
+    #[command(flatten)]
+    pub access: scoot_security::AccessFlags,
 }
 
 /// Why the apiserver did not start or stopped with an error; each message is what the binary
@@ -68,6 +72,8 @@ pub enum CliError {
     Cas(crate::setup::OpenStoresError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("TLS or token set-up")]
+    Security(#[source] scoot_security::SecurityError),
     #[error("apiserver failed")]
     Failed(#[source] ApiServerError),
 }
@@ -106,13 +112,28 @@ pub async fn run(
     tracing::info!(dir = %cas.dir.display(), cas_bytes = cas_size, ac_bytes = ac_size, "CAS");
     let services = cas_services(cas);
 
+    let security = cli
+        .transport
+        .server(&cli.access)
+        .map_err(CliError::Security)?;
     let http = listen("http_addr", &cli.http_addr).await?;
     let grpc = GrpcSide {
         listener: listen("grpc_addr", &cli.grpc_addr).await?,
         services,
+        tls: security.grpc_tls.clone(),
+        tokens: security.tokens.clone(),
     };
+    let mut ports = Vec::new();
+    if let Ok(addr) = http.local_addr() {
+        ports.push(("http", addr));
+    }
+    if let Ok(addr) = grpc.listener.local_addr() {
+        ports.push(("grpc", addr));
+    }
+    security.warn_if_exposed(&ports);
     let config = ApiServerConfig {
         view: Some(view),
+        http_tls: security.http_tls.clone(),
         ..ApiServerConfig::new(store)
     };
     crate::run_with_grpc(http, Some(grpc), config, shutdown)

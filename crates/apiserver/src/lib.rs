@@ -48,6 +48,8 @@ pub struct ApiServerConfig {
     pub default_ttl: Duration,
     /// Larger bundle uploads are refused with 413.
     pub max_upload_bytes: u64,
+    /// TLS on the HTTP port.
+    pub http_tls: Option<scoot_security::ServerTls>,
 }
 
 impl ApiServerConfig {
@@ -58,6 +60,7 @@ impl ApiServerConfig {
             view: None,
             default_ttl: scoot_bundlestore::store::http::DEFAULT_TTL,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            http_tls: None,
         }
     }
 }

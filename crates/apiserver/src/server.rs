@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use scoot_cas_services::CasServices;
+use scoot_security::{ServerTls, Tokens};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -28,6 +29,9 @@ pub enum ApiServerError {
 pub struct GrpcSide {
     pub listener: TcpListener,
     pub services: CasServices,
+    pub tls: Option<ServerTls>,
+    /// Tokens every call must carry; `None` serves anyone.
+    pub tokens: Option<Tokens>,
 }
 
 /// Serves the apiserver's HTTP routes on `http` until `shutdown` completes, then lets requests
@@ -81,8 +85,8 @@ pub async fn run_with_grpc(
         let stop_tx = stop_tx.clone();
         let stop_rx = stop_rx.clone();
         async move {
-            let result = axum::serve(http, router(config))
-                .with_graceful_shutdown(stopped(stop_rx))
+            let tls = config.http_tls.clone();
+            let result = scoot_security::http::serve(http, tls, router(config), stopped(stop_rx))
                 .await
                 .map_err(ApiServerError::Http);
             let _ = stop_tx.send(true);
@@ -90,11 +94,22 @@ pub async fn run_with_grpc(
         }
     };
     let grpc_server = async move {
-        let Some(GrpcSide { listener, services }) = grpc else {
+        let Some(GrpcSide {
+            listener,
+            services,
+            tls,
+            tokens,
+        }) = grpc
+        else {
             return Ok(());
         };
-        let serving =
-            scoot_cas_services::serve(listener, services.routes(), stopped(stop_rx.clone()));
+        let serving = scoot_cas_services::serve(
+            listener,
+            services.routes(),
+            tls,
+            tokens,
+            stopped(stop_rx.clone()),
+        );
         let drained = async {
             stopped(stop_rx).await;
             tokio::time::sleep(GRPC_DRAIN).await;
@@ -152,6 +167,8 @@ mod tests {
             Some(GrpcSide {
                 listener: grpc,
                 services: cas_services(stores),
+                tls: None,
+                tokens: None,
             }),
             ApiServerConfig::new(bundles),
             async {
@@ -203,7 +220,11 @@ mod tests {
         // The blob is on disk, in the store directory's CAS.
         assert!(tmp.path().join("cas").join(&digest.hash[..2]).is_dir());
 
-        let health = reqwest::get(format!("http://{http_addr}/health")).await;
+        let client = scoot_security::http_client(None).build().unwrap();
+        let health = client
+            .get(format!("http://{http_addr}/health"))
+            .send()
+            .await;
         assert!(health.is_ok());
 
         stop.send(()).unwrap();

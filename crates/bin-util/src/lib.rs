@@ -169,6 +169,42 @@ pub async fn listen(
         })
 }
 
+/// The `host:port` other machines reach a listener at, for addresses this process hands out
+/// (output URIs): `-advertise_host` with the bound port, or the flag's own host when it names
+/// one. A listener on every interface (`0.0.0.0`, `[::]`) without `-advertise_host` is refused:
+/// nothing says which of the machine's names or addresses the others can reach.
+pub fn advertised_addr(
+    flag: &'static str,
+    addr: &str,
+    bound: std::net::SocketAddr,
+    advertise_host: Option<&str>,
+) -> Result<String, String> {
+    let with_port = |host: &str| {
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", bound.port())
+        } else {
+            format!("{host}:{}", bound.port())
+        }
+    };
+    if let Some(host) = advertise_host {
+        return Ok(with_port(host));
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let unspecified = host.is_empty()
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+    if unspecified {
+        return Err(format!(
+            "-{flag} {addr} listens on every interface: say with -advertise_host which name or \
+             address other machines reach this one at"
+        ));
+    }
+    Ok(with_port(host))
+}
+
 /// Resolves when the process receives SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -188,6 +224,23 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_addresses_name_a_reachable_host() {
+        let bound: std::net::SocketAddr = "0.0.0.0:4321".parse().unwrap();
+        let adv = |addr, host| advertised_addr("http_addr", addr, bound, host);
+        assert_eq!(adv("localhost:0", None).unwrap(), "localhost:4321");
+        assert_eq!(
+            adv("0.0.0.0:9093", Some("10.0.0.7")).unwrap(),
+            "10.0.0.7:4321"
+        );
+        assert_eq!(adv("[::]:9093", Some("fd00::7")).unwrap(), "[fd00::7]:4321");
+        assert_eq!(adv("w3.example:9093", None).unwrap(), "w3.example:4321");
+        for everywhere in ["0.0.0.0:9093", "[::]:9093", ":9093"] {
+            let error = adv(everywhere, None).unwrap_err();
+            assert!(error.contains("-advertise_host"), "{error}");
+        }
+    }
     use clap::{Arg, ArgAction, Command};
 
     /// Shaped like scootcl and bzutil: global flags, a subcommand whose own flags precede a

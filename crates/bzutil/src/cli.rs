@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use scoot_cas_client::{CasClient, digest_of, encode, read_tree, to_proto};
+use scoot_security::ClientSecurity;
 
 use crate::exec;
 use scoot_core::Digest;
@@ -21,6 +22,10 @@ pub struct Cli {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", global = true, default_value = "info")]
     pub log_level: String,
+    /// TLS (-tls_ca, and -tls_cert/-tls_key for servers that ask for a client certificate)
+    /// and the token (-auth_token_file) of every call; given before the subcommand.
+    #[command(flatten)]
+    pub transport: scoot_security::TransportFlags,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -52,11 +57,16 @@ pub struct ExecArgs {
 }
 
 impl ExecArgs {
-    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(CasClient::connect(&self.grpc_addr, &self.instance)
-            .await?
-            .channel()
-            .clone())
+    async fn channel(
+        &self,
+        security: &ClientSecurity,
+    ) -> anyhow::Result<scoot_cas_client::AuthChannel> {
+        Ok(
+            CasClient::connect_with(&self.grpc_addr, &self.instance, security)
+                .await?
+                .channel()
+                .clone(),
+        )
     }
 }
 
@@ -244,6 +254,7 @@ fn print_digest(digest: &Digest, json: bool) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let security = cli.transport.client()?;
     match cli.command {
         Cmd::UploadCommand {
             cas,
@@ -256,7 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let command =
                 command_message(argv, &env, &output_files, &output_dirs, &platform_props)?;
             let (digest, data) = encode(&command);
-            CasClient::connect(&cas.cas_addr, &cas.instance)
+            CasClient::connect_with(&cas.cas_addr, &cas.instance, &security)
                 .await?
                 .upload_blobs(vec![(digest.clone(), data)])
                 .await?;
@@ -277,7 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let (digest, data) = encode(&action);
-            let client = CasClient::connect(&cas.cas_addr, &cas.instance).await?;
+            let client = CasClient::connect_with(&cas.cas_addr, &cas.instance, &security).await?;
             let missing = client
                 .find_missing(&[command.clone(), root.clone()])
                 .await?;
@@ -291,7 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::UploadDir { cas, dir } => {
             let tree = tokio::task::spawn_blocking(move || read_tree(&dir)).await??;
-            let client = CasClient::connect(&cas.cas_addr, &cas.instance).await?;
+            let client = CasClient::connect_with(&cas.cas_addr, &cas.instance, &security).await?;
             // Files before the Directory messages that name them.
             client.upload_files(tree.files.clone()).await?;
             client.upload_blobs(tree.directory_blobs()).await?;
@@ -304,7 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|(_, data)| (digest_of(data), data.clone()))
                 .collect();
-            CasClient::connect(&cas.cas_addr, &cas.instance)
+            CasClient::connect_with(&cas.cas_addr, &cas.instance, &security)
                 .await?
                 .upload_blobs(blobs)
                 .await?;
@@ -313,7 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::BatchDownload { cas, digests, dir } => {
-            let blobs = CasClient::connect(&cas.cas_addr, &cas.instance)
+            let blobs = CasClient::connect_with(&cas.cas_addr, &cas.instance, &security)
                 .await?
                 .read_blobs(&digests)
                 .await?;
@@ -333,7 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
         } => {
             let op = exec::execute(
-                args.channel().await?,
+                args.channel(&security).await?,
                 &args.instance,
                 &action,
                 skip_cache,
@@ -347,15 +358,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             json_full,
         } => {
-            let op = exec::get_operation(args.channel().await?, &name).await?;
+            let op = exec::get_operation(args.channel(&security).await?, &name).await?;
             print_operation(&op, args.json, json_full);
         }
         Cmd::CancelOperation { exec: args, name } => {
-            exec::cancel_operation(args.channel().await?, &name).await?;
+            exec::cancel_operation(args.channel(&security).await?, &name).await?;
             tracing::info!(operation = %name, "cancelled");
         }
         Cmd::FindMissingBlobs { cas, digests } => {
-            let missing = CasClient::connect(&cas.cas_addr, &cas.instance)
+            let missing = CasClient::connect_with(&cas.cas_addr, &cas.instance, &security)
                 .await?
                 .find_missing(&digests)
                 .await?;
@@ -450,6 +461,7 @@ mod tests {
         let run_cmd = |command| {
             run(Cli {
                 log_level: "info".into(),
+                transport: Default::default(),
                 command,
             })
         };

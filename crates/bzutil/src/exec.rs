@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use prost::Message;
+use scoot_cas_client::AuthChannel as Channel;
 use scoot_core::Digest;
 use scoot_proto::longrunning::operations_client::OperationsClient;
 use scoot_proto::longrunning::{CancelOperationRequest, GetOperationRequest, Operation, operation};
@@ -12,7 +13,6 @@ use scoot_proto::prost_types::{Any, Timestamp};
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::execution_client::ExecutionClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 /// Longest wait for one message of an Execute stream (a running action sends its state again
 /// every 30 s, so a silent minute means the server is gone).

@@ -36,7 +36,10 @@ use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::action_cache_client::ActionCacheClient;
 use scoot_proto::reapi::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+use scoot_security::ClientSecurity;
+use scoot_security::grpc::BearerToken;
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use digest::{batch_groups, digest_of, digest_of_file, encode};
@@ -89,15 +92,29 @@ pub fn stream_deadline(size: u64) -> Duration {
 /// share the connection.
 #[derive(Clone, Debug)]
 pub struct CasClient {
-    channel: Channel,
+    channel: AuthChannel,
     instance: String,
 }
 
+/// A connection that sends this process's bearer token (if it has one) on every call.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
 impl CasClient {
-    /// Connects to `addr` (`host:port` or `http://host:port`), failing with UNAVAILABLE when
-    /// the server cannot be reached within [`CONNECT_TIMEOUT`].
+    /// Connects to `addr` (`host:port`, `http://host:port` or `grpcs://host:port`) without TLS
+    /// or a token, failing with UNAVAILABLE when the server cannot be reached within
+    /// [`CONNECT_TIMEOUT`].
     pub async fn connect(addr: &str, instance: &str) -> Result<CasClient, ClientError> {
-        let endpoint = endpoint(addr)?;
+        CasClient::connect_with(addr, instance, &ClientSecurity::default()).await
+    }
+
+    /// Like [`connect`](CasClient::connect), over TLS when `security` has a CA (`-tls_ca`) and
+    /// sending its token.
+    pub async fn connect_with(
+        addr: &str,
+        instance: &str,
+        security: &ClientSecurity,
+    ) -> Result<CasClient, ClientError> {
+        let endpoint = endpoint(addr, security)?;
         let channel = endpoint.connect().await.map_err(|e| {
             ClientError::new(
                 Code::Unavailable,
@@ -108,20 +125,30 @@ impl CasClient {
                 ),
             )
         })?;
-        Ok(CasClient::from_channel(channel, instance))
-    }
-
-    /// Like [`connect`](CasClient::connect), but the connection is made on the first call and
-    /// remade after a failure, so a client can exist before its server is up. Must be called
-    /// within a tokio runtime.
-    pub fn connect_lazy(addr: &str, instance: &str) -> Result<CasClient, ClientError> {
         Ok(CasClient::from_channel(
-            endpoint(addr)?.connect_lazy(),
+            InterceptedService::new(channel, security.token.clone()),
             instance,
         ))
     }
 
-    pub fn from_channel(channel: Channel, instance: &str) -> CasClient {
+    /// Like [`connect_with`](CasClient::connect_with), but the connection is made on the first
+    /// call and remade after a failure, so a client can exist before its server is up. Must be
+    /// called within a tokio runtime.
+    pub fn connect_lazy(
+        addr: &str,
+        instance: &str,
+        security: &ClientSecurity,
+    ) -> Result<CasClient, ClientError> {
+        Ok(CasClient::from_channel(
+            InterceptedService::new(
+                endpoint(addr, security)?.connect_lazy(),
+                security.token.clone(),
+            ),
+            instance,
+        ))
+    }
+
+    pub fn from_channel(channel: AuthChannel, instance: &str) -> CasClient {
         CasClient {
             channel,
             instance: instance.to_string(),
@@ -138,7 +165,7 @@ impl CasClient {
     }
 
     /// The underlying connection, for other services on the same server (Execution).
-    pub fn channel(&self) -> &Channel {
+    pub fn channel(&self) -> &AuthChannel {
         &self.channel
     }
 
@@ -180,19 +207,19 @@ impl CasClient {
         Ok(())
     }
 
-    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+    fn cas(&self) -> ContentAddressableStorageClient<AuthChannel> {
         ContentAddressableStorageClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn bytestream(&self) -> ByteStreamClient<Channel> {
+    fn bytestream(&self) -> ByteStreamClient<AuthChannel> {
         ByteStreamClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn action_cache(&self) -> ActionCacheClient<Channel> {
+    fn action_cache(&self) -> ActionCacheClient<AuthChannel> {
         ActionCacheClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -208,21 +235,47 @@ impl CasClient {
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url).map_err(|e| {
+/// The endpoint of `addr`: `grpcs://` (Bazel's spelling) or a CA in `security` means TLS.
+fn endpoint(addr: &str, security: &ClientSecurity) -> Result<Endpoint, ClientError> {
+    let invalid = |e: &dyn std::error::Error| {
         ClientError::new(
             Code::InvalidArgument,
             format!(
                 "invalid CAS address {addr:?}: {}",
-                scoot_core::error_chain(&e)
+                scoot_core::error_chain(e)
             ),
         )
-    })?;
+    };
+    let (scheme, rest) = match addr.split_once("://") {
+        Some(("grpcs" | "https", rest)) => ("https", rest),
+        Some(("grpc" | "http", rest)) if security.tls.is_none() => ("http", rest),
+        Some(("grpc" | "http", rest)) => ("https", rest),
+        Some((scheme, _)) => {
+            return Err(ClientError::new(
+                Code::InvalidArgument,
+                format!("invalid CAS address {addr:?}: unknown scheme {scheme:?}"),
+            ));
+        }
+        None => (
+            if security.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            addr,
+        ),
+    };
+    let mut endpoint =
+        Endpoint::from_shared(format!("{scheme}://{rest}")).map_err(|e| invalid(&e))?;
+    if scheme == "https" {
+        let Some(tls) = &security.tls else {
+            return Err(ClientError::new(
+                Code::InvalidArgument,
+                format!("{addr:?} asks for TLS: give the CA that signed its certificate (-tls_ca)"),
+            ));
+        };
+        endpoint = endpoint.tls_config(tls.tonic()).map_err(|e| invalid(&e))?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)

@@ -29,6 +29,8 @@ impl TestServer {
         tokio::spawn(scoot_cas_services::serve(
             listener,
             services.routes(),
+            None,
+            None,
             async {
                 let _ = stopped.await;
             },

@@ -251,7 +251,8 @@ async fn addresses_with_and_without_a_scheme_connect() {
         .await
         .unwrap_err();
     assert_eq!(e.code, Code::Unavailable, "{e}");
-    let lazy = CasClient::connect_lazy(&format!("127.0.0.1:{port}"), "").unwrap();
+    let lazy =
+        CasClient::connect_lazy(&format!("127.0.0.1:{port}"), "", &Default::default()).unwrap();
     assert_eq!(
         lazy.find_missing(&[absent(4)]).await.unwrap_err().code,
         Code::Unavailable

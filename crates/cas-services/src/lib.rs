@@ -43,6 +43,8 @@ use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::capabilities_server::CapabilitiesServer;
 // The services' `crate::digest`: wire digests, shared with the scheduler and workers.
 use scoot_reapi::digest;
+use scoot_security::grpc::AuthLayer;
+use scoot_security::{ServerTls, TlsIncoming, Tokens};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
@@ -249,16 +251,42 @@ pub fn server_builder() -> tonic::transport::Server {
         .tcp_nodelay(true)
 }
 
-/// Serves `routes` over gRPC (HTTP/2, no TLS) on `listener` with [`server_builder`] until
-/// `shutdown` completes, then stops accepting and lets calls in flight finish.
+/// Serves `routes` over gRPC (HTTP/2) on `listener` with [`server_builder`] until `shutdown`
+/// completes, then stops accepting and lets calls in flight finish. With `tls`, connections are
+/// TLS; with `tokens`, every call must carry a token with the scope its method needs
+/// ([`scoot_security::grpc::method_scope`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    tls: Option<ServerTls>,
+    tokens: Option<Tokens>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    server_builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+) -> Result<(), ServeError> {
+    let mut server = server_builder().layer(AuthLayer::new(tokens));
+    match tls {
+        Some(tls) => {
+            let incoming = TlsIncoming::new(listener, tls).map_err(ServeError::Listener)?;
+            server
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            server
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Why a gRPC port stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }

@@ -138,6 +138,8 @@ async fn start_over(
     tokio::spawn(scoot_cas_services::serve(
         listener,
         services.routes(),
+        None,
+        None,
         async {
             let _ = stopped.await;
         },

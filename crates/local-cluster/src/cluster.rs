@@ -573,7 +573,15 @@ async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
 /// whoever starts a cluster sees which workers serve which actions.
 async fn announce_platform(name: String, http_port: u16) {
     let url = format!("http://{}/health", spec::local_addr(http_port));
-    let asked = async { reqwest::get(&url).await?.text().await };
+    let asked = async {
+        scoot_security::http_client(None)
+            .build()?
+            .get(&url)
+            .send()
+            .await?
+            .text()
+            .await
+    };
     let body = match tokio::time::timeout(Duration::from_secs(10), asked).await {
         Ok(Ok(body)) => body,
         Err(_) => {

@@ -38,7 +38,7 @@ pub enum OutputLookup {
 pub struct OutputStore {
     dir: PathBuf,
     host: String,
-    /// `http://<http_addr>/output/` when outputs are served over HTTP.
+    /// `<http_origin>/output/` when outputs are served over HTTP.
     http_base: Option<String>,
     retained_runs: usize,
     retained_bytes: u64,
@@ -52,14 +52,16 @@ struct Retained {
 }
 
 impl OutputStore {
-    pub fn new(dir: PathBuf, http_addr: Option<&str>, retained_runs: usize) -> OutputStore {
+    /// `http_origin`: the scheme, host and port other machines reach the outputs at
+    /// (`https://worker-3:9093`), when they are served over HTTP.
+    pub fn new(dir: PathBuf, http_origin: Option<&str>, retained_runs: usize) -> OutputStore {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".to_string());
         OutputStore {
             dir,
             host,
-            http_base: http_addr.map(|addr| format!("http://{addr}/output/")),
+            http_base: http_origin.map(|origin| format!("{origin}/output/")),
             retained_runs: retained_runs.max(1),
             retained_bytes: DEFAULT_RETAINED_BYTES,
             runs: Mutex::new(VecDeque::new()),
@@ -267,7 +269,7 @@ mod tests {
     #[test]
     fn files_have_header_then_output() {
         let dir = tempfile::tempdir().unwrap();
-        let store = OutputStore::new(dir.path().to_path_buf(), Some("localhost:9093"), 10);
+        let store = OutputStore::new(dir.path().to_path_buf(), Some("http://localhost:9093"), 10);
         let cmd = Command {
             argv: vec!["echo".into(), "hi".into()],
             ..Command::default()

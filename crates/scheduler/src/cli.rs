@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
 use scoot_cas_services::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
+use scoot_security::{AccessFlags, SecurityError, TransportFlags};
 use scoot_thrift::server::{ServeOptions, ServeOptionsError};
 
 use crate::SchedulerConfig;
@@ -58,6 +59,10 @@ pub struct Cli {
     /// it).
     #[arg(long = "unmatched_platform_timeout", default_value = "5m", value_parser = humantime::parse_duration)]
     pub unmatched_platform_timeout: Duration,
+    #[command(flatten)]
+    pub transport: TransportFlags,
+    #[command(flatten)]
+    pub access: AccessFlags,
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
@@ -79,8 +84,15 @@ pub enum CliError {
     CasTask(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Cas(scoot_cas_services::stores::OpenStoresError),
+    #[error("TLS or token set-up")]
+    Security(#[source] SecurityError),
     #[error("scheduler failed")]
     Failed(#[source] SchedulerError),
+}
+
+fn listener_error(flag: &'static str, addr: &str) -> impl FnOnce(std::io::Error) -> ListenError {
+    let addr = addr.to_string();
+    move |source| ListenError { flag, addr, source }
 }
 
 /// Serves the scheduler the flags describe until `shutdown`.
@@ -94,6 +106,11 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
     )
     .map_err(CliError::ThriftLimits)?;
     config.unmatched_platform_timeout = cli.unmatched_platform_timeout;
+    let server = cli
+        .transport
+        .server(&cli.access)
+        .map_err(CliError::Security)?;
+    let client = cli.transport.client().map_err(CliError::Security)?;
     let thrift = listen("thrift_addr", &cli.thrift_addr).await?;
     let http = listen("http_addr", &cli.http_addr).await?;
     // Kept until exit: a temporary CAS directory is removed when this is dropped.
@@ -122,9 +139,35 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
             listener,
             stores,
             fallback: cli.cas_fallback,
+            tls: server.grpc_tls.clone(),
+            tokens: server.tokens.clone(),
+            client,
         })
     };
-    let served = crate::run(thrift, http, reapi, config, shutdown)
+    let mut ports = vec![
+        (
+            "thrift",
+            thrift
+                .local_addr()
+                .map_err(listener_error("thrift_addr", &cli.thrift_addr))?,
+        ),
+        (
+            "http",
+            http.local_addr()
+                .map_err(listener_error("http_addr", &cli.http_addr))?,
+        ),
+    ];
+    if let Some(reapi) = &reapi {
+        ports.push((
+            "grpc",
+            reapi
+                .listener
+                .local_addr()
+                .map_err(listener_error("grpc_addr", &cli.grpc_addr))?,
+        ));
+    }
+    server.warn_if_exposed(&ports);
+    let served = crate::run(thrift, http, server.http_tls, reapi, config, shutdown)
         .await
         .map_err(CliError::Failed);
     drop(temporary_cas);

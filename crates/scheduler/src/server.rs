@@ -1,6 +1,6 @@
 //! Wires a scheduler together and runs it until shutdown.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use scoot_cas_client::{CasClient, RemoteBlobSource};
 use scoot_cas_services::CasConfig;
 use scoot_cas_services::stores::CasStores;
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
+use scoot_security::{ClientSecurity, ServerTls, Tokens};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -45,6 +46,12 @@ pub struct ReapiEndpoint {
     /// Another CAS (the cluster's apiserver) whose blobs are served as if they were in ours, so
     /// that inputs uploaded there can be executed here.
     pub fallback: Option<String>,
+    /// TLS on the gRPC port.
+    pub tls: Option<ServerTls>,
+    /// Tokens every call must carry; `None` serves anyone.
+    pub tokens: Option<Tokens>,
+    /// TLS and token for the fallback CAS.
+    pub client: ClientSecurity,
 }
 
 fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
@@ -70,6 +77,7 @@ fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), Sch
 pub async fn run(
     thrift: TcpListener,
     http: TcpListener,
+    http_tls: Option<ServerTls>,
     reapi: Option<ReapiEndpoint>,
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()>,
@@ -111,7 +119,7 @@ pub async fn run(
             );
             let blobs: Arc<dyn BlobStore> = match &endpoint.fallback {
                 Some(addr) => {
-                    let far = CasClient::connect_lazy(addr, "")
+                    let far = CasClient::connect_lazy(addr, "", &endpoint.client)
                         .map_err(|e| SchedulerError::Grpc(format!("-cas_fallback {addr}: {e}")))?;
                     Arc::new(TieredBlobStore::new(
                         endpoint.stores.cas,
@@ -131,6 +139,8 @@ pub async fn run(
             Some(tokio::spawn(scoot_cas_services::serve(
                 endpoint.listener,
                 reapi::routes(cas, tracker),
+                endpoint.tls,
+                endpoint.tokens,
                 stop.clone().cancelled_owned(),
             )))
         }
@@ -153,11 +163,12 @@ pub async fn run(
         stop.clone().cancelled_owned(),
     ));
     let app = Router::new().route("/health", get(|| async { "ok" }));
-    let http_server = tokio::spawn(
-        axum::serve(http, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http_server = tokio::spawn(scoot_security::http::serve(
+        http,
+        http_tls,
+        app,
+        stop.clone().cancelled_owned(),
+    ));
 
     shutdown.await;
     stop.cancel();

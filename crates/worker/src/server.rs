@@ -1,6 +1,6 @@
 //! Wires a worker together and runs it until shutdown.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use scoot_runner::output::OutputStore;
 use scoot_runner::queue::QueueRunner;
 use scoot_runner::status::StatusManager;
 use scoot_sandbox::{SandboxConfig, SandboxExecer};
+use scoot_security::{ClientSecurity, ServerTls};
 use scoot_thrift::server::ServeOptions;
 use scoot_thrift::worker::WorkerSyncProcessor;
 use tokio::net::TcpListener;
@@ -65,6 +66,10 @@ pub struct WorkerConfig {
     pub bundlestore: Option<String>,
     /// The `host:port` put in output URIs; defaults to the HTTP listener's address.
     pub advertised_http_addr: Option<String>,
+    /// TLS on the HTTP port (output URIs are then `https://`).
+    pub http_tls: Option<ServerTls>,
+    /// TLS and token for what the worker connects to: the CAS of `-cas_addr`, the bundlestore.
+    pub client: ClientSecurity,
     /// Where output files go; a fresh temporary directory (removed at exit) by default.
     pub output_dir: Option<PathBuf>,
     /// Outputs of this many most recent runs are kept on disk.
@@ -107,6 +112,8 @@ impl Default for WorkerConfig {
             memory_cap: None,
             bundlestore: None,
             advertised_http_addr: None,
+            http_tls: None,
+            client: ClientSecurity::default(),
             output_dir: None,
             retained_outputs: 1000,
             retained_output_bytes: scoot_runner::output::DEFAULT_RETAINED_BYTES,
@@ -171,13 +178,25 @@ pub async fn run(
             .map_err(WorkerError::Listener)?
             .to_string(),
     };
+    let scheme = if config.http_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let outputs = Arc::new(
-        OutputStore::new(output_dir, Some(&http_addr), config.retained_outputs)
-            .with_retained_bytes(config.retained_output_bytes),
+        OutputStore::new(
+            output_dir,
+            Some(&format!("{scheme}://{http_addr}")),
+            config.retained_outputs,
+        )
+        .with_retained_bytes(config.retained_output_bytes),
     );
     let filer: Arc<GitFiler> = Arc::new(
-        GitFiler::new(BundlestoreChoice::from_flag(config.bundlestore.as_deref()))
-            .map_err(WorkerError::Bundlestore)?,
+        GitFiler::new(
+            BundlestoreChoice::from_flag(config.bundlestore.as_deref()),
+            config.client.tls.clone(),
+        )
+        .map_err(WorkerError::Bundlestore)?,
     );
     // Named after the Thrift address, which stays the same when a worker restarts, and differs
     // between the workers of a host; tasks a previous incarnation left are killed here.
@@ -220,6 +239,7 @@ pub async fn run(
             let dir = action_dir.clone();
             let actions = ReapiActions::open(ActionConfig {
                 cas_addr: cas_addr.clone(),
+                security: config.client.clone(),
                 work_dir: dir.join("work"),
                 cache_dir: dir.join("cache"),
                 cache_max_bytes: config.cas_cache_bytes,
@@ -278,11 +298,12 @@ pub async fn run(
                 .join(", ")
         )),
     });
-    let http_server = tokio::spawn(
-        axum::serve(http, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http_server = tokio::spawn(scoot_security::http::serve(
+        http,
+        config.http_tls.clone(),
+        app,
+        stop.clone().cancelled_owned(),
+    ));
 
     shutdown.await;
     runner.drain(config.drain_grace).await;

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use scoot_bundlestore::store::{FileStore, HttpStore, Store};
+use scoot_bundlestore::store::{FileStore, HttpStore, HttpStoreOptions, Store};
 use scoot_core::exit_code;
 use scoot_runner::filer::{Checkout, CheckoutError, Filer};
+use scoot_security::ClientTls;
 use scoot_snapshot_db::{GitDb, GitDbConfig};
 use tokio::sync::OnceCell;
 
@@ -55,7 +56,8 @@ pub struct GitFiler {
 }
 
 impl GitFiler {
-    pub fn new(choice: BundlestoreChoice) -> Result<GitFiler, String> {
+    /// `tls`: the CA of an `https://` bundlestore.
+    pub fn new(choice: BundlestoreChoice, tls: Option<ClientTls>) -> Result<GitFiler, String> {
         let (store, temporary): (Arc<dyn Store>, _) = match choice {
             BundlestoreChoice::Dir(dir) => {
                 let store = FileStore::new(dir.clone())
@@ -63,7 +65,16 @@ impl GitFiler {
                 (Arc::new(store), None)
             }
             BundlestoreChoice::Http(addr) => (
-                Arc::new(HttpStore::new(&addr).map_err(|e| format!("bundlestore {addr}: {e}"))?),
+                Arc::new(
+                    HttpStore::with_options(
+                        &addr,
+                        HttpStoreOptions {
+                            tls,
+                            ..HttpStoreOptions::default()
+                        },
+                    )
+                    .map_err(|e| format!("bundlestore {addr}: {e}"))?,
+                ),
                 None,
             ),
             BundlestoreChoice::Temporary => {

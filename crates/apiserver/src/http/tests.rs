@@ -159,7 +159,10 @@ async fn start(config: ApiServerConfig) -> Server {
     tokio::spawn(crate::run(listener, config, async {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = scoot_security::http_client(None)
+        .no_proxy()
+        .build()
+        .unwrap();
     Server {
         addr,
         client,

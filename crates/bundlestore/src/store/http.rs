@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
+use scoot_security::ClientTls;
 
 use super::{Expiry, Store, StoreError, check_name};
 
@@ -44,6 +45,8 @@ pub struct HttpStoreOptions {
     pub transfer_timeout: Duration,
     /// Overall time allowed for a HEAD.
     pub probe_timeout: Duration,
+    /// The CA of an `https://` store (`-tls_ca`); a base URL without a scheme is then https.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for HttpStoreOptions {
@@ -55,6 +58,7 @@ impl Default for HttpStoreOptions {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             transfer_timeout: Duration::from_secs(30 * 60),
+            tls: None,
             probe_timeout: Duration::from_secs(60),
         }
     }
@@ -79,8 +83,12 @@ impl HttpStore {
         base_url: &str,
         options: HttpStoreOptions,
     ) -> Result<HttpStore, StoreError> {
-        let base = normalize_base_url(base_url)?;
-        let client = reqwest::Client::builder()
+        let base = if options.tls.is_some() && !base_url.contains("://") {
+            normalize_base_url(base_url)?.replacen("http://", "https://", 1)
+        } else {
+            normalize_base_url(base_url)?
+        };
+        let client = scoot_security::http_client(options.tls.as_ref())
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.idle_timeout)
             .user_agent(concat!("scoot-rs/", env!("CARGO_PKG_VERSION")))
@@ -273,8 +281,8 @@ pub fn normalize_base_url(base_url: &str) -> Result<String, StoreError> {
         format!("http://{trimmed}/bundle/")
     };
     let url = reqwest::Url::parse(&full).map_err(|e| invalid(&e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(invalid("only http:// is supported"));
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid("only http:// and https:// are supported"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
@@ -483,14 +491,8 @@ mod tests {
         assert_eq!(ok("  10.0.0.1:80  "), "http://10.0.0.1/bundle/");
         assert_eq!(ok("localhost:9094/x"), "http://localhost:9094/x/");
         assert_eq!(ok("http://h:1"), "http://h:1/");
-        for bad in [
-            "https://h/bundle/",
-            "ftp://h/",
-            "http://",
-            "",
-            "http://h/?q=1",
-            "h:notaport",
-        ] {
+        assert_eq!(ok("https://h:1/bundle"), "https://h:1/bundle/");
+        for bad in ["ftp://h/", "http://", "", "http://h/?q=1", "h:notaport"] {
             assert!(normalize_base_url(bad).is_err(), "{bad:?} accepted");
         }
     }
