@@ -2,6 +2,7 @@
 # Installs what the tests need beyond cargo, idempotently:
 #   - Debian's thrift-compiler (drift check, Python bindings for the cross-client tests)
 #   - a venv at target/pyenv with Apache's `thrift` package from PyPI
+#   - iproute2's `ip` (the network-namespace test harness, scoot_local_cluster::netns)
 # With the argument `thrift`, only the compiler is ensured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,12 @@ if ! command -v thrift >/dev/null 2>&1; then
   apt_install thrift-compiler
 fi
 [ "${1:-}" = thrift ] && exit 0
+
+# Often in sbin, which a user's PATH may lack; the harness looks there too.
+if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  echo "installing iproute2 (Debian)"
+  apt_install iproute2
+fi
 
 PYTHON_THRIFT_VERSION=0.25.0
 venv=target/pyenv

@@ -12,11 +12,15 @@
 //! are followed through `/proc` (see `procs`). [`cli`] is the `setup-cloud-scoot` binary: its
 //! flags, the `run CMD ARGS…` after them, and [`cli::run`], which starts a cluster and keeps it up
 //! or runs one command against it.
+//!
+//! [`netns`] builds networks of hosts out of Linux network namespaces for multi-host
+//! end-to-end tests.
 
 mod child;
 pub mod cli;
 mod cluster;
 mod error;
+pub mod netns;
 mod procs;
 pub mod spec;
 
