@@ -5,13 +5,14 @@
 #   make smoketest   builds everything and runs the smoke test on a local cluster
 #   make bench       measures (release build) and rewrites docs/benchmarks.md; not part of test
 #   make thrift      regenerates crates/thrift/src/gen from thrift/*.thrift
+#   make deploy-check validates deploy/ offline (Kubernetes schemas, systemd-analyze); part of test
 #   make lint        rustfmt and clippy, as CI runs them
 
 CARGO ?= cargo
 THRIFT_IDLS := scoot worker sched
 THRIFT_GEN := crates/thrift/src/gen
 
-.PHONY: all build test test-deps thrift thrift-check lint smoketest bench clean
+.PHONY: all build test test-deps thrift thrift-check deploy-check lint smoketest bench clean
 
 all: build
 
@@ -23,7 +24,7 @@ test-deps:
 	scripts/ensure-bazel.sh
 	scripts/ensure-bst.sh >/dev/null
 
-test: test-deps thrift-check
+test: test-deps thrift-check deploy-check
 	$(CARGO) test --workspace --all-targets
 
 thrift:
@@ -38,6 +39,10 @@ thrift-check:
 	if diff -r $$tmp $(THRIFT_GEN) >/dev/null; then rm -rf $$tmp; echo "thrift bindings match the IDL"; \
 	else diff -r $$tmp $(THRIFT_GEN) | head -40; rm -rf $$tmp; \
 	  echo "crates/thrift/src/gen is out of date: run 'make thrift' and commit"; exit 1; fi
+
+# Kubernetes manifests against pinned schemas, cross-references, systemd units; no network.
+deploy-check:
+	scripts/check-deploy.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

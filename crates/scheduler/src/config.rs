@@ -40,6 +40,13 @@ pub enum ClusterSource {
     LocalProcesses,
     /// A file with one `host:port` per line, re-read when it changes (spans machines).
     StaticFile(PathBuf),
+    /// Every address a DNS name resolves to, re-resolved every `refresh` (a Kubernetes
+    /// headless Service), each a worker on `port`.
+    Dns {
+        name: String,
+        port: u16,
+        refresh: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +105,9 @@ struct JsonCluster {
     kind: String,
     count: i64,
     file: Option<PathBuf>,
+    name: Option<String>,
+    port: Option<u16>,
+    refresh_sec: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug, Clone)]
@@ -208,6 +218,18 @@ impl SchedulerConfig {
             "static" => ClusterSource::StaticFile(cluster.file.ok_or_else(|| {
                 ConfigError::Invalid("Cluster.Type \"static\" needs Cluster.File".into())
             })?),
+            "dns" => ClusterSource::Dns {
+                name: cluster.name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                    ConfigError::Invalid("Cluster.Type \"dns\" needs Cluster.Name".into())
+                })?,
+                port: cluster.port.filter(|p| *p != 0).ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "Cluster.Type \"dns\" needs Cluster.Port (the workers' Thrift port)"
+                            .into(),
+                    )
+                })?,
+                refresh: Duration::from_secs(cluster.refresh_sec.unwrap_or(10).max(1)),
+            },
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "unknown Cluster.Type {other:?}"
@@ -343,6 +365,23 @@ mod tests {
     }
 
     #[test]
+    fn dns_discovery() {
+        let config = SchedulerConfig::from_json(
+            r#"{"Cluster": {"Type": "dns", "Name": "scoot-workers.scoot.svc", "Port": 9092,
+                "RefreshSec": 30}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.cluster,
+            ClusterSource::Dns {
+                name: "scoot-workers.scoot.svc".into(),
+                port: 9092,
+                refresh: Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[test]
     fn bad_configs_say_what_is_wrong() {
         for (value, needle) in [
             ("local.nope", "not a built-in name"),
@@ -352,6 +391,8 @@ mod tests {
                 "unknown Cluster.Type",
             ),
             (r#"{"Cluster": {"Type": "static"}}"#, "needs Cluster.File"),
+            (r#"{"Cluster": {"Type": "dns", "Port": 9092}}"#, "needs Cluster.Name"),
+            (r#"{"Cluster": {"Type": "dns", "Name": "w"}}"#, "needs Cluster.Port"),
             (
                 r#"{"SagaLog": {"Type": "file"}}"#,
                 "needs SagaLog.Directory",

@@ -94,6 +94,26 @@ impl Fetcher for StaticFileFetcher {
     }
 }
 
+/// Workers behind a DNS name: every A and AAAA record is a worker listening on `port` (a
+/// Kubernetes headless Service lists each ready pod so). A name that does not resolve is a
+/// failed fetch, which changes nothing: a resolver hiccup must not drain the cluster; workers
+/// that are really gone are found lost by their failed calls.
+pub struct DnsFetcher {
+    pub name: String,
+    pub port: u16,
+}
+
+impl Fetcher for DnsFetcher {
+    fn fetch(&self) -> Result<Vec<String>, String> {
+        use std::net::ToSocketAddrs;
+        let addrs = (self.name.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.name))?;
+        let nodes: BTreeSet<String> = addrs.map(|a| a.to_string()).collect();
+        Ok(nodes.into_iter().collect())
+    }
+}
+
 /// Polls `fetcher` every `period` and sends the differences (additions first, sorted). A failed
 /// fetch changes nothing; it is logged once until fetching works again.
 pub async fn watch(
@@ -169,6 +189,31 @@ mod tests {
         for (cmd, want) in cases {
             assert_eq!(worker_thrift_addr(&argv(cmd)).as_deref(), want, "{cmd}");
         }
+    }
+
+    #[test]
+    fn dns_lists_every_address_of_the_name() {
+        let nodes = DnsFetcher {
+            name: "localhost".into(),
+            port: 9092,
+        }
+        .fetch()
+        .unwrap();
+        assert!(nodes.contains(&"127.0.0.1:9092".to_string()), "{nodes:?}");
+        let literal = DnsFetcher {
+            name: "::1".into(),
+            port: 7,
+        }
+        .fetch()
+        .unwrap();
+        assert_eq!(literal, vec!["[::1]:7"]);
+        let error = DnsFetcher {
+            name: "no-such-host.invalid".into(),
+            port: 1,
+        }
+        .fetch()
+        .unwrap_err();
+        assert!(error.contains("no-such-host.invalid"), "{error}");
     }
 
     #[test]

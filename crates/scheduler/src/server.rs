@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::SchedulerApi;
 use crate::config::{ClusterSource, SagaLogKind, SchedulerConfig};
-use crate::discovery::{self, Fetcher, LocalProcessFetcher, StaticFileFetcher};
+use crate::discovery::{self, DnsFetcher, Fetcher, LocalProcessFetcher, StaticFileFetcher};
 use crate::event_loop::Loop;
 use crate::handler::CloudScootHandler;
 use crate::reapi::{self, operations::Tracker};
@@ -99,6 +99,17 @@ pub async fn run(
         ClusterSource::StaticFile(path) => (
             Box::new(StaticFileFetcher(path.clone())),
             Duration::from_millis(500),
+        ),
+        ClusterSource::Dns {
+            name,
+            port,
+            refresh,
+        } => (
+            Box::new(DnsFetcher {
+                name: name.clone(),
+                port: *port,
+            }),
+            *refresh,
         ),
     };
     let (membership_tx, membership) = mpsc::channel(100);
