@@ -12,6 +12,7 @@ mod reapi;
 mod sandbox;
 mod scheduler;
 mod scootcl;
+mod security;
 mod snapshots;
 mod support;
 mod task_processes;

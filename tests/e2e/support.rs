@@ -734,3 +734,75 @@ impl Drop for LocalCluster {
         }
     }
 }
+
+/// A test CA, a certificate it signed for every name in `names` (plus 127.0.0.1 and localhost),
+/// usable by servers and as a client certificate, and a second CA that signed nothing of ours.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, names: &[String]) -> Pki {
+        fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            (cert, rcgen::Issuer::new(params, key))
+        }
+        let (ca_cert, issuer) = ca("scoot test CA");
+        let (other_cert, _) = ca("someone else's CA");
+        let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        sans.extend(names.iter().cloned());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            other_ca: dir.join("other-ca.pem"),
+        };
+        std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&pki.other_ca, other_cert.pem()).unwrap();
+        std::fs::write(&pki.cert, cert.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+
+    /// `-tls_cert … -tls_key … -tls_ca …`: serve TLS, trust the test CA.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "-tls_cert".into(),
+            self.cert.display().to_string(),
+            "-tls_key".into(),
+            self.key.display().to_string(),
+            "-tls_ca".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+
+    /// A client trusting the test CA and sending `token` (none for `None`).
+    pub fn client(&self, dir: &Path, token: Option<&str>) -> scoot_security::ClientSecurity {
+        let token = match token {
+            Some(token) => {
+                let path = dir.join(format!("token-{}", &token[..8]));
+                std::fs::write(&path, token).unwrap();
+                scoot_security::grpc::BearerToken::from_file(&path).unwrap()
+            }
+            None => scoot_security::grpc::BearerToken::none(),
+        };
+        scoot_security::ClientSecurity {
+            tls: Some(scoot_security::ClientTls::new(&self.ca, None).unwrap()),
+            token,
+        }
+    }
+}

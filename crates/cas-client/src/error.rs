@@ -29,7 +29,26 @@ impl ClientError {
     }
 
     pub(crate) fn from_status(status: &tonic::Status, what: impl Display) -> ClientError {
-        ClientError::new(status.code(), format!("{what}: {}", status.message()))
+        match std::error::Error::source(status) {
+            // Made on this side from a broken connection (tonic says UNKNOWN, "transport
+            // error"): the cause is what tells a TLS mismatch from a server that went away, and
+            // the server was not reached, which is UNAVAILABLE.
+            Some(cause) => {
+                let code = match status.code() {
+                    Code::Unknown => Code::Unavailable,
+                    code => code,
+                };
+                ClientError::new(
+                    code,
+                    format!(
+                        "{what}: {}: {}",
+                        status.message(),
+                        scoot_core::error_chain(cause)
+                    ),
+                )
+            }
+            None => ClientError::new(status.code(), format!("{what}: {}", status.message())),
+        }
     }
 
     pub(crate) fn local(error: &std::io::Error, what: impl Display) -> ClientError {
