@@ -151,7 +151,10 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
         // Plaintext to the TLS port: the connection fails, and the server serves on.
         let plain = CasClient::connect(&grpc, "").await;
         let refused = match plain {
-            Ok(client) => client.find_missing(&[some_blob.clone()]).await.map(|_| ()),
+            Ok(client) => client
+                .find_missing(std::slice::from_ref(&some_blob))
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         // (What the client sees depends on how far its HTTP/2 got before the server's TLS
@@ -174,13 +177,22 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
 
         // No token: UNAUTHENTICATED before anything is looked up.
         let anonymous = connect(pki.client(dir.path(), None)).await.unwrap();
-        let (code, message) = code_and_message(anonymous.find_missing(&[some_blob.clone()]).await);
+        let (code, message) = code_and_message(
+            anonymous
+                .find_missing(std::slice::from_ref(&some_blob))
+                .await,
+        );
         assert_eq!(code, Code::Unauthenticated, "{message}");
         assert!(message.contains("no credentials"), "{message}");
 
         // A reader reads the cache but may not write it or run anything.
         let reader = connect(pki.client(dir.path(), Some(READER))).await.unwrap();
-        assert!(reader.find_missing(&[some_blob.clone()]).await.is_ok());
+        assert!(
+            reader
+                .find_missing(std::slice::from_ref(&some_blob))
+                .await
+                .is_ok()
+        );
         let (code, message) = code_and_message(
             reader
                 .update_action_result(&some_blob, &v2::ActionResult::default())
@@ -195,7 +207,8 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
         let expired = connect(pki.client(dir.path(), Some(EXPIRED)))
             .await
             .unwrap();
-        let (code, message) = code_and_message(expired.find_missing(&[some_blob.clone()]).await);
+        let (code, message) =
+            code_and_message(expired.find_missing(std::slice::from_ref(&some_blob)).await);
         assert_eq!(code, Code::Unauthenticated);
         assert!(message.contains("expired"), "{message}");
 
@@ -203,7 +216,7 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
         write_tokens(&tokens, false);
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
-            match reader.find_missing(&[some_blob.clone()]).await {
+            match reader.find_missing(std::slice::from_ref(&some_blob)).await {
                 Err(e) if e.code == Code::Unauthenticated => {
                     assert!(e.message.contains("unknown token"), "{}", e.message);
                     break;

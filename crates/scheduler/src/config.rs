@@ -224,8 +224,7 @@ impl SchedulerConfig {
                 })?,
                 port: cluster.port.filter(|p| *p != 0).ok_or_else(|| {
                     ConfigError::Invalid(
-                        "Cluster.Type \"dns\" needs Cluster.Port (the workers' Thrift port)"
-                            .into(),
+                        "Cluster.Type \"dns\" needs Cluster.Port (the workers' Thrift port)".into(),
                     )
                 })?,
                 refresh: Duration::from_secs(cluster.refresh_sec.unwrap_or(10).max(1)),
@@ -391,8 +390,14 @@ mod tests {
                 "unknown Cluster.Type",
             ),
             (r#"{"Cluster": {"Type": "static"}}"#, "needs Cluster.File"),
-            (r#"{"Cluster": {"Type": "dns", "Port": 9092}}"#, "needs Cluster.Name"),
-            (r#"{"Cluster": {"Type": "dns", "Name": "w"}}"#, "needs Cluster.Port"),
+            (
+                r#"{"Cluster": {"Type": "dns", "Port": 9092}}"#,
+                "needs Cluster.Name",
+            ),
+            (
+                r#"{"Cluster": {"Type": "dns", "Name": "w"}}"#,
+                "needs Cluster.Port",
+            ),
             (
                 r#"{"SagaLog": {"Type": "file"}}"#,
                 "needs SagaLog.Directory",
