@@ -43,9 +43,14 @@ pub(crate) fn bazel_binary() -> PathBuf {
     path
 }
 
+/// Makes the command that runs the Bazel binary it is given.
+type Launcher = Box<dyn Fn(&Path) -> Command>;
+
 /// One Bazel server for one copy of the workspace. Dropping it shuts the server down.
 pub(crate) struct Bazel {
     bin: PathBuf,
+    /// Makes the command that runs `bin` (another network namespace, say); `None` runs it here.
+    launcher: Option<Launcher>,
     workspace: PathBuf,
     output_user_root: PathBuf,
     startup: Vec<String>,
@@ -69,11 +74,18 @@ impl Bazel {
         ];
         Bazel {
             bin,
+            launcher: None,
             workspace,
             output_user_root,
             startup,
             log_prefix: format!("bazel-{}", std::process::id()),
         }
+    }
+
+    /// Every command of this Bazel (the server it starts included) is run through `launcher`.
+    pub(crate) fn launched_by(mut self, launcher: impl Fn(&Path) -> Command + 'static) -> Bazel {
+        self.launcher = Some(Box::new(launcher));
+        self
     }
 
     /// Runs one Bazel command in the workspace and returns its output (stdout then stderr, in
@@ -99,7 +111,7 @@ impl Bazel {
         output
     }
 
-    fn run_unchecked(
+    pub(crate) fn run_unchecked(
         &self,
         step: &str,
         args: &[&str],
@@ -109,7 +121,10 @@ impl Bazel {
         fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{}-{step}.log", self.log_prefix));
         let file = fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.launcher {
+            Some(launch) => launch(&self.bin),
+            None => Command::new(&self.bin),
+        };
         cmd.args(&self.startup)
             .args(args)
             // The Bazel server, started by the first command, outlives it: it keeps ours.

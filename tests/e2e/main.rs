@@ -8,6 +8,7 @@ mod bazel;
 mod buildstream;
 mod bzutil;
 mod cluster;
+mod multihost;
 mod reapi;
 mod sandbox;
 mod scheduler;

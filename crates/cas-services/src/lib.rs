@@ -44,6 +44,7 @@ use scoot_proto::reapi::v2::capabilities_server::CapabilitiesServer;
 // The services' `crate::digest`: wire digests, shared with the scheduler and workers.
 use scoot_reapi::digest;
 use scoot_security::grpc::AuthLayer;
+use scoot_security::session::TrackedIncoming;
 use scoot_security::{ServerTls, TlsIncoming, Tokens};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -265,14 +266,17 @@ pub async fn serve(
     let mut server = server_builder().layer(AuthLayer::new(tokens));
     match tls {
         Some(tls) => {
-            let incoming = TlsIncoming::new(listener, tls).map_err(ServeError::Listener)?;
+            let incoming = TrackedIncoming::new(
+                TlsIncoming::new(listener, tls).map_err(ServeError::Listener)?,
+            );
             server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?
         }
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming =
+                TrackedIncoming::new(TcpIncoming::from(listener).with_nodelay(Some(true)));
             server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown)

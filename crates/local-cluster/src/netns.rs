@@ -854,11 +854,8 @@ mod tests {
             "host1 has no route out"
         );
 
-        // The root namespace cannot reach the hosts and holds nothing of the network.
-        assert!(
-            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).is_err(),
-            "root reached {addr}"
-        );
+        // The root namespace holds nothing of the network. (Not probed with a connection: the
+        // root namespace's default route would carry it off this machine.)
         let ip = ip_binary();
         for what in [
             &["-o", "addr", "show"][..],

@@ -39,6 +39,11 @@ pub struct AccessFlags {
     /// calls are not authenticated.
     #[arg(long = "auth_tokens")]
     pub auth_tokens: Option<PathBuf>,
+    /// A call that carries no token acts with the last valid one its connection carried. For
+    /// Bazel before 3.0, which sends no --remote_header on ByteStream uploads; do not use it
+    /// behind a proxy that puts several users' calls on one connection.
+    #[arg(long = "auth_connection_tokens", requires = "auth_tokens")]
+    pub auth_connection_tokens: bool,
 }
 
 /// What a process uses to connect to others.
@@ -90,7 +95,11 @@ impl TransportFlags {
 
     pub fn server(&self, access: &AccessFlags) -> Result<ServerSecurity, SecurityError> {
         let tokens = match &access.auth_tokens {
-            Some(path) => Some(Tokens::from_file(path)?),
+            Some(path) => {
+                let mut tokens = Tokens::from_file(path)?;
+                tokens.connection_tokens = access.auth_connection_tokens;
+                Some(tokens)
+            }
             None => None,
         };
         let Some(identity) = self.identity() else {

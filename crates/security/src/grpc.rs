@@ -9,11 +9,14 @@ use std::task::{Context, Poll};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::SecurityError;
+use crate::session::Connection;
 use crate::tokens::{Scope, Tokens};
 
-/// The scope a gRPC method needs (`/package.Service/Method`); `None`: any valid token. Reads
-/// of the CAS and action cache need `cache-read`, writes `cache-write`, execution and
-/// operations `execute`; Capabilities only a valid token, as every client asks for them first.
+/// The scope a gRPC method needs (`/package.Service/Method`); `None`: none at all. Reads of the
+/// CAS and action cache need `cache-read`, writes `cache-write`, execution and operations
+/// `execute`. Capabilities are open to anyone: they say only which digest function and limits
+/// the server has, and Bazel 2.1 asks for them without the `--remote_header`s it sends on
+/// every other call.
 pub fn method_scope(path: &str) -> Option<Scope> {
     let (service, method) = path
         .trim_start_matches('/')
@@ -33,8 +36,8 @@ pub fn method_scope(path: &str) -> Option<Scope> {
     }
 }
 
-/// A tower layer for `tonic::transport::Server::layer`: with tokens, every call is checked
-/// before any service sees it (so a refusal says nothing about the blobs or operations asked
+/// A tower layer for `tonic::transport::Server::layer`: with tokens, every call but
+/// Capabilities is checked before any service sees it (so a refusal says nothing about the blobs or operations asked
 /// for); without, calls pass untouched.
 #[derive(Clone, Debug, Default)]
 pub struct AuthLayer {
@@ -82,14 +85,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
+        let needed = method_scope(request.uri().path());
+        if let (Some(tokens), Some(needed)) = (&self.tokens, needed) {
             let method = request.uri().path();
             let header = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            match tokens.authorize(header, method_scope(method)) {
-                Ok(name) => tracing::trace!(token = %name, %method, "authorised"),
+            let connection = request
+                .extensions()
+                .get::<Connection>()
+                .filter(|_| tokens.connection_tokens);
+            let inherited = match (header, connection) {
+                (None, Some(connection)) => connection.remembered(),
+                _ => None,
+            };
+            match tokens.authorize(header.or(inherited.as_deref()), Some(needed)) {
+                Ok(name) => {
+                    if let (Some(header), Some(connection)) = (header, connection) {
+                        connection.remember(header);
+                    }
+                    tracing::trace!(token = %name, %method, inherited = inherited.is_some(), "authorised");
+                }
                 Err(error) => {
                     tracing::info!(%method, %error, "refused a call");
                     let refusal = error.to_status().into_http();

@@ -18,6 +18,7 @@ pub mod http;
 mod pem;
 mod reload;
 pub mod server_tls;
+pub mod session;
 pub mod tokens;
 
 pub use client_tls::{ClientTls, http_client};

@@ -191,6 +191,9 @@ impl AuthError {
 #[derive(Clone)]
 pub struct Tokens {
     table: Arc<Reloading<TokenTable>>,
+    /// Calls without a token act with the last token their connection presented
+    /// (`-auth_connection_tokens`, for Bazel before 3.0; see [`crate::session`]).
+    pub connection_tokens: bool,
 }
 
 impl fmt::Debug for Tokens {
@@ -213,6 +216,7 @@ impl Tokens {
         })?;
         Ok(Tokens {
             table: Arc::new(table),
+            connection_tokens: false,
         })
     }
 
