@@ -21,6 +21,7 @@ pub(crate) const BUILDER: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 pub(crate) const WORKER: &str = "w0w0w0w0w0w0w0w0w0w0w0w0w0w0w0w0";
 const READER: &str = "r0r0r0r0r0r0r0r0r0r0r0r0r0r0r0r0";
 const EXPIRED: &str = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0";
+const ADMIN: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
 
 /// The token file of these tests: a builder (what Bazel needs), the workers, a cache reader
 /// and an expired token.
@@ -29,7 +30,8 @@ pub(crate) fn write_tokens(path: &Path, with_reader: bool) {
         "# name scopes token [expires]\n\
          builder execute,cache-read,cache-write {BUILDER}\n\
          workers cache-read,cache-write {WORKER}\n\
-         old execute,cache-read {EXPIRED} 2020-01-01T00:00:00Z\n"
+         old execute,cache-read {EXPIRED} 2020-01-01T00:00:00Z\n\
+         operator admin {ADMIN}\n"
     );
     if with_reader {
         text.push_str(&format!("reader cache-read {READER}\n"));
@@ -233,17 +235,36 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
         let out = run_action(&builder, "echo again > out.txt").await.unwrap();
         assert_eq!(&out[..], b"again\n");
 
-        // The scheduler's HTTP port is TLS too.
+        // The scheduler's HTTP port is TLS too, and its admin actions need an admin token.
         let client = scoot_security::http_client(pki.client(dir.path(), None).tls.as_ref())
             .no_proxy()
             .build()
             .unwrap();
-        let health = client
-            .get(format!("https://127.0.0.1:{}/health", scheduler.http_port))
-            .send()
-            .await
-            .unwrap();
+        let http = format!("https://127.0.0.1:{}", scheduler.http_port);
+        let health = client.get(format!("{http}/health")).send().await.unwrap();
         assert!(health.status().is_success());
+        let node = format!("127.0.0.1:{}", worker.thrift_port);
+        for action in ["offline", "reinstate"] {
+            let url = format!("{http}/admin/workers/{node}/{action}");
+            let ask = |token: Option<&str>| {
+                let request = client.post(&url);
+                let request = match token {
+                    Some(token) => request.bearer_auth(token),
+                    None => request,
+                };
+                async move {
+                    let response = request.send().await.unwrap();
+                    (response.status().as_u16(), response.text().await.unwrap())
+                }
+            };
+            let (status, body) = ask(None).await;
+            assert_eq!(status, 401, "{body}");
+            let (status, body) = ask(Some(BUILDER)).await;
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("lacks the admin scope"), "{body}");
+            let (status, body) = ask(Some(ADMIN)).await;
+            assert_eq!((status, body.as_str()), (200, "ok\n"), "{action}");
+        }
     });
 }
 

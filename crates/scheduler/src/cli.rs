@@ -167,9 +167,17 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         ));
     }
     server.warn_if_exposed(&ports);
-    let served = crate::run(thrift, http, server.http_tls, reapi, config, shutdown)
-        .await
-        .map_err(CliError::Failed);
+    let served = crate::run(
+        thrift,
+        http,
+        server.http_tls,
+        server.tokens,
+        reapi,
+        config,
+        shutdown,
+    )
+    .await
+    .map_err(CliError::Failed);
     drop(temporary_cas);
     served
 }

@@ -11,6 +11,7 @@
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
 //! * [`discovery`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -4,8 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use scoot_blobstore::{BlobStore, TieredBlobStore};
 use scoot_cas_client::{CasClient, RemoteBlobSource};
 use scoot_cas_services::CasConfig;
@@ -78,6 +76,7 @@ pub async fn run(
     thrift: TcpListener,
     http: TcpListener,
     http_tls: Option<ServerTls>,
+    http_tokens: Option<Tokens>,
     reapi: Option<ReapiEndpoint>,
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()>,
@@ -119,6 +118,7 @@ pub async fn run(
     let (requests_tx, requests) = mpsc::channel(1024);
     let scheduler = tokio::spawn(scheduling.run(requests, membership, stop.clone()));
     let api = SchedulerApi::new(requests_tx, sagas);
+    let admin_api = api.clone();
     let tracker = Tracker::new(api.clone(), stop.clone());
     let follower = tokio::spawn(tracker.clone().follow(job_events));
     let grpc_server = match reapi {
@@ -173,7 +173,7 @@ pub async fn run(
         config.thrift,
         stop.clone().cancelled_owned(),
     ));
-    let app = Router::new().route("/health", get(|| async { "ok" }));
+    let app = crate::admin::router(admin_api, http_tokens);
     let http_server = tokio::spawn(scoot_security::http::serve(
         http,
         http_tls,

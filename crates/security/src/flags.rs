@@ -142,12 +142,13 @@ impl ServerSecurity {
                      and alter this traffic (-tls_cert/-tls_key)"
                 );
             }
-            if *port == "grpc" && self.tokens.is_none() {
+            if *port != "thrift" && self.tokens.is_none() {
                 tracing::warn!(
                     port,
                     %addr,
                     "listening beyond localhost without tokens: anyone who reaches this port \
-                     may read and write the cache and run commands (-auth_tokens)"
+                     may read and write the cache, run commands and take workers offline \
+                     (-auth_tokens)"
                 );
             }
         }
