@@ -82,6 +82,21 @@ fn run_job(
         .map(|(id, script)| task(id, &["sh", "-c", script]))
         .collect();
     let job_id = client.run_job(job(definitions)).unwrap().id;
+    poll_job_with(client, &job_id, tasks.len(), on_running)
+}
+
+fn poll_job(client: &mut Client, job_id: &str) -> scoot_thrift::scoot::JobStatus {
+    poll_job_with(client, job_id, usize::MAX, || {})
+}
+
+/// Polls the job until it completes, calling `on_running` once all `tasks` of it run.
+fn poll_job_with(
+    client: &mut Client,
+    job_id: &str,
+    tasks: usize,
+    on_running: impl FnOnce(),
+) -> scoot_thrift::scoot::JobStatus {
+    let job_id = job_id.to_string();
     let deadline = Instant::now() + JOB_DEADLINE;
     let mut on_running = Some(on_running);
     loop {
@@ -90,7 +105,7 @@ fn run_job(
             return status;
         }
         let running = status.task_status.as_ref().is_some_and(|t| {
-            t.len() == tasks.len() && t.values().all(|s| *s == Status::IN_PROGRESS)
+            t.len() == tasks && t.values().all(|s| *s == Status::IN_PROGRESS)
         });
         if running && let Some(callback) = on_running.take() {
             callback();
@@ -235,6 +250,8 @@ fn a_cluster_across_hosts_with_tls_and_tokens_survives_a_cut_link_and_a_lost_hos
                     addr(control, GRPC).to_string(),
                     s("-auth_token_file"),
                     worker_token.display().to_string(),
+                    s("-bundlestore"),
+                    addr(control, API_HTTP).to_string(),
                 ]),
             ))
         })
@@ -267,6 +284,38 @@ fn a_cluster_across_hosts_with_tls_and_tokens_survives_a_cut_link_and_a_lost_hos
         "{}",
         String::from_utf8_lossy(&bzutil.stderr)
     );
+
+    // A snapshot made on the client host goes to the apiserver over HTTPS, and a worker checks
+    // it out from there over HTTPS.
+    let repo = dir.path().join("repo");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    crate::snapshots::git(&repo, &["init", "-q"]);
+    std::fs::write(data.join("file.txt"), "snapshot across hosts\n").unwrap();
+    let ingest = client_host
+        .command(env!("CARGO_BIN_EXE_scoot-snapshot-db"))
+        .arg("-tls_ca")
+        .arg(&pki.ca)
+        .args(["--bundlestore_url", &addr(control, API_HTTP).to_string()])
+        .args(["create", "ingest_dir", "--dir"])
+        .arg(&data)
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(ingest.status.success(), "{}", String::from_utf8_lossy(&ingest.stderr));
+    let snapshot = String::from_utf8(ingest.stdout).unwrap().trim().to_string();
+    client_host
+        .run_on_thread(|| {
+            let mut client = cloudscoot(addr(control, THRIFT));
+            let mut definition = task("cat", &["cat", "file.txt"]);
+            definition.snapshot_id = Some(snapshot.clone());
+            let job_id = client.run_job(job(vec![definition])).unwrap().id;
+            let status = poll_job(&mut client, &job_id);
+            let fetched = outputs(&status, &pki.ca);
+            assert!(fetched[0].2.contains("snapshot across hosts"), "{:?}", fetched[0]);
+        })
+        .unwrap();
 
     // A REAPI action from the client host, run by a worker that fetches over TLS.
     client_host

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn git(dir: &Path, args: &[&str]) {
+pub(crate) fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .args(args)
         .current_dir(dir)

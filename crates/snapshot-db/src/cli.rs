@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use scoot_bundlestore::store::{FileStore, HttpStore, Store};
+use scoot_bundlestore::store::{FileStore, HttpStore, HttpStoreOptions, Store};
 
 use crate::db::{GitDb, GitDbConfig};
 
@@ -35,6 +35,10 @@ pub struct Args {
     /// Deadline of each git command.
     #[arg(long = "git_timeout", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub git_timeout: Duration,
+    /// The CA of a bundlestore serving TLS (an apiserver with -tls_cert): its URL is then
+    /// `https://`, whatever scheme it was given with.
+    #[arg(long = "tls_ca", global = true)]
+    pub tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,7 +134,11 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<u8>> {
         std::env::var_os("HOME").map(PathBuf::from).as_deref(),
         std::env::var("SCOOT_ID").ok().as_deref(),
     )?;
-    let (store, location) = open_store(&url)?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(scoot_security::ClientTls::new(ca, None).context("-tls_ca")?),
+        None => None,
+    };
+    let (store, location) = open_store(&url, tls)?;
     let config = GitDbConfig {
         git_timeout: args.git_timeout,
         ..GitDbConfig::default()
@@ -238,8 +246,11 @@ pub fn resolve_bundlestore_url(
 }
 
 /// The store at `url` and its base location for messages: a directory for an absolute path or
-/// `file://` URL, else an HTTP bundlestore.
-pub fn open_store(url: &str) -> anyhow::Result<(Arc<dyn Store>, String)> {
+/// `file://` URL, else an HTTP bundlestore (over TLS trusting `tls`'s CA, when given).
+pub fn open_store(
+    url: &str,
+    tls: Option<scoot_security::ClientTls>,
+) -> anyhow::Result<(Arc<dyn Store>, String)> {
     let dir = url
         .strip_prefix("file://")
         .or_else(|| url.starts_with('/').then_some(url));
@@ -249,7 +260,17 @@ pub fn open_store(url: &str) -> anyhow::Result<(Arc<dyn Store>, String)> {
         let location = store.dir().display().to_string();
         return Ok((Arc::new(store), location));
     }
-    let store = HttpStore::new(url).with_context(|| format!("cannot use bundlestore {url}"))?;
+    let url = match (&tls, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => url.to_string(),
+    };
+    let url = url.as_str();
+    let options = HttpStoreOptions {
+        tls,
+        ..HttpStoreOptions::default()
+    };
+    let store = HttpStore::with_options(url, options)
+        .with_context(|| format!("cannot use bundlestore {url}"))?;
     let location = store.base_url().to_string();
     Ok((Arc::new(store), location))
 }

@@ -1057,12 +1057,12 @@ async fn command_line_commands_print_their_results() {
 fn stores_are_chosen_by_url() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bundles");
-    let (_, location) = cli::open_store(path.to_str().unwrap()).unwrap();
+    let (_, location) = cli::open_store(path.to_str().unwrap(), None).unwrap();
     assert_eq!(location, path.display().to_string());
     assert!(path.is_dir());
-    let (_, location) = cli::open_store(&format!("file://{}", path.display())).unwrap();
+    let (_, location) = cli::open_store(&format!("file://{}", path.display()), None).unwrap();
     assert_eq!(location, path.display().to_string());
-    let (_, location) = cli::open_store("http://localhost:9094/bundle").unwrap();
+    let (_, location) = cli::open_store("http://localhost:9094/bundle", None).unwrap();
     assert_eq!(location, "http://localhost:9094/bundle/");
 }
 
