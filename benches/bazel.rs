@@ -61,6 +61,43 @@ fn median_of(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// A CA, a certificate for localhost and the token files of a `--secure_dir` cluster.
+struct SecureDir {
+    dir: tempfile::TempDir,
+    pki: support::Pki,
+}
+
+const BUILDER_TOKEN: &str = "bench-builder-0123456789abcdef";
+
+impl SecureDir {
+    fn new() -> SecureDir {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = support::Pki::new(dir.path(), &[]);
+        let member = "bench-member-0123456789abcdef";
+        std::fs::write(
+            dir.path().join("tokens"),
+            format!(
+                "builder execute,cache-read,cache-write {BUILDER_TOKEN}\n\
+                 members cache-read,cache-write {member}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("member-token"), member).unwrap();
+        SecureDir { dir, pki }
+    }
+
+    fn cluster_flags(&self) -> Vec<&str> {
+        vec!["--secure_dir", self.dir.path().to_str().unwrap()]
+    }
+
+    fn bazel_flags(&self) -> Vec<String> {
+        vec![
+            format!("--tls_certificate={}", self.pki.ca.display()),
+            format!("--remote_header=Authorization=Bearer {BUILDER_TOKEN}"),
+        ]
+    }
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (runs, target) = if benchmarking {
@@ -99,6 +136,8 @@ fn main() {
     // noisy) affects them alike; the ratios are taken within each round.
     let (mut local, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
     let mut unsandboxed = Vec::new();
+    let mut secured = Vec::new();
+    let secure = SecureDir::new();
     for _ in 0..runs {
         local.push(timed_build(&local_bazel, "local", &args(&[])).0);
         {
@@ -112,6 +151,18 @@ fn main() {
             );
             assert_all_remote("remote-cold-unsandboxed", &output);
             unsandboxed.push(took);
+        }
+        {
+            // The same cold build with TLS on every port and a token on every call.
+            let cluster = LocalCluster::start_with(PORT_OFFSET, &secure.cluster_flags());
+            let remote = format!("--remote_executor=grpcs://{}", cluster.grpc_addr());
+            let mut options = vec![remote.as_str(), "--jobs=8"];
+            let bazel_flags = secure.bazel_flags();
+            options.extend(bazel_flags.iter().map(String::as_str));
+            let (took, output) =
+                timed_build(&remote_bazel, "remote-cold-secure", &args(&options));
+            assert_all_remote("remote-cold-secure", &output);
+            secured.push(took);
         }
         let cluster = LocalCluster::start(PORT_OFFSET);
         let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
@@ -144,7 +195,14 @@ fn main() {
             .map(|(u, c)| ratio_of(*c, *u))
             .collect(),
     );
+    let secure_ratio = median_of(
+        cold.iter()
+            .zip(&secured)
+            .map(|(c, s)| ratio_of(*s, *c))
+            .collect(),
+    );
     let (local, cold, warm) = (median(local), median(cold), median(warm));
+    let secured = median(secured);
     let unsandboxed = median(unsandboxed);
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let rows = [
@@ -168,6 +226,10 @@ fn main() {
             "| remote, cold, workers' sandbox off (`--worker_sandbox off`) | {} | the sandboxed cold build took {sandbox_ratio:.2}× this | sandbox within run-to-run noise (issue #10) |",
             seconds(unsandboxed)
         ),
+        format!(
+            "| remote, cold, TLS and tokens (`setup-cloud-scoot --secure_dir`, `grpcs://`, `--remote_header`) | {} | {secure_ratio:.2}× the plaintext cold build | within run-to-run noise (issue #11) |",
+            seconds(secured)
+        ),
     ];
     for row in &rows {
         println!("{row}");
@@ -187,8 +249,9 @@ fn main() {
              for the 2 cores (trial runs without fsyncs in the CAS, or without the apiserver \
              fallback, moved the ratio no more than run-to-run noise). Workers run every action \
              in a host-tools sandbox (their default); the last row is the cold build on a cluster \
-             whose workers run actions unsandboxed. {runs} rounds, each a local, an unsandboxed \
-             cold, a cold and a warm build; times are medians, ratios the medians of each round's \
+             whose workers run actions unsandboxed, and the row after it the cold build on a \
+             cluster serving TLS on every port and checking a token on every call. {runs} \
+             rounds, each a local, an unsandboxed cold, a TLS cold, a cold and a warm build; times are medians, ratios the medians of each round's \
              ratios.\n\n\
              | build | time | compared with | goal |\n|---|---|---|---|\n{}\n",
             rows.join("\n")

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
-use crate::{ChildExit, Cluster, ClusterError, ClusterSpec, Strategy};
+use crate::{ChildExit, Cluster, ClusterError, ClusterSecurity, ClusterSpec, Strategy};
 
 /// How long `run`'s command has to stop after SIGTERM when the cluster goes down under it.
 const COMMAND_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -59,6 +59,12 @@ pub struct Cli {
     /// (host-tools, rootfs, both) or `off`; the workers' default (both) when not given.
     #[arg(long = "worker_sandbox")]
     pub worker_sandbox: Option<String>,
+    /// TLS and tokens on the whole cluster: DIR holds ca.pem, cert.pem and key.pem (a
+    /// certificate for localhost that CA signed), tokens (the -auth_tokens file of the
+    /// scheduler and apiservers) and member-token (the token workers and the scheduler send;
+    /// it needs cache-read and cache-write).
+    #[arg(long = "secure_dir")]
+    pub secure_dir: Option<PathBuf>,
     /// Keep the logs (and the rest of the state directory) after teardown.
     #[arg(long = "keep_logs")]
     pub keep_logs: bool,
@@ -171,6 +177,13 @@ pub async fn run(
         port_offset: cli.port_offset,
         keep_logs: cli.keep_logs,
         worker_sandbox: cli.worker_sandbox.clone(),
+        security: cli.secure_dir.as_deref().map(|dir| ClusterSecurity {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+            tokens: dir.join("tokens"),
+            member_token: dir.join("member-token"),
+        }),
         ..ClusterSpec::new(bin_dir)
     };
 

@@ -169,14 +169,21 @@ impl Cluster {
                     name: format!("apiserver-{i}"),
                     role: Role::ApiServer,
                     program: apiserver.clone(),
-                    args: vec![
+                    args: [
                         "-http_addr".into(),
                         spec::local_addr(ports.http),
                         "-grpc_addr".into(),
                         spec::local_addr(ports.grpc),
                         "-log_level".into(),
                         level.clone(),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(self.spec.security.iter().flat_map(|s| {
+                        let mut flags = s.tls_flags();
+                        flags.extend(s.token_server_flags());
+                        flags
+                    }))
+                    .collect(),
                     env: vec![("BUNDLESTORE_STORE_DIR", bundles.clone().into_os_string())],
                     log: PathBuf::new(),
                 })?;
@@ -212,6 +219,10 @@ impl Cluster {
             if let Some(sandbox) = &self.spec.worker_sandbox {
                 args.extend(["-sandbox".into(), sandbox.clone()]);
             }
+            if let Some(security) = &self.spec.security {
+                args.extend(security.tls_flags());
+                args.extend(security.member_flags());
+            }
             if !bundlestores.is_empty() {
                 args.push("-bundlestore".into());
                 args.push(bundlestores[i % bundlestores.len()].clone());
@@ -241,7 +252,11 @@ impl Cluster {
                 .wait_ready(&[ports.thrift, ports.http], timeout)
                 .await?;
             // In the background: the start waits for no worker's answer.
-            tokio::spawn(announce_platform(child.name.clone(), ports.http));
+            tokio::spawn(announce_platform(
+                child.name.clone(),
+                ports.http,
+                self.spec.security.as_ref().map(|s| s.ca.clone()),
+            ));
         }
 
         let workers_file = self.workers_file();
@@ -278,6 +293,12 @@ impl Cluster {
             ]
             .into_iter()
             .chain(fallback)
+            .chain(self.spec.security.iter().flat_map(|s| {
+                let mut flags = s.tls_flags();
+                flags.extend(s.token_server_flags());
+                flags.extend(s.member_flags());
+                flags
+            }))
             .collect(),
             env: Vec::new(),
             log: PathBuf::new(),
@@ -571,10 +592,22 @@ async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
 
 /// Logs the platform a worker offers and what its sandbox can do, from its `/health`, so that
 /// whoever starts a cluster sees which workers serve which actions.
-async fn announce_platform(name: String, http_port: u16) {
-    let url = format!("http://{}/health", spec::local_addr(http_port));
+async fn announce_platform(name: String, http_port: u16, ca: Option<PathBuf>) {
+    let tls = match ca
+        .as_deref()
+        .map(|ca| scoot_security::ClientTls::new(ca, None))
+    {
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(err)) => {
+            tracing::warn!(worker = %name, error = %err, "cannot read the worker's platform");
+            return;
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/health", spec::local_addr(http_port));
     let asked = async {
-        scoot_security::http_client(None)
+        scoot_security::http_client(tls.as_ref())
             .build()?
             .get(&url)
             .send()

@@ -27,4 +27,4 @@ pub mod spec;
 pub use child::{ChildExit, ChildStatus, Role, stop_child};
 pub use cluster::{APISERVER_BIN, Cluster, ProcessInfo, SCHEDULER_BIN, WORKERSERVER_BIN};
 pub use error::ClusterError;
-pub use spec::{ClusterSpec, PortLayout, Strategy};
+pub use spec::{ClusterSecurity, ClusterSpec, PortLayout, Strategy};

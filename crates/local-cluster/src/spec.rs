@@ -73,6 +73,54 @@ pub struct ClusterSpec {
     /// Passed to workers as `-sandbox` (the modes their actions run in, or `off`); `None`
     /// leaves the workers' default (host-tools and rootfs).
     pub worker_sandbox: Option<String>,
+    /// TLS on every gRPC and HTTP port, and tokens on the REAPI ports; `None`: plaintext and
+    /// open, as Scoot ran.
+    pub security: Option<ClusterSecurity>,
+}
+
+/// The files of a cluster that runs with TLS and tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSecurity {
+    /// Every server's certificate and key (valid for `localhost`), also its client certificate.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signed `cert`, trusted by every child.
+    pub ca: PathBuf,
+    /// The token file of the scheduler and apiservers (`-auth_tokens`).
+    pub tokens: PathBuf,
+    /// The token the workers (and the scheduler, for the apiserver's CAS) send.
+    pub member_token: PathBuf,
+}
+
+impl ClusterSecurity {
+    /// The flags every child gets: serve with the certificate, trust the CA.
+    pub(crate) fn tls_flags(&self) -> Vec<String> {
+        vec![
+            "-tls_cert".into(),
+            self.cert.display().to_string(),
+            "-tls_key".into(),
+            self.key.display().to_string(),
+            "-tls_ca".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+
+    /// A server of REAPI calls: checks tokens (a call without one uses its connection's, for
+    /// Bazel 2.1) and sends the members' token to the CAS it reads from.
+    pub(crate) fn token_server_flags(&self) -> Vec<String> {
+        vec![
+            "-auth_tokens".into(),
+            self.tokens.display().to_string(),
+            "-auth_connection_tokens".into(),
+        ]
+    }
+
+    pub(crate) fn member_flags(&self) -> Vec<String> {
+        vec![
+            "-auth_token_file".into(),
+            self.member_token.display().to_string(),
+        ]
+    }
 }
 
 impl ClusterSpec {
@@ -90,6 +138,7 @@ impl ClusterSpec {
             stop_grace: Duration::from_secs(5),
             worker_drain_grace: Duration::from_secs(2),
             worker_sandbox: None,
+            security: None,
         }
     }
 }
