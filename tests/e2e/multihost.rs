@@ -104,9 +104,10 @@ fn poll_job_with(
         if status.status == Status::COMPLETED {
             return status;
         }
-        let running = status.task_status.as_ref().is_some_and(|t| {
-            t.len() == tasks && t.values().all(|s| *s == Status::IN_PROGRESS)
-        });
+        let running = status
+            .task_status
+            .as_ref()
+            .is_some_and(|t| t.len() == tasks && t.values().all(|s| *s == Status::IN_PROGRESS));
         if running && let Some(callback) = on_running.take() {
             callback();
         }
@@ -303,7 +304,11 @@ fn a_cluster_across_hosts_with_tls_and_tokens_survives_a_cut_link_and_a_lost_hos
         .current_dir(&repo)
         .output()
         .unwrap();
-    assert!(ingest.status.success(), "{}", String::from_utf8_lossy(&ingest.stderr));
+    assert!(
+        ingest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ingest.stderr)
+    );
     let snapshot = String::from_utf8(ingest.stdout).unwrap().trim().to_string();
     client_host
         .run_on_thread(|| {
@@ -313,7 +318,11 @@ fn a_cluster_across_hosts_with_tls_and_tokens_survives_a_cut_link_and_a_lost_hos
             let job_id = client.run_job(job(vec![definition])).unwrap().id;
             let status = poll_job(&mut client, &job_id);
             let fetched = outputs(&status, &pki.ca);
-            assert!(fetched[0].2.contains("snapshot across hosts"), "{:?}", fetched[0]);
+            assert!(
+                fetched[0].2.contains("snapshot across hosts"),
+                "{:?}",
+                fetched[0]
+            );
         })
         .unwrap();
 
