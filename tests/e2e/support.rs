@@ -803,6 +803,7 @@ impl Pki {
         scoot_security::ClientSecurity {
             tls: Some(scoot_security::ClientTls::new(&self.ca, None).unwrap()),
             token,
+            thrift_tls: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Who may talk to a scoot server, and over what.
 //!
-//! * [`server_tls`]: rustls on a server port (gRPC, HTTP, Thrift), with certificates re-read when
+//! * [`server_tls`]: rustls on a server port (gRPC, HTTP, Thrift with `-thrift_tls`), with certificates re-read when
 //!   their files change and, optionally, client certificates required (mTLS).
 //! * [`client_tls`]: the CA a client trusts and the certificate it presents, for tonic, reqwest
 //!   and blocking (Thrift) connections.
@@ -19,6 +19,8 @@ mod pem;
 mod reload;
 pub mod server_tls;
 pub mod session;
+#[cfg(test)]
+mod test_pki;
 pub mod tokens;
 
 pub use client_tls::{ClientTls, http_client};

@@ -208,39 +208,8 @@ impl axum::serve::Listener for TlsIncoming {
 mod tests {
     use super::*;
     use crate::client_tls::{ClientTls, Identity};
-    use std::path::Path;
+    use crate::test_pki::pki;
     use std::time::Instant;
-
-    /// A CA and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
-    struct Pki {
-        ca: PathBuf,
-        cert: PathBuf,
-        key: PathBuf,
-    }
-
-    fn pki(dir: &Path, name: &str) -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let files = Pki {
-            ca: dir.join(format!("{name}-ca.pem")),
-            cert: dir.join(format!("{name}-cert.pem")),
-            key: dir.join(format!("{name}-key.pem")),
-        };
-        std::fs::write(&files.ca, ca.pem()).unwrap();
-        std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        files
-    }
 
     async fn serve(tls: ServerTls) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
