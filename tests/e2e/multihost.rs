@@ -67,7 +67,7 @@ fn spawn(host: &Host, name: &str, bin: &str, args: &[String]) -> Proc {
 type Client = CloudScootClient;
 
 fn cloudscoot(to: SocketAddr) -> Client {
-    let (i, o) = scoot_thrift::client::connect(&to.to_string(), DEADLINE).unwrap();
+    let (i, o) = scoot_thrift::client::connect(&to.to_string(), DEADLINE, None).unwrap();
     CloudScootClient::new(i, o)
 }
 

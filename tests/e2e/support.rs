@@ -560,7 +560,8 @@ pub struct CloudScoot(pub CloudScootClient);
 
 impl CloudScoot {
     pub fn connect(port: u16) -> CloudScoot {
-        let (i, o) = scoot_thrift::client::connect(&format!("127.0.0.1:{port}"), DEADLINE).unwrap();
+        let (i, o) =
+            scoot_thrift::client::connect(&format!("127.0.0.1:{port}"), DEADLINE, None).unwrap();
         CloudScoot(CloudScootClient::new(i, o))
     }
 }

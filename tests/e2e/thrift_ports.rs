@@ -112,15 +112,19 @@ fn idle_and_slow_connections_do_not_lock_clients_out() {
     let (input, output) = scoot_thrift::client::connect(
         &format!("127.0.0.1:{}", worker.thrift_port),
         ANSWERED_WITHIN,
+        None,
     )
     .unwrap();
     let status = WorkerSyncClient::new(input, output)
         .query_worker()
         .expect("QueryWorker answered while the worker's port is flooded");
     assert!(status.initialized);
-    let (input, output) =
-        scoot_thrift::client::connect(&format!("127.0.0.1:{}", sched.thrift_port), ANSWERED_WITHIN)
-            .unwrap();
+    let (input, output) = scoot_thrift::client::connect(
+        &format!("127.0.0.1:{}", sched.thrift_port),
+        ANSWERED_WITHIN,
+        None,
+    )
+    .unwrap();
     let mut client = CloudScoot(CloudScootClient::new(input, output));
     client
         .0

@@ -48,7 +48,7 @@ impl Client {
             Some(conn) => conn,
             None => {
                 let (input, output) =
-                    connect(&self.addr, TIMEOUT).map_err(|source| ClientError::Connect {
+                    connect(&self.addr, TIMEOUT, None).map_err(|source| ClientError::Connect {
                         addr: self.addr.clone(),
                         source,
                     })?;

@@ -169,6 +169,7 @@ pub async fn run(
     )));
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
+        None,
         processor,
         config.thrift,
         stop.clone().cancelled_owned(),

@@ -93,7 +93,7 @@ impl WorkerClient {
             let mut conn = match pooled {
                 Some(conn) => conn,
                 None => {
-                    let (input, output) = connect(&node, RPC_TIMEOUT)?;
+                    let (input, output) = connect(&node, RPC_TIMEOUT, None)?;
                     WorkerSyncClient::new(input, output)
                 }
             };

@@ -27,6 +27,23 @@ pub mod scoot;
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod worker;
 
+/// `err` with its message: thrift's own `Display` gives only the kind of a transport, protocol
+/// or application error ("transport error"), dropping what went wrong (a refused connection, an
+/// untrusted TLS certificate, a bad request).
+pub fn describe(err: &thrift::Error) -> String {
+    let (kind, message) = match err {
+        thrift::Error::Transport(e) => (err.to_string(), e.message.as_str()),
+        thrift::Error::Protocol(e) => (err.to_string(), e.message.as_str()),
+        thrift::Error::Application(e) => (err.to_string(), e.message.as_str()),
+        thrift::Error::User(e) => return e.to_string(),
+    };
+    if message.is_empty() || message == kind {
+        kind
+    } else {
+        format!("{kind}: {message}")
+    }
+}
+
 /// Decoding limits for untrusted peers: big enough for any real job, small enough that a
 /// corrupt length prefix cannot make the server allocate gigabytes.
 pub fn wire_limits() -> thrift::TConfiguration {
@@ -37,4 +54,23 @@ pub fn wire_limits() -> thrift::TConfiguration {
         .max_container_size(Some(MAX_CONTAINER))
         .build()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn described_errors_keep_their_message() {
+        let refused = thrift::Error::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert_eq!(describe(&refused), "not open: connection refused");
+        let bare = thrift::Error::Transport(thrift::TransportError::new(
+            thrift::TransportErrorKind::EndOfFile,
+            "",
+        ));
+        assert_eq!(describe(&bare), "end of file");
+    }
 }

@@ -1,10 +1,13 @@
-//! Hosts a generated Thrift processor on a tokio listener.
+//! Hosts a generated Thrift processor on a tokio listener, over plain TCP (Scoot's wire) or TLS.
 //!
 //! Every connection is a cheap async task, so idle or slow clients cost a socket and a few
 //! kilobytes, never a thread. Scoot's wire is unframed: the task reads until
 //! `framing::MessageScanner` says a whole request is buffered, runs the synchronous processor on
 //! exactly those bytes on the blocking pool, and writes the reply. Requests on one connection
-//! are handled in order, as Scoot's Go server did.
+//! are handled in order, as Scoot's Go server did. With TLS, the task first completes the
+//! handshake (within the message timeout, and `ServerTls`'s own), then runs the same loop over
+//! the TLS stream: a client that stalls its handshake holds one connection slot, never the
+//! accept loop.
 //!
 //! Only reading a request is timed (a reply, such as WaitRun's long poll, may legitimately take a
 //! while): a request must arrive whole within `message_timeout` of its first byte, and a
@@ -17,9 +20,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use scoot_security::ServerTls;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -31,6 +35,12 @@ use crate::framing::{MessageScanner, ScanError, ScanLimits};
 /// Room made in a connection's buffer before each read; the buffer grows geometrically from
 /// there for large requests and is freed between requests.
 const READ_CHUNK: usize = 4096;
+
+/// Room made for the first read of a request, which may wait for as long as the connection
+/// idles: small, so that idle connections hold little (Scoot's short calls, QueryWorker,
+/// WaitRun or GetStatus, fit in it whole), where `READ_CHUNK` is held only while a request
+/// is arriving.
+const FIRST_READ: usize = 256;
 
 /// Limits for one Thrift listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,9 +111,11 @@ pub fn raise_open_files_limit() -> nix::Result<u64> {
     Ok(hard)
 }
 
-/// Serves `processor` on every connection accepted from `listener` until `shutdown` completes.
+/// Serves `processor` on every connection accepted from `listener` until `shutdown` completes,
+/// over TLS when `tls` is given.
 pub async fn serve<P>(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     processor: Arc<P>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
@@ -153,6 +165,7 @@ where
         connections.spawn(serve_connection(
             socket,
             peer,
+            tls.clone(),
             processor.clone(),
             options,
             stop.clone(),
@@ -183,14 +196,52 @@ enum ReadEnd {
     Io(io::Error),
 }
 
+/// Serves one accepted connection, holding its slot (`_slot`) until it ends, TLS handshake
+/// included.
 async fn serve_connection<P>(
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
+    tls: Option<ServerTls>,
     processor: Arc<P>,
     options: ServeOptions,
     stop: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) where
+    P: TProcessor + Send + Sync + 'static,
+{
+    let Some(tls) = tls else {
+        return serve_requests(socket, peer, processor, options, stop).await;
+    };
+    // `accept` has its own bound too (`HANDSHAKE_TIMEOUT`); the message timeout may be
+    // shorter, and a handshake is no more than the first message of a connection.
+    let handshake = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return,
+        handshake = tokio::time::timeout(options.message_timeout, tls.accept(socket)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_requests(stream, peer, processor, options, stop).await,
+        // A plaintext Scoot client on a TLS port ends here, as does one that does not trust
+        // this server's certificate or has none of its own when one is required.
+        Ok(Err(err)) => tracing::info!(%peer, error = %err, "thrift TLS handshake failed"),
+        Err(_) => tracing::info!(
+            %peer,
+            timeout = ?options.message_timeout,
+            "closing thrift connection: TLS handshake not finished in time"
+        ),
+    }
+}
+
+/// Reads requests from `socket`, a plain or TLS stream, and answers them in order until the
+/// client leaves, breaks the protocol or is too slow, or the server stops.
+async fn serve_requests<S, P>(
+    mut socket: S,
+    peer: SocketAddr,
+    processor: Arc<P>,
+    options: ServeOptions,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
     P: TProcessor + Send + Sync + 'static,
 {
     let mut scanner = MessageScanner::new(ScanLimits::of(&crate::wire_limits()));
@@ -218,7 +269,12 @@ async fn serve_connection<P>(
             }
         };
         if !reply.is_empty() {
-            match tokio::time::timeout(options.message_timeout, socket.write_all(&reply)).await {
+            // Flushed, for TLS: a record may stay in the session's buffer after `write_all`.
+            let write = async {
+                socket.write_all(&reply).await?;
+                socket.flush().await
+            };
+            match tokio::time::timeout(options.message_timeout, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "cannot write a thrift reply");
@@ -238,24 +294,17 @@ async fn serve_connection<P>(
 }
 
 /// Reads until `buf` starts with a whole request and returns its length.
-async fn read_request(
-    socket: &mut TcpStream,
+async fn read_request<S: AsyncRead + Unpin>(
+    socket: &mut S,
     buf: &mut Vec<u8>,
     scanner: &mut MessageScanner,
     options: &ServeOptions,
 ) -> Result<usize, ReadEnd> {
     if buf.is_empty() {
-        // No buffer is held while idle: wait for the first byte before making room for it.
-        let first = tokio::time::timeout(options.idle_timeout, async {
-            loop {
-                socket.readable().await?;
-                buf.reserve(READ_CHUNK);
-                match socket.try_read_buf(buf) {
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                    read => return read,
-                }
-            }
-        });
+        // Only a little room is held while idle (a plain or TLS stream alike can only be
+        // waited on by reading); the rest is made once a request has begun.
+        buf.reserve_exact(FIRST_READ);
+        let first = tokio::time::timeout(options.idle_timeout, socket.read_buf(buf));
         match first.await {
             Err(_) => return Err(ReadEnd::Idle),
             Ok(Ok(0)) => return Err(ReadEnd::Closed),
@@ -362,10 +411,17 @@ mod tests {
 
     /// Serves [`Answers`] until the test's runtime ends; returns the address.
     async fn start(options: ServeOptions) -> String {
+        start_tls(options, None).await
+    }
+
+    /// Serves [`Answers`] over TLS when given until the test's runtime ends; returns the
+    /// address.
+    async fn start_tls(options: ServeOptions, tls: Option<ServerTls>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(serve(
             listener,
+            tls,
             Arc::new(WorkerSyncProcessor::new(Answers)),
             options,
             std::future::pending(),
@@ -460,7 +516,7 @@ mod tests {
         blocking(move || {
             // More than the 256 threads the server once had, held while another client is served.
             let _idle: Vec<StdTcpStream> = (0..300).map(|_| raw(&addr)).collect();
-            let (input, output) = crate::client::connect(&addr, DEADLINE).unwrap();
+            let (input, output) = crate::client::connect(&addr, DEADLINE, None).unwrap();
             let status = WorkerSyncClient::new(input, output).query_worker().unwrap();
             assert!(status.is_healthy);
         })
@@ -540,5 +596,219 @@ mod tests {
             ),
             (5, m, i)
         );
+    }
+
+    /// TLS on the Thrift port: a CA, the server's certificate, and what clients trust.
+    mod tls {
+        use std::path::{Path, PathBuf};
+
+        use scoot_security::client_tls::{ClientTls, Identity};
+        use scoot_security::server_tls::ServerTlsFiles;
+        use scoot_security::{Alpn, ServerTls};
+
+        use super::*;
+
+        /// PEM files of a CA and of a certificate it signed for 127.0.0.1 and localhost (the
+        /// way scoot-security's tests make them; usable by a server or a client).
+        struct Pki {
+            ca: PathBuf,
+            cert: PathBuf,
+            key: PathBuf,
+        }
+
+        fn pki(dir: &Path, name: &str) -> Pki {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("{name} CA"));
+            let ca = ca_params.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(ca_params, ca_key);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params =
+                rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                    .unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let files = Pki {
+                ca: dir.join(format!("{name}-ca.pem")),
+                cert: dir.join(format!("{name}-cert.pem")),
+                key: dir.join(format!("{name}-key.pem")),
+            };
+            std::fs::write(&files.ca, ca.pem()).unwrap();
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            files
+        }
+
+        fn server_tls(server: &Pki, client_ca: Option<&Path>) -> ServerTls {
+            let files = ServerTlsFiles {
+                cert: server.cert.clone(),
+                key: server.key.clone(),
+                client_ca: client_ca.map(Path::to_path_buf),
+            };
+            ServerTls::new(&files, Alpn::None).unwrap()
+        }
+
+        /// What a client trusting `ca` (and presenting `identity`'s certificate) connects with.
+        fn trusting(ca: &Pki, identity: Option<&Pki>) -> Arc<rustls::ClientConfig> {
+            let identity = identity.map(|pki| Identity {
+                cert: pki.cert.clone(),
+                key: pki.key.clone(),
+            });
+            ClientTls::new(&ca.ca, identity.as_ref()).unwrap().rustls()
+        }
+
+        /// A QueryWorker call over a new connection.
+        fn query_worker(
+            addr: &str,
+            tls: Option<Arc<rustls::ClientConfig>>,
+        ) -> thrift::Result<WorkerStatus> {
+            let (input, output) = crate::client::connect(addr, DEADLINE, tls)?;
+            WorkerSyncClient::new(input, output).query_worker()
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_generated_client_is_served_over_tls() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let addr = start_tls(
+                quick(Duration::from_millis(300)),
+                Some(server_tls(&server, None)),
+            )
+            .await;
+            let config = trusting(&server, None);
+            let waited = blocking(move || {
+                // By address and by name: the certificate is checked against either.
+                let port = addr.rsplit_once(':').unwrap().1;
+                assert!(
+                    query_worker(&format!("localhost:{port}"), Some(config.clone()))
+                        .unwrap()
+                        .is_healthy
+                );
+                let (input, output) =
+                    crate::client::connect(&addr, DEADLINE, Some(config)).unwrap();
+                let mut client = WorkerSyncClient::new(input, output);
+                for _ in 0..3 {
+                    assert!(client.query_worker().unwrap().is_healthy);
+                }
+                // A reply that takes longer than a request may, on the same TLS session.
+                let waited = client.wait_run("r".into(), 0, 600);
+                assert!(client.query_worker().unwrap().is_healthy);
+                waited
+            })
+            .await;
+            assert!(
+                matches!(waited, Err(thrift::Error::Application(ref e)) if e.message == "waited"),
+                "{waited:?}"
+            );
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_plaintext_client_fails_cleanly_and_the_port_keeps_serving() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let addr = start_tls(ServeOptions::default(), Some(server_tls(&server, None))).await;
+            let config = trusting(&server, None);
+            blocking(move || {
+                let plain = query_worker(&addr, None);
+                assert!(plain.is_err(), "{plain:?}");
+                let mut raw = raw(&addr);
+                raw.write_all(&request("QueryWorker", 1)).unwrap();
+                let mut answer = Vec::new();
+                // Whatever the server says (a TLS alert at most), it then closes.
+                let _ = raw.read_to_end(&mut answer);
+                assert!(
+                    !answer.starts_with(&[0x80, 0x01]),
+                    "a Thrift reply in plaintext"
+                );
+                assert!(query_worker(&addr, Some(config)).unwrap().is_healthy);
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_client_trusting_another_ca_is_refused() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let other = pki(dir.path(), "other");
+            let addr = start_tls(ServeOptions::default(), Some(server_tls(&server, None))).await;
+            let (wrong, right) = (trusting(&other, None), trusting(&server, None));
+            blocking(move || {
+                let error = crate::client::connect(&addr, DEADLINE, Some(wrong))
+                    .map(|_| ())
+                    .unwrap_err();
+                let error = crate::describe(&error);
+                assert!(error.contains("UnknownIssuer"), "{error}");
+                assert!(query_worker(&addr, Some(right)).unwrap().is_healthy);
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn with_a_client_ca_a_client_without_its_certificate_is_refused() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let clients = pki(dir.path(), "clients");
+            let strangers = pki(dir.path(), "strangers");
+            let addr = start_tls(
+                ServeOptions::default(),
+                Some(server_tls(&server, Some(&clients.ca))),
+            )
+            .await;
+            let anonymous = trusting(&server, None);
+            let stranger = trusting(&server, Some(&strangers));
+            let known = trusting(&server, Some(&clients));
+            blocking(move || {
+                // Under TLS 1.3 the client's side of the handshake may end before the server
+                // has checked its certificate: the refusal can come with the first call.
+                let refused = query_worker(&addr, Some(anonymous));
+                assert!(refused.is_err(), "{refused:?}");
+                let refused = query_worker(&addr, Some(stranger));
+                assert!(refused.is_err(), "{refused:?}");
+                assert!(query_worker(&addr, Some(known)).unwrap().is_healthy);
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_stalled_handshake_holds_a_slot_only_for_the_message_timeout() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let timeout = Duration::from_millis(300);
+            let addr = start_tls(
+                ServeOptions {
+                    max_connections: 1,
+                    ..quick(timeout)
+                },
+                Some(server_tls(&server, None)),
+            )
+            .await;
+            let config = trusting(&server, None);
+            blocking(move || {
+                let started = std::time::Instant::now();
+                // Connected, and never says hello: it holds the one slot.
+                let mut stalled = raw(&addr);
+                let deadline = started + DEADLINE;
+                loop {
+                    match query_worker(&addr, Some(config.clone())) {
+                        Ok(status) => {
+                            assert!(status.is_healthy);
+                            break;
+                        }
+                        Err(_) => {
+                            assert!(std::time::Instant::now() < deadline, "no slot freed");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+                assert!(
+                    started.elapsed() >= timeout,
+                    "the stalled handshake held no slot"
+                );
+                assert!(closed(&mut stalled), "the stalled handshake is not cut off");
+            })
+            .await;
+        }
     }
 }
