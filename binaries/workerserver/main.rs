@@ -163,6 +163,7 @@ async fn serve() -> anyhow::Result<()> {
         bundlestore: args.bundlestore.clone(),
         advertised_http_addr: Some(advertised),
         http_tls: server.http_tls,
+        thrift_tls: server.thrift_tls,
         client,
         drain_grace: args.drain_grace,
         kill_grace: args.kill_grace,

@@ -12,7 +12,7 @@ use scoot_thrift::server::{ServeOptions, ServeOptionsError};
 
 use crate::SchedulerConfig;
 use crate::config::ConfigError;
-use crate::server::{ReapiEndpoint, SchedulerError};
+use crate::server::{ReapiEndpoint, SchedulerError, SchedulerTls};
 
 /// Scoot scheduler: accepts jobs over CloudScoot and runs their tasks on workers.
 #[derive(Parser, Debug)]
@@ -111,6 +111,13 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         .server(&cli.access)
         .map_err(CliError::Security)?;
     let client = cli.transport.client().map_err(CliError::Security)?;
+    let tls = SchedulerTls {
+        thrift: server.thrift_tls.clone(),
+        http: server.http_tls.clone(),
+        // Asked for now: -thrift_tls without -tls_ca is refused at start, not at the first
+        // worker.
+        workers: client.thrift().map_err(CliError::Security)?,
+    };
     let thrift = listen("thrift_addr", &cli.thrift_addr).await?;
     let http = listen("http_addr", &cli.http_addr).await?;
     // Kept until exit: a temporary CAS directory is removed when this is dropped.
@@ -167,17 +174,9 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         ));
     }
     server.warn_if_exposed(&ports);
-    let served = crate::run(
-        thrift,
-        http,
-        server.http_tls,
-        server.tokens,
-        reapi,
-        config,
-        shutdown,
-    )
-    .await
-    .map_err(CliError::Failed);
+    let served = crate::run(thrift, http, tls, server.tokens, reapi, config, shutdown)
+        .await
+        .map_err(CliError::Failed);
     drop(temporary_cas);
     served
 }

@@ -136,7 +136,7 @@ impl Loop {
             reserved: HashMap::new(),
             tags: HashMap::new(),
             nodes: BTreeMap::new(),
-            connect: thrift_workers(),
+            connect: thrift_workers(None),
             durations: Durations::new(1_000_000),
             epoch: Instant::now(),
             events_tx,
@@ -145,7 +145,8 @@ impl Loop {
         }
     }
 
-    /// Reaches workers through `connect` instead of the Worker Thrift API.
+    /// Reaches workers through `connect` instead of the plaintext Worker Thrift API (scripted
+    /// workers in tests, or the Thrift API over TLS).
     pub fn with_workers(mut self, connect: Connect) -> Loop {
         self.connect = connect;
         self

@@ -22,6 +22,7 @@ use crate::event_loop::Loop;
 use crate::handler::CloudScootHandler;
 use crate::reapi::{self, operations::Tracker};
 use crate::wire;
+use crate::worker_client::thrift_workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -35,6 +36,18 @@ pub enum SchedulerError {
     Http(std::io::Error),
     #[error("grpc server: {0}")]
     Grpc(String),
+}
+
+/// TLS of the scheduler's Thrift and HTTP ports and of its connections to workers; all
+/// plaintext by default.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulerTls {
+    /// On the CloudScoot Thrift port (`-thrift_tls`).
+    pub thrift: Option<ServerTls>,
+    /// On the HTTP port.
+    pub http: Option<ServerTls>,
+    /// For connections to workers' Thrift ports (`-thrift_tls`, trusting `-tls_ca`).
+    pub workers: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where the Remote Execution API is served, and the stores of the CAS it serves.
@@ -75,7 +88,7 @@ fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), Sch
 pub async fn run(
     thrift: TcpListener,
     http: TcpListener,
-    http_tls: Option<ServerTls>,
+    tls: SchedulerTls,
     http_tokens: Option<Tokens>,
     reapi: Option<ReapiEndpoint>,
     config: SchedulerConfig,
@@ -86,7 +99,9 @@ pub async fn run(
     let sagas = SagaCoordinator::new(log);
 
     let (job_events_tx, job_events) = mpsc::unbounded_channel();
-    let mut scheduling = Loop::new(config.clone()).with_job_events(job_events_tx);
+    let mut scheduling = Loop::new(config.clone())
+        .with_workers(thrift_workers(tls.workers))
+        .with_job_events(job_events_tx);
     if config.recover_jobs_on_startup {
         recover(&sagas, &mut scheduling).await;
     }
@@ -169,7 +184,7 @@ pub async fn run(
     )));
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
-        None,
+        tls.thrift,
         processor,
         config.thrift,
         stop.clone().cancelled_owned(),
@@ -177,7 +192,7 @@ pub async fn run(
     let app = crate::admin::router(admin_api, http_tokens);
     let http_server = tokio::spawn(scoot_security::http::serve(
         http,
-        http_tls,
+        tls.http,
         app,
         stop.clone().cancelled_owned(),
     ));

@@ -309,7 +309,7 @@ mod tests {
     }
 
     fn node(id: &str, health: NodeHealth, platform: Option<&[(&str, &str)]>) -> Node {
-        let mut node = Node::new(Arc::new(WorkerClient::new(id)));
+        let mut node = Node::new(Arc::new(WorkerClient::new(id, None)));
         node.health = health;
         node.platform = platform.map(|p| {
             offered(

@@ -3,12 +3,14 @@
 //!
 //! The Thrift runtime is synchronous, so calls run on the blocking pool. Connections are pooled
 //! per worker: a long `WaitRun` on one connection does not hold up an `Abort` on another. A
-//! connection that saw a transport error is dropped; the next call reconnects.
+//! connection that saw a transport error is dropped; the next call reconnects. Connections are
+//! plaintext, as Scoot's workers speak, or TLS under `-thrift_tls`.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use rustls::ClientConfig;
 use scoot_core::{Command, RunId, RunStatus, ServiceStatus, StateMask};
 use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
 use scoot_thrift::convert;
@@ -23,7 +25,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    #[error("worker {node}: {source}")]
+    #[error("worker {node}: {}", scoot_thrift::describe(.source))]
     Thrift { node: String, source: thrift::Error },
     #[error("worker {node}: {message}")]
     Internal { node: String, message: String },
@@ -62,21 +64,24 @@ pub trait WorkerApi: Send + Sync {
 /// Makes the client of the worker with a node id (its Thrift address).
 pub type Connect = Arc<dyn Fn(&str) -> Arc<dyn WorkerApi> + Send + Sync>;
 
-/// Workers reached over the Worker Thrift API.
-pub fn thrift_workers() -> Connect {
-    Arc::new(|node: &str| Arc::new(WorkerClient::new(node)) as Arc<dyn WorkerApi>)
+/// Workers reached over the Worker Thrift API, over TLS when `tls` is given.
+pub fn thrift_workers(tls: Option<Arc<ClientConfig>>) -> Connect {
+    Arc::new(move |node: &str| Arc::new(WorkerClient::new(node, tls.clone())) as Arc<dyn WorkerApi>)
 }
 
 #[derive(Clone)]
 pub struct WorkerClient {
     node: String,
+    tls: Option<Arc<ClientConfig>>,
     idle: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl WorkerClient {
-    pub fn new(node: &str) -> WorkerClient {
+    /// The client of the worker whose Thrift address is `node`, over TLS when `tls` is given.
+    pub fn new(node: &str, tls: Option<Arc<ClientConfig>>) -> WorkerClient {
         WorkerClient {
             node: node.to_string(),
+            tls,
             idle: Arc::default(),
         }
     }
@@ -86,6 +91,7 @@ impl WorkerClient {
         rpc: impl FnOnce(&mut Connection) -> thrift::Result<T> + Send + 'static,
     ) -> Result<T, RpcError> {
         let node = self.node.clone();
+        let tls = self.tls.clone();
         let idle = self.idle.clone();
         let err_node = node.clone();
         tokio::task::spawn_blocking(move || {
@@ -93,7 +99,7 @@ impl WorkerClient {
             let mut conn = match pooled {
                 Some(conn) => conn,
                 None => {
-                    let (input, output) = connect(&node, RPC_TIMEOUT, None)?;
+                    let (input, output) = connect(&node, RPC_TIMEOUT, tls)?;
                     WorkerSyncClient::new(input, output)
                 }
             };

@@ -68,6 +68,9 @@ pub struct WorkerConfig {
     pub advertised_http_addr: Option<String>,
     /// TLS on the HTTP port (output URIs are then `https://`).
     pub http_tls: Option<ServerTls>,
+    /// TLS on the Thrift port (`-thrift_tls`); plaintext, as Scoot's schedulers speak, when
+    /// `None`.
+    pub thrift_tls: Option<ServerTls>,
     /// TLS and token for what the worker connects to: the CAS of `-cas_addr`, the bundlestore.
     pub client: ClientSecurity,
     /// Where output files go; a fresh temporary directory (removed at exit) by default.
@@ -113,6 +116,7 @@ impl Default for WorkerConfig {
             bundlestore: None,
             advertised_http_addr: None,
             http_tls: None,
+            thrift_tls: None,
             client: ClientSecurity::default(),
             output_dir: None,
             retained_outputs: 1000,
@@ -281,7 +285,7 @@ pub async fn run(
     ));
     let thrift_server = tokio::spawn(scoot_thrift::server::serve(
         thrift,
-        None,
+        config.thrift_tls.clone(),
         processor,
         config.thrift,
         stop.clone().cancelled_owned(),
