@@ -1,8 +1,11 @@
 //! A CloudScoot client over one connection that is re-opened after any error, as Scoot's
-//! clients did.
+//! clients did; plaintext as Scoot's scheduler speaks, or TLS (`-thrift_tls`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::ClientConfig;
 
 use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
 use scoot_thrift::scoot::{self, CloudScootSyncClient, TCloudScootSyncClient};
@@ -14,26 +17,35 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the scheduler at {addr}: {source}")]
+    #[error("cannot reach the scheduler at {addr}: {}", scoot_thrift::describe(.source))]
     Connect { addr: String, source: thrift::Error },
     /// The scheduler answered with an error (e.g. an invalid job).
     #[error("{0}")]
     Refused(String),
-    #[error("call to the scheduler at {addr} failed: {source}")]
+    #[error("call to the scheduler at {addr} failed: {}", scoot_thrift::describe(.source))]
     Call { addr: String, source: thrift::Error },
 }
 
 pub struct Client {
     addr: String,
+    tls: Option<Arc<ClientConfig>>,
     conn: Option<Connection>,
 }
 
 impl Client {
+    /// A plaintext client of the scheduler at `addr`; it connects at its first call.
     pub fn new(addr: &str) -> Client {
         Client {
             addr: addr.to_string(),
+            tls: None,
             conn: None,
         }
+    }
+
+    /// This client, connecting over TLS when `tls` is given.
+    pub fn with_tls(mut self, tls: Option<Arc<ClientConfig>>) -> Client {
+        self.tls = tls;
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -48,9 +60,11 @@ impl Client {
             Some(conn) => conn,
             None => {
                 let (input, output) =
-                    connect(&self.addr, TIMEOUT, None).map_err(|source| ClientError::Connect {
-                        addr: self.addr.clone(),
-                        source,
+                    connect(&self.addr, TIMEOUT, self.tls.clone()).map_err(|source| {
+                        ClientError::Connect {
+                            addr: self.addr.clone(),
+                            source,
+                        }
                     })?;
                 self.conn.insert(CloudScootSyncClient::new(input, output))
             }

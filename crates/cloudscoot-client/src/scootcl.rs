@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use scoot_security::{SecurityError, TransportFlags};
 use scoot_thrift::scoot;
 use serde_json::{Value, json};
 
@@ -26,6 +28,11 @@ pub struct Cli {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", global = true, default_value = "info")]
     pub log_level: String,
+    /// TLS, given before the command: with -thrift_tls and -tls_ca, scootcl reaches a
+    /// scheduler that serves Thrift over TLS (-tls_cert/-tls_key when it wants a client
+    /// certificate).
+    #[command(flatten)]
+    pub transport: TransportFlags,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -137,11 +144,25 @@ pub enum CliError {
     Smoke(#[from] SmokeError),
     #[error("{0}")]
     Usage(String),
+    #[error("TLS set-up: {0}")]
+    Security(#[from] SecurityError),
+}
+
+/// The TLS of scootcl's connection to the scheduler, `None` for plaintext.
+fn thrift_tls(flags: &TransportFlags) -> Result<Option<Arc<rustls::ClientConfig>>, CliError> {
+    if flags.auth_token_file.is_some() {
+        // Refused rather than ignored: nobody should believe their calls carry a token.
+        return Err(CliError::Usage(
+            "-auth_token_file: the CloudScoot API takes no tokens; only REAPI ports do".into(),
+        ));
+    }
+    Ok(flags.client()?.thrift()?)
 }
 
 /// Runs one scootcl command; output goes to stdout.
 pub fn run(cli: Cli) -> Result<(), CliError> {
-    let mut client = Client::new(&addr::scheduler_addr(cli.addr));
+    let tls = thrift_tls(&cli.transport)?;
+    let mut client = Client::new(&addr::scheduler_addr(cli.addr)).with_tls(tls);
     match cli.command {
         Cmd::RunJob(args) => {
             let def = job_definition(args)?;
@@ -482,6 +503,36 @@ mod tests {
             parse(&["set_scheduler_status", "--task-throttle", "-1"]).command,
             Cmd::SetSchedulerStatus { task_throttle: -1 }
         ));
+    }
+
+    #[test]
+    fn tls_flags_come_before_the_command_and_are_checked() {
+        let cli = parse(&["--thrift_tls", "--tls_ca", "ca.pem", "get_job_status", "j"]);
+        assert!(cli.transport.thrift_tls);
+        assert_eq!(cli.transport.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert!(matches!(cli.command, Cmd::GetJobStatus(_)));
+        // Plaintext unless asked for, a CA or not.
+        assert!(
+            thrift_tls(&parse(&["get_job_status", "j"]).transport)
+                .unwrap()
+                .is_none()
+        );
+        let error = thrift_tls(&parse(&["--thrift_tls", "get_job_status", "j"]).transport)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("-tls_ca"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret").unwrap();
+        let flags = parse(&[
+            "--auth_token_file",
+            token.to_str().unwrap(),
+            "get_job_status",
+            "j",
+        ])
+        .transport;
+        let error = thrift_tls(&flags).unwrap_err().to_string();
+        assert!(error.contains("takes no tokens"), "{error}");
     }
 
     #[test]
