@@ -24,6 +24,14 @@ pub enum ClientError {
     Refused(String),
     #[error("call to the scheduler at {addr} failed: {}", scoot_thrift::describe(.source))]
     Call { addr: String, source: thrift::Error },
+    /// The first answer on a plaintext connection was no Thrift: a scheduler serving Thrift
+    /// over TLS answers a plaintext request with a TLS alert, which reads as garbage.
+    #[error(
+        "the scheduler at {addr} does not answer plaintext Thrift ({}); if it serves Thrift \
+         over TLS, give -thrift_tls and -tls_ca",
+        scoot_thrift::describe(.source)
+    )]
+    NotPlaintext { addr: String, source: thrift::Error },
 }
 
 pub struct Client {
@@ -56,6 +64,7 @@ impl Client {
         &mut self,
         rpc: impl FnOnce(&mut Connection) -> thrift::Result<T>,
     ) -> Result<T, ClientError> {
+        let fresh_plaintext = self.conn.is_none() && self.tls.is_none();
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
@@ -74,6 +83,13 @@ impl Client {
             Err(thrift::Error::Application(e)) => Err(ClientError::Refused(e.message)),
             Err(thrift::Error::User(e)) => {
                 Err(ClientError::Refused(describe_exception(e.as_ref())))
+            }
+            Err(source @ thrift::Error::Protocol(_)) if fresh_plaintext => {
+                self.conn = None;
+                Err(ClientError::NotPlaintext {
+                    addr: self.addr.clone(),
+                    source,
+                })
             }
             Err(source) => {
                 self.conn = None;
@@ -165,4 +181,29 @@ fn describe_exception(e: &(dyn std::error::Error + Send + Sync + 'static)) -> St
         return "the scheduler cannot take the job now; try again later".to_string();
     }
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn a_plaintext_call_answered_in_tls_says_so() {
+        // Answers as a TLS server answers a plaintext client: an alert record, then closes.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.read(&mut [0; 1024]);
+                let _ = stream.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+            }
+        });
+        let error = Client::new(&addr).get_scheduler_status().unwrap_err();
+        assert!(matches!(error, ClientError::NotPlaintext { .. }), "{error}");
+        assert!(error.to_string().contains("-thrift_tls"), "{error}");
+    }
 }

@@ -27,6 +27,14 @@ pub const MAX_WAIT: Duration = Duration::from_secs(25);
 pub enum RpcError {
     #[error("worker {node}: {}", scoot_thrift::describe(.source))]
     Thrift { node: String, source: thrift::Error },
+    /// The first answer on a plaintext connection was no Thrift: a worker serving Thrift over
+    /// TLS answers a plaintext request with a TLS alert, which reads as garbage.
+    #[error(
+        "worker {node} does not answer plaintext Thrift ({}); if it serves Thrift over TLS, \
+         give the scheduler -thrift_tls and -tls_ca",
+        scoot_thrift::describe(.source)
+    )]
+    NotPlaintext { node: String, source: thrift::Error },
     #[error("worker {node}: {message}")]
     Internal { node: String, message: String },
 }
@@ -94,14 +102,15 @@ impl WorkerClient {
         let tls = self.tls.clone();
         let idle = self.idle.clone();
         let err_node = node.clone();
-        tokio::task::spawn_blocking(move || {
+        let (result, fresh_plaintext) = tokio::task::spawn_blocking(move || {
             let pooled = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let fresh_plaintext = pooled.is_none() && tls.is_none();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => {
-                    let (input, output) = connect(&node, RPC_TIMEOUT, tls)?;
-                    WorkerSyncClient::new(input, output)
-                }
+                None => match connect(&node, RPC_TIMEOUT, tls) {
+                    Ok((input, output)) => WorkerSyncClient::new(input, output),
+                    Err(err) => return (Err(err), false),
+                },
             };
             let result = rpc(&mut conn);
             // Application errors leave the connection in a clean state; anything else may not.
@@ -110,16 +119,22 @@ impl WorkerClient {
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(conn);
             }
-            result
+            (result, fresh_plaintext)
         })
         .await
         .map_err(|e| RpcError::Internal {
             node: err_node.clone(),
             message: e.to_string(),
-        })?
-        .map_err(|source| RpcError::Thrift {
-            node: err_node,
-            source,
+        })?;
+        result.map_err(|source| match source {
+            thrift::Error::Protocol(_) if fresh_plaintext => RpcError::NotPlaintext {
+                node: err_node,
+                source,
+            },
+            source => RpcError::Thrift {
+                node: err_node,
+                source,
+            },
         })
     }
 }
@@ -166,5 +181,36 @@ impl WorkerApi for WorkerClient {
                 Err(err) => Err(err),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A port that answers whatever it is sent as a TLS server answers a plaintext client: with
+    /// an alert record (fatal, protocol version), then closes.
+    fn tls_only_port() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.read(&mut [0; 1024]);
+                let _ = stream.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_call_answered_in_tls_says_so() {
+        let worker = WorkerClient::new(&tls_only_port(), None);
+        let error = worker.query().await.unwrap_err();
+        assert!(matches!(error, RpcError::NotPlaintext { .. }), "{error}");
+        assert!(error.to_string().contains("-thrift_tls"), "{error}");
     }
 }

@@ -103,7 +103,11 @@ pub fn connect(
             let mut stream = StreamOwned::new(conn, stream);
             // Bounded by the socket's timeouts, as every later read and write is.
             while stream.conn.is_handshaking() {
-                stream.conn.complete_io(&mut stream.sock)?;
+                stream
+                    .conn
+                    .complete_io(&mut stream.sock)
+                    // Said, because a plaintext server's reset or close reads as no more.
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
             }
             Channel::Tls(Arc::new(Mutex::new(stream)))
         }

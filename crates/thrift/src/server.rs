@@ -193,6 +193,8 @@ enum ReadEnd {
     /// The request did not arrive whole within the message timeout.
     Slow(usize),
     Bad(ScanError),
+    /// The request began as a TLS handshake does: a client speaking TLS to a plaintext port.
+    TlsClient,
     Io(io::Error),
 }
 
@@ -221,6 +223,11 @@ async fn serve_connection<P>(
     };
     match handshake {
         Ok(Ok(stream)) => serve_requests(stream, peer, processor, options, stop).await,
+        // Connecting and closing (a port probe, a TCP health check) is no failure worth more
+        // than a plaintext connection that closes without a request.
+        Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(%peer, "thrift client disconnected during the TLS handshake")
+        }
         // A plaintext Scoot client on a TLS port ends here, as does one that does not trust
         // this server's certificate or has none of its own when one is required.
         Ok(Err(err)) => tracing::info!(%peer, error = %err, "thrift TLS handshake failed"),
@@ -309,12 +316,26 @@ async fn read_request<S: AsyncRead + Unpin>(
             Err(_) => return Err(ReadEnd::Idle),
             Ok(Ok(0)) => return Err(ReadEnd::Closed),
             Ok(Ok(_)) => {}
+            // A TLS client that leaves without a close_notify, as most do: between requests
+            // it cut nothing short, so it merely disconnected.
+            Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ReadEnd::Closed);
+            }
             Ok(Err(err)) => return Err(ReadEnd::Io(err)),
         }
     }
     let deadline = Instant::now() + options.message_timeout;
     loop {
-        if let Some(len) = scanner.scan(buf).map_err(ReadEnd::Bad)? {
+        // A TLS record header (handshake, TLS 1.x) reads as a name length over 300 MB, which no
+        // request may have: the scanner refuses it, and the log says what it was.
+        let scanned = scanner.scan(buf).map_err(|err| {
+            if buf.starts_with(&[0x16, 0x03]) {
+                ReadEnd::TlsClient
+            } else {
+                ReadEnd::Bad(err)
+            }
+        });
+        if let Some(len) = scanned? {
             return Ok(len);
         }
         buf.reserve(READ_CHUNK);
@@ -340,6 +361,11 @@ fn log_end(peer: SocketAddr, end: ReadEnd, options: &ServeOptions) {
         ReadEnd::Bad(err) => {
             tracing::info!(%peer, error = %err, "closing thrift connection after a bad request")
         }
+        ReadEnd::TlsClient => tracing::info!(
+            %peer,
+            "closing thrift connection: the client speaks TLS to this plaintext port \
+             (-thrift_tls is given to it and not to this server)"
+        ),
         ReadEnd::Io(err) => tracing::debug!(%peer, error = %err, "thrift connection failed"),
     }
 }
@@ -723,6 +749,23 @@ mod tests {
                     "a Thrift reply in plaintext"
                 );
                 assert!(query_worker(&addr, Some(config)).unwrap().is_healthy);
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_tls_client_to_a_plaintext_port_fails_at_connect() {
+            let dir = tempfile::tempdir().unwrap();
+            let server = pki(dir.path(), "server");
+            let addr = start(ServeOptions::default()).await;
+            let config = trusting(&server, None);
+            blocking(move || {
+                let error = crate::client::connect(&addr, DEADLINE, Some(config))
+                    .map(|_| ())
+                    .unwrap_err();
+                let error = crate::describe(&error);
+                assert!(error.contains("TLS handshake"), "{error}");
+                assert!(query_worker(&addr, None).unwrap().is_healthy);
             })
             .await;
         }
