@@ -18,4 +18,5 @@ mod snapshots;
 mod support;
 mod task_processes;
 mod thrift_ports;
+mod thrift_tls;
 mod worker;

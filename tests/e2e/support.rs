@@ -185,6 +185,30 @@ impl Worker {
         Worker::initialised(proc, thrift_port, http_port)
     }
 
+    /// A worker started with `flags` that make it serve Thrift over TLS (`-thrift_tls`,
+    /// `-tls_cert`, ...), initialised as QueryWorker over TLS with `tls` reports.
+    pub fn start_tls(flags: &[&str], tls: &scoot_security::ClientTls) -> Worker {
+        use scoot_thrift::worker::TWorkerSyncClient;
+        let (proc, ports) = spawn_listening("workerserver", 2, |ports| {
+            let mut cmd = Worker::command(ports[0], ports[1], flags);
+            cmd.stderr(log_file(&format!("workerserver-{}", ports[0])));
+            cmd
+        });
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        poll("the worker to be initialised", || {
+            let (i, o) = scoot_thrift::client::connect(&addr, DEADLINE, Some(tls.rustls())).ok()?;
+            let status = scoot_thrift::worker::WorkerSyncClient::new(i, o)
+                .query_worker()
+                .ok()?;
+            status.initialized.then_some(())
+        });
+        Worker {
+            proc,
+            thrift_port: ports[0],
+            http_port: ports[1],
+        }
+    }
+
     fn command(thrift_port: u16, http_port: u16, extra_args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerserver"));
         cmd.arg("-thrift_addr")
