@@ -159,8 +159,7 @@ fn main() {
             let mut options = vec![remote.as_str(), "--jobs=8"];
             let bazel_flags = secure.bazel_flags();
             options.extend(bazel_flags.iter().map(String::as_str));
-            let (took, output) =
-                timed_build(&remote_bazel, "remote-cold-secure", &args(&options));
+            let (took, output) = timed_build(&remote_bazel, "remote-cold-secure", &args(&options));
             assert_all_remote("remote-cold-secure", &output);
             secured.push(took);
         }
