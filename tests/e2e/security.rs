@@ -109,19 +109,48 @@ fn code_and_message(
     (error.code, error.message)
 }
 
+/// A scheduler serving TLS with the tokens of [`write_tokens`], and what a test needs beside it.
+struct Secured {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    tokens: std::path::PathBuf,
+    scheduler: Scheduler,
+    grpc: String,
+}
+
+impl Secured {
+    fn start(extra: &[&str]) -> Secured {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), &[]);
+        let tokens = dir.path().join("tokens");
+        write_tokens(&tokens, true);
+        let mut flags = pki.flags();
+        flags.extend(["-auth_tokens".into(), tokens.display().to_string()]);
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let scheduler = Scheduler::start_with_flags(&[], serde_json::json!({}), &flag_refs);
+        let grpc = format!("127.0.0.1:{}", scheduler.grpc_port);
+        Secured {
+            dir,
+            pki,
+            tokens,
+            scheduler,
+            grpc,
+        }
+    }
+}
+
 #[test]
 fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), &[]);
-    let tokens = dir.path().join("tokens");
-    write_tokens(&tokens, true);
+    let Secured {
+        dir,
+        pki,
+        tokens,
+        scheduler,
+        grpc,
+    } = Secured::start(&[]);
     let worker_token = dir.path().join("worker-token");
     std::fs::write(&worker_token, WORKER).unwrap();
-    let mut flags = pki.flags();
-    flags.extend(["-auth_tokens".into(), tokens.display().to_string()]);
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let scheduler = Scheduler::start_with_flags(&[], serde_json::json!({}), &flag_refs);
-    let grpc = format!("127.0.0.1:{}", scheduler.grpc_port);
     // The worker connects over TLS; its own ports stay plaintext here (the multi-host test
     // serves them over TLS).
     let mut worker_flags: Vec<String> = vec!["-tls_ca".into(), pki.ca.display().to_string()];
@@ -270,15 +299,13 @@ fn a_tls_scheduler_with_tokens_serves_each_token_what_its_scope_allows() {
 
 #[test]
 fn bzutil_over_tls_with_a_token_and_without_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), &[]);
-    let tokens = dir.path().join("tokens");
-    write_tokens(&tokens, true);
-    let mut flags = pki.flags();
-    flags.extend(["-auth_tokens".into(), tokens.display().to_string()]);
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let scheduler = Scheduler::start_with_flags(&[], serde_json::json!({}), &flag_refs);
-    let grpc = format!("127.0.0.1:{}", scheduler.grpc_port);
+    let Secured {
+        dir,
+        pki,
+        grpc,
+        scheduler: _scheduler,
+        ..
+    } = Secured::start(&[]);
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{BUILDER}\n")).unwrap();
     let bzutil = |auth: bool| {
@@ -316,18 +343,18 @@ fn a_call_without_a_token_inherits_its_connections_only_when_asked() {
     use tonic::service::interceptor::InterceptedService;
 
     for inherit in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::new(dir.path(), &[]);
-        let tokens = dir.path().join("tokens");
-        write_tokens(&tokens, true);
-        let mut flags = pki.flags();
-        flags.extend(["-auth_tokens".into(), tokens.display().to_string()]);
-        if inherit {
-            flags.push("-auth_connection_tokens".into());
-        }
-        let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let scheduler = Scheduler::start_with_flags(&[], serde_json::json!({}), &flag_refs);
-        let grpc = format!("127.0.0.1:{}", scheduler.grpc_port);
+        let extra: &[&str] = if inherit {
+            &["-auth_connection_tokens"]
+        } else {
+            &[]
+        };
+        let Secured {
+            dir,
+            pki,
+            tokens,
+            grpc,
+            scheduler: _scheduler,
+        } = Secured::start(extra);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let tls = pki.client(dir.path(), None).tls.unwrap();

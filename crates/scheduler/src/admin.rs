@@ -35,13 +35,7 @@ async fn offline(
     Path(node): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) =
-        scoot_security::http::authorize(admin.tokens.as_ref(), &headers, Scope::Admin)
-    {
-        return refusal;
-    }
-    tracing::info!(%node, "offlining a worker (HTTP)");
-    answer(admin.api.offline_worker(&node).await)
+    act(admin, node, headers, Action::Offline).await
 }
 
 async fn reinstate(
@@ -49,13 +43,26 @@ async fn reinstate(
     Path(node): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    act(admin, node, headers, Action::Reinstate).await
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Offline,
+    Reinstate,
+}
+
+async fn act(admin: Admin, node: String, headers: HeaderMap, action: Action) -> Response {
     if let Err(refusal) =
         scoot_security::http::authorize(admin.tokens.as_ref(), &headers, Scope::Admin)
     {
         return refusal;
     }
-    tracing::info!(%node, "reinstating a worker (HTTP)");
-    answer(admin.api.reinstate_worker(&node).await)
+    tracing::info!(%node, ?action, "worker action over HTTP");
+    answer(match action {
+        Action::Offline => admin.api.offline_worker(&node).await,
+        Action::Reinstate => admin.api.reinstate_worker(&node).await,
+    })
 }
 
 fn answer(result: Result<(), ApiError>) -> Response {
