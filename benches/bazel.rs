@@ -247,8 +247,8 @@ fn main() {
              ~10 ms end to end; we attribute the gap to the build's processes and ours contending \
              for the 2 cores (trial runs without fsyncs in the CAS, or without the apiserver \
              fallback, moved the ratio no more than run-to-run noise). Workers run every action \
-             in a host-tools sandbox (their default); the last row is the cold build on a cluster \
-             whose workers run actions unsandboxed, and the row after it the cold build on a \
+             in a host-tools sandbox (their default); the fourth row is the cold build on a \
+             cluster whose workers run actions unsandboxed, the fifth the cold build on a \
              cluster serving TLS on every port and checking a token on every call. {runs} \
              rounds, each a local, an unsandboxed cold, a TLS cold, a cold and a warm build; times are medians, ratios the medians of each round's \
              ratios.\n\n\
