@@ -9,9 +9,15 @@
 #     and limits, the scheduler's DNS discovery names the headless worker Service;
 #   - every systemd unit in deploy/systemd with `systemd-analyze verify` (its binaries replaced
 #     by stubs, since they need not be installed here; any warning is an error), and every
-#     variable its command line uses is set in its example environment file.
-# kubernetes-validate and its dependencies are pinned and installed, once, in a venv at
-# target/deploy-venv; Debian's python3-venv and systemd are installed if missing.
+#     variable its command line uses is set in its example environment file;
+#   - every Grafana dashboard in deploy/grafana: JSON, a dashboard (title, schemaVersion,
+#     panels), unique panel ids, grid positions that fit and do not overlap, a Prometheus data
+#     source variable and `job`/`instance` variables, and every PromQL expression parsed by
+#     promql-parser from PyPI (the Rust promql-parser crate's Python binding), naming only the
+#     metrics, labels and label values in SCOOT_METRICS below, filtered by $job and $instance;
+#     every metric in SCOOT_METRICS is on some dashboard.
+# kubernetes-validate, promql-parser and their dependencies are pinned and installed, once, in a
+# venv at target/deploy-venv; Debian's python3-venv and systemd are installed if missing.
 #
 # Usage: scripts/check-deploy.sh [DEPLOY_DIR]   (default: deploy)
 set -euo pipefail
@@ -19,8 +25,10 @@ cd "$(dirname "$0")/.."
 
 KUBERNETES_VERSION=1.33.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+PROMQL_PARSER_VERSION=0.11.0
 PINNED=(
   "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  "promql-parser==$PROMQL_PARSER_VERSION"
   attrs==26.1.0
   importlib_resources==7.1.0
   jsonschema==4.26.0
@@ -43,7 +51,8 @@ apt_install() {
 }
 
 installed() {
-  [ -x "$validate" ] && [ "$("$validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]
+  [ -x "$validate" ] && [ "$("$validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ] &&
+    [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("promql-parser"))' 2>/dev/null)" = "$PROMQL_PARSER_VERSION" ]
 }
 
 if ! installed; then
@@ -51,12 +60,12 @@ if ! installed; then
     echo "installing python3-venv (Debian)" >&2
     apt_install python3-venv
   fi
-  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI into $venv" >&2
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and promql-parser $PROMQL_PARSER_VERSION from PyPI into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "${PINNED[@]}" >&2
   if ! installed; then
-    echo "check-deploy: $validate does not report version $KUBERNETES_VALIDATE_VERSION" >&2
+    echo "check-deploy: $venv lacks kubernetes-validate $KUBERNETES_VALIDATE_VERSION or promql-parser $PROMQL_PARSER_VERSION" >&2
     exit 1
   fi
 fi
@@ -376,6 +385,326 @@ for unit in "${units[@]}"; do
     failed=1
   fi
 done
+
+# Grafana dashboards, one line per file, then one for the metric list as a whole.
+if ! "$venv/bin/python" - "$deploy" "$PROMQL_PARSER_VERSION" <<'EOF'; then failed=1; fi
+import glob
+import json
+import os
+import re
+import sys
+
+import promql_parser as promql
+
+deploy, parser_version = sys.argv[1], sys.argv[2]
+failed = False
+
+# What scoot exports (crates/metrics and its callers): the only names a dashboard may use.
+# kind, then labels (with the values each may take; None for any value).
+SCOOT_METRICS = {
+    # scheduler
+    "scoot_scheduler_jobs_total": ("counter", {}),
+    "scoot_scheduler_tasks_scheduled_total": ("counter", {}),
+    "scoot_scheduler_tasks_completed_total": ("counter", {}),
+    "scoot_scheduler_tasks_failed_total": ("counter", {}),
+    "scoot_scheduler_task_retries_total": ("counter", {}),
+    "scoot_scheduler_running_tasks": ("gauge", {}),
+    "scoot_scheduler_waiting_tasks": ("gauge", {}),
+    "scoot_scheduler_in_progress_jobs": ("gauge", {}),
+    "scoot_scheduler_workers": ("gauge", {"state": {"ready", "offline", "lost", "checking"}}),
+    "scoot_scheduler_run_job_duration_seconds": ("histogram", {}),
+    "scoot_scheduler_job_duration_seconds": ("histogram", {}),
+    "scoot_saga_write_duration_seconds": ("histogram", {}),
+    # REAPI, served by the scheduler
+    "scoot_reapi_execute_requests_total": ("counter", {"outcome": {
+        "queued", "cached", "merged", "failed_precondition", "invalid_argument", "error"}}),
+    "scoot_reapi_queued_actions": ("gauge", {}),
+    "scoot_reapi_queue_wait_seconds": ("histogram", {}),
+    "scoot_reapi_action_phase_seconds": ("histogram", {"phase": {
+        "queued", "input_fetch", "execution", "output_upload"}}),
+    "scoot_reapi_action_cache_lookups_total": ("counter", {"result": {"hit", "miss"}}),
+    "scoot_cas_bytes_total": ("counter", {"direction": {"in", "out"}}),
+    "scoot_cas_find_missing_requested_total": ("counter", {}),
+    "scoot_cas_find_missing_missing_total": ("counter", {}),
+    "scoot_reapi_merged_executions": ("gauge", {}),
+    # workerserver
+    "scoot_worker_running_task": ("gauge", {}),
+    "scoot_worker_runs_total": ("counter", {}),
+    "scoot_worker_aborts_total": ("counter", {}),
+    "scoot_worker_task_duration_seconds": ("histogram", {}),
+    "scoot_worker_unhealthy": ("gauge", {}),
+    # apiserver
+    "scoot_bundlestore_reads_total": ("counter", {}),
+    "scoot_bundlestore_writes_total": ("counter", {}),
+    "scoot_bundlestore_exists_total": ("counter", {}),
+    "scoot_bundlestore_read_duration_seconds": ("histogram", {}),
+}
+TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+
+# Every series name a query may select: name -> (metric, is_counter_like, labels).
+SERIES = {}
+for metric, (kind, labels) in SCOOT_METRICS.items():
+    if kind == "histogram":
+        SERIES[metric + "_bucket"] = (metric, True, {**labels, "le": None})
+        SERIES[metric + "_sum"] = (metric, True, labels)
+        SERIES[metric + "_count"] = (metric, True, labels)
+    else:
+        SERIES[metric] = (metric, kind == "counter", labels)
+
+RATE_FUNCTIONS = {"rate", "irate", "increase"}
+# Grafana's own variables, replaced as Grafana would before the query reaches Prometheus.
+MACROS = [
+    (re.compile(r"\$\{?__(rate_interval|interval|range)\}?"), "5m"),
+    (re.compile(r"\$\{?__(interval_ms|range_ms|range_s)\}?"), "300"),
+]
+
+
+def report(path, problems, what):
+    global failed
+    if problems:
+        failed = True
+        print(f"FAIL {path}: {what}")
+        for problem in problems:
+            print(f"      {problem}")
+    else:
+        print(f"ok   {path}: {what}")
+
+
+def parse(expr):
+    for pattern, value in MACROS:
+        expr = pattern.sub(value, expr)
+    return promql.parse(expr)
+
+
+# The parser itself must refuse broken PromQL, or a pass means nothing.
+for broken in ('sum(rate(scoot_worker_runs_total[5m])', 'rate(scoot_worker_runs_total)',
+               'histogram_quantile(0.5)', 'scoot_worker_runs_total{job=~"$job"'):
+    try:
+        parse(broken)
+    except ValueError:
+        continue
+    print(f"FAIL promql-parser {parser_version} accepted {broken!r}")
+    sys.exit(1)
+print(f"ok   promql-parser {parser_version} refuses broken PromQL (self-test)")
+
+
+def selectors(node):
+    found = []
+
+    def visit(n):
+        if isinstance(n, promql.VectorSelector):
+            found.append(n)
+    promql.walk(node, visit)
+    return found
+
+
+def calls(node):
+    found = []
+
+    def visit(n):
+        if isinstance(n, promql.Call):
+            found.append(n)
+    promql.walk(node, visit)
+    return found
+
+
+def check_expr(expr, where, used, problems):
+    """Parses one query and checks what it selects; adds the metrics it names to `used`."""
+    try:
+        ast = parse(expr)
+    except ValueError as e:
+        problems.append(f"{where}: not PromQL ({e}): {expr}")
+        return
+    for sel in selectors(ast):
+        matchers = {m.name: m for m in sel.matchers.matchers}
+        names = [sel.name] if sel.name else []
+        if "__name__" in matchers:
+            m = matchers.pop("__name__")
+            if m.op == promql.MatchOp.Equal:
+                names.append(m.value)
+            else:
+                regex = re.compile(m.value)
+                names += [s for s in SERIES if regex.fullmatch(s)] or [f"(nothing matches {m.value!r})"]
+        if not names:
+            problems.append(f"{where}: a selector without a metric name: {expr}")
+        for name in names:
+            if name not in SERIES:
+                problems.append(f"{where}: {name} is not a metric scoot exports")
+                continue
+            metric, _, labels = SERIES[name]
+            used.add(metric)
+            for label, m in matchers.items():
+                if label in TARGET_LABELS:
+                    continue
+                if label not in labels:
+                    problems.append(f"{where}: {name} has no label {label}")
+                elif labels[label] and m.op == promql.MatchOp.Equal and m.value not in labels[label]:
+                    problems.append(f"{where}: {name}{{{label}}} is never {m.value!r} (only {', '.join(sorted(labels[label]))})")
+        for label in TARGET_LABELS:
+            m = matchers.get(label)
+            if m is None or m.op != promql.MatchOp.Re or m.value != f"${label}":
+                problems.append(f"{where}: a selector not filtered by {label}=~\"${label}\": {sel}")
+    for call in calls(ast):
+        func = call.func.name
+        if func in RATE_FUNCTIONS:
+            for sel in selectors(call):
+                if sel.name in SERIES and not SERIES[sel.name][1]:
+                    problems.append(f"{where}: {func}() of {sel.name}, a gauge")
+        if func == "histogram_quantile":
+            inner = call.args[1]
+            while isinstance(inner, promql.ParenExpr):
+                inner = inner.expr
+            if isinstance(inner, promql.AggregateExpr) and inner.modifier is not None:
+                keeps_le = ("le" in inner.modifier.labels) == (inner.modifier.type == promql.AggModifierType.By)
+                if not keeps_le:
+                    problems.append(f"{where}: histogram_quantile() of an aggregation that drops le")
+            elif isinstance(inner, promql.AggregateExpr):
+                problems.append(f"{where}: histogram_quantile() of an aggregation that drops le")
+            if not any(sel.name and sel.name.endswith("_bucket") for sel in selectors(inner)):
+                problems.append(f"{where}: histogram_quantile() of no _bucket series")
+
+    def check_by(n):
+        if isinstance(n, promql.AggregateExpr) and n.modifier is not None and n.modifier.type == promql.AggModifierType.By:
+            if any(c.func.name in ("label_replace", "label_join") for c in calls(n.expr)):
+                return
+            known = set(TARGET_LABELS)
+            for sel in selectors(n.expr):
+                if sel.name in SERIES:
+                    known |= set(SERIES[sel.name][2])
+            for label in n.modifier.labels:
+                if label not in known:
+                    problems.append(f"{where}: aggregates by {label}, which none of its metrics has")
+    promql.walk(ast, check_by)
+
+
+def all_panels(panels):
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels") or [])
+
+
+def check_dashboard(path, used):
+    problems = []
+    try:
+        with open(path) as f:
+            dash = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"not JSON: {e}"], 0, 0
+    if not isinstance(dash, dict):
+        return ["not a JSON object"], 0, 0
+    if not isinstance(dash.get("title"), str) or not dash["title"]:
+        problems.append("no title")
+    if not isinstance(dash.get("schemaVersion"), int):
+        problems.append("no integer schemaVersion")
+    if not isinstance(dash.get("panels"), list) or not dash["panels"]:
+        return problems + ["no panels"], 0, 0
+
+    variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list", [])}
+    datasources = set()
+    for v in variables.values():
+        if v.get("type") == "datasource" and v.get("query") == "prometheus":
+            datasources |= {f"${v['name']}", f"${{{v['name']}}}"}
+    for i in dash.get("__inputs", []):
+        if i.get("type") == "datasource" and i.get("pluginId") == "prometheus":
+            datasources |= {f"${{{i['name']}}}"}
+    if not datasources:
+        problems.append("no Prometheus data source: neither a datasource variable of query "
+                        "prometheus nor a __inputs entry")
+    for name in ("job", "instance"):
+        if name not in variables:
+            problems.append(f"no ${name} template variable")
+
+    def check_datasource(ds, where):
+        if ds is None:
+            return
+        if not isinstance(ds, dict) or ds.get("type") != "prometheus" or ds.get("uid") not in datasources:
+            problems.append(f"{where}: data source {ds!r} is not the dashboard's Prometheus variable or input")
+
+    for name, v in variables.items():
+        if v.get("type") != "query":
+            continue
+        where = f"variable ${name}"
+        check_datasource(v.get("datasource"), where)
+        query = v.get("query")
+        query = query.get("query", "") if isinstance(query, dict) else (query or "")
+        m = re.fullmatch(r"\s*label_values\((.*),\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*", query)
+        if not m:
+            problems.append(f"{where}: query {query!r} is not label_values(SELECTOR, LABEL)")
+            continue
+        var_problems = []
+        check_expr(m.group(1), where, set(), var_problems)
+        # A variable may be filtered by the ones before it, not by itself.
+        problems.extend(p for p in var_problems if "a selector not filtered by" not in p)
+
+    panels = list(all_panels(dash["panels"]))
+    ids = {}
+    cells = {}
+    targets = 0
+    for panel in panels:
+        pid = panel.get("id")
+        where = f"panel {pid} {panel.get('title', '')!r}"
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            problems.append(f"{where}: no integer id")
+        elif pid in ids:
+            problems.append(f"{where}: id {pid} is taken by panel {ids[pid]!r}")
+        else:
+            ids[pid] = panel.get("title", "")
+        grid = panel.get("gridPos")
+        if not isinstance(grid, dict) or not all(isinstance(grid.get(k), int) for k in "hwxy"):
+            problems.append(f"{where}: no gridPos with integer h, w, x, y")
+        elif grid["x"] < 0 or grid["w"] < 1 or grid["x"] + grid["w"] > 24 or grid["h"] < 1 or grid["y"] < 0:
+            problems.append(f"{where}: gridPos {grid} does not fit the 24-column grid")
+        elif panel in dash["panels"]:
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    if (x, y) in cells:
+                        problems.append(f"{where}: overlaps panel {cells[x, y]}")
+                        break
+                    cells[x, y] = pid
+                else:
+                    continue
+                break
+        if panel.get("type") == "row":
+            continue
+        check_datasource(panel.get("datasource"), where)
+        if not panel.get("targets"):
+            problems.append(f"{where}: no targets")
+        refs = set()
+        for target in panel.get("targets") or []:
+            ref = target.get("refId")
+            twhere = f"{where} target {ref}"
+            if ref in refs:
+                problems.append(f"{twhere}: refId used twice")
+            refs.add(ref)
+            check_datasource(target.get("datasource"), twhere)
+            if not isinstance(target.get("expr"), str) or not target["expr"].strip():
+                problems.append(f"{twhere}: no expr")
+                continue
+            targets += 1
+            check_expr(target["expr"], twhere, used, problems)
+    return problems, len(panels), targets
+
+
+shown = set()
+paths = sorted(glob.glob(os.path.join(deploy, "grafana", "*.json")))
+if not paths:
+    print(f"FAIL no dashboards in {deploy}/grafana")
+    sys.exit(1)
+for path in paths:
+    used = set()
+    problems, panels, targets = check_dashboard(path, used)
+    shown |= used
+    if problems:
+        report(path, problems, "not a valid dashboard")
+    else:
+        report(path, problems, f"a dashboard of {panels} panels and {targets} PromQL queries "
+               f"(valid, over {len(used)} scoot metrics)")
+missing = sorted(set(SCOOT_METRICS) - shown)
+report(f"{deploy}/grafana", [f"{m} is on no dashboard" for m in missing],
+       f"all {len(SCOOT_METRICS)} metrics scoot exports are on a dashboard")
+
+sys.exit(1 if failed else 0)
+EOF
 
 if [ "$failed" -ne 0 ]; then
   echo "check-deploy: $deploy has errors (above)"
