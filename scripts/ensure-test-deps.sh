@@ -37,3 +37,10 @@ if ! "$venv/bin/python" -c "import thrift" >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check "thrift==$PYTHON_THRIFT_VERSION"
   echo "created $venv with thrift==$PYTHON_THRIFT_VERSION"
 fi
+
+# The metrics tests parse /metrics with Prometheus's own Python client.
+PYTHON_PROMETHEUS_VERSION=0.21.1
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$PYTHON_PROMETHEUS_VERSION')" >/dev/null 2>&1; then
+  "$venv/bin/pip" install -q --disable-pip-version-check "prometheus_client==$PYTHON_PROMETHEUS_VERSION"
+  echo "installed prometheus_client==$PYTHON_PROMETHEUS_VERSION in $venv"
+fi

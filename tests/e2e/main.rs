@@ -8,6 +8,7 @@ mod bazel;
 mod buildstream;
 mod bzutil;
 mod cluster;
+mod metrics;
 mod multihost;
 mod reapi;
 mod sandbox;

@@ -326,7 +326,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// The Python interpreter that has the Apache `thrift` package (`make test-deps` creates it).
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let path = std::env::var_os("SCOOT_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));

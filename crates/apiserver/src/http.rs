@@ -40,6 +40,7 @@ use scoot_bundlestore::store::http::{EXPIRES_HEADER, parse_http_date};
 use scoot_snapshot_db::{GitDbConfig, verify_bundle};
 
 use crate::ApiServerConfig;
+use crate::stats;
 
 /// What a bundle name must look like (anchored at both ends).
 pub const BUNDLE_NAME_PATTERN: &str = r"^bs-[a-z0-9]{40}\.bundle$";
@@ -53,6 +54,7 @@ const MAX_PREALLOCATION: u64 = 64 << 20;
 
 pub fn router(config: ApiServerConfig) -> Router {
     Router::new()
+        .route("/", get(scoot_metrics::scoot_root))
         .route("/health", get(health))
         .route("/bundle", any(bundle_without_name))
         .route("/bundle/", any(bundle_without_name))
@@ -63,6 +65,7 @@ pub fn router(config: ApiServerConfig) -> Router {
         // Uploads are bounded by `max_upload_bytes` in the handler instead.
         .layer(DefaultBodyLimit::disable())
         .with_state(config)
+        .merge(scoot_metrics::routes())
 }
 
 async fn health() -> &'static str {
@@ -101,7 +104,26 @@ async fn bundle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle_bundle(config, method, name, headers, body).await
+    let started = std::time::Instant::now();
+    stats::SERVE_REQUESTS.inc();
+    let (count, ok, took) = match method {
+        Method::POST => (&stats::UPLOADS, &stats::UPLOADS_OK, &stats::UPLOAD_LATENCY),
+        Method::HEAD => (&stats::CHECKS, &stats::CHECKS_OK, &stats::CHECK_LATENCY),
+        _ => (
+            &stats::DOWNLOADS,
+            &stats::DOWNLOADS_OK,
+            &stats::DOWNLOAD_LATENCY,
+        ),
+    };
+    count.inc();
+    let response = handle_bundle(config, method, name, headers, body).await;
+    // A HEAD that finds nothing answered its question too.
+    if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
+        ok.inc();
+        stats::SERVE_OK.inc();
+    }
+    took.record(started.elapsed());
+    response
 }
 
 async fn handle_bundle(

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod http;
 pub mod server;
 pub mod setup;
+pub mod stats;
 pub mod view;
 
 use std::sync::Arc;

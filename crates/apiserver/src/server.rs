@@ -54,6 +54,7 @@ pub async fn run_with_grpc(
     config: ApiServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiServerError> {
+    crate::stats::register();
     let http_addr = http.local_addr().map_err(ApiServerError::Listener)?;
     let grpc_addr = match &grpc {
         Some(side) => Some(

@@ -25,6 +25,7 @@ use crate::ac_store::AcKey;
 use crate::cas::read_small_blob;
 use crate::digest::{check_function, from_proto, required, size};
 use crate::error::CasError;
+use crate::stats;
 
 #[derive(Clone)]
 pub struct ActionCacheService {
@@ -205,8 +206,13 @@ impl ActionCache for ActionCacheService {
         check_function(request.digest_function)?;
         let action = required(&request.action_digest, "action_digest")?;
         let key = AcKey::new(request.instance_name, action);
-        let bytes = self.core.complete_result(&key).await?;
-        Ok(Response::new(RawMessage(bytes)))
+        let looked_up = self.core.complete_result(&key).await;
+        match &looked_up {
+            Ok(_) => stats::AC_LOOKUPS.inc("hit"),
+            Err(e) if e.code == tonic::Code::NotFound => stats::AC_LOOKUPS.inc("miss"),
+            Err(_) => {}
+        }
+        Ok(Response::new(RawMessage(looked_up?)))
     }
 
     async fn update_action_result(

@@ -39,6 +39,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::digest::size;
 use crate::error::CasError;
 use crate::resource::{parse_read, parse_write};
+use crate::stats;
 use crate::{CasConfig, Core};
 
 #[derive(Clone)]
@@ -409,11 +410,14 @@ impl ByteStream for ByteStreamService {
             .map_err(CasError::from)?;
         let responses = data.flat_map(move |item| {
             let items: Vec<Result<ReadResponse, Status>> = match item {
-                Ok(bytes) => split(bytes, chunk)
-                    .into_iter()
-                    .filter(|b| !b.is_empty())
-                    .map(|data| Ok(ReadResponse { data }))
-                    .collect(),
+                Ok(bytes) => {
+                    stats::CAS_BYTES.add("out", bytes.len() as u64);
+                    split(bytes, chunk)
+                }
+                .into_iter()
+                .filter(|b| !b.is_empty())
+                .map(|data| Ok(ReadResponse { data }))
+                .collect(),
                 Err(e) => vec![Err(CasError::from(e).into())],
             };
             futures::stream::iter(items)
@@ -426,6 +430,7 @@ impl ByteStream for ByteStreamService {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let committed = self.do_write(request.into_inner()).await?;
+        stats::CAS_BYTES.add("in", committed);
         Ok(write_response(committed))
     }
 

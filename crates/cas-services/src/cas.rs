@@ -28,6 +28,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::Core;
 use crate::digest::{check_function, from_proto, required, size, to_proto};
 use crate::error::{CasError, ok_status};
+use crate::stats;
 
 /// GetTree pages stop growing past this many bytes of directories (clients commonly accept
 /// messages of 4 MiB).
@@ -151,6 +152,8 @@ impl ContentAddressableStorage for CasService {
             .find_missing(&digests)
             .await
             .map_err(CasError::from)?;
+        stats::FIND_MISSING_REQUESTED.add(request.blob_digests.len() as u64);
+        stats::FIND_MISSING_MISSING.add(missing.len() as u64);
         Ok(Response::new(v2::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(to_proto).collect(),
         }))
@@ -164,6 +167,7 @@ impl ContentAddressableStorage for CasService {
         check_function(request.digest_function)?;
         let total = request.requests.iter().map(|r| r.data.len() as u64).sum();
         self.core.check_batch_size(total, "BatchUpdateBlobs")?;
+        stats::CAS_BYTES.add("in", total);
         // Blobs already stored intact need no write.
         let candidates: Vec<Digest> = request
             .requests
@@ -202,6 +206,7 @@ impl ContentAddressableStorage for CasService {
             .fold(0u64, u64::saturating_add);
         self.core.check_batch_size(total, "BatchReadBlobs")?;
         let responses = join_all(request.digests.into_iter().map(|d| self.core.read_one(d))).await;
+        stats::CAS_BYTES.add("out", responses.iter().map(|r| r.data.len() as u64).sum());
         Ok(Response::new(v2::BatchReadBlobsResponse { responses }))
     }
 

@@ -27,6 +27,7 @@ pub mod capabilities;
 pub mod cas;
 pub mod error;
 pub mod resource;
+pub mod stats;
 pub mod stores;
 
 use std::future::Future;
@@ -169,10 +170,16 @@ impl CasServices {
     /// The action cache's usable result for `key` (see [`action_cache`]): `Ok(None)` on a miss.
     pub async fn cached_result(&self, key: &AcKey) -> Result<Option<v2::ActionResult>, CasError> {
         match self.core.complete_result(key).await {
-            Ok(bytes) => v2::ActionResult::decode(bytes)
-                .map(Some)
-                .map_err(|e| CasError::internal(format!("undecodable action result: {e}"))),
-            Err(e) if e.code == tonic::Code::NotFound => Ok(None),
+            Ok(bytes) => {
+                stats::AC_LOOKUPS.inc("hit");
+                v2::ActionResult::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| CasError::internal(format!("undecodable action result: {e}")))
+            }
+            Err(e) if e.code == tonic::Code::NotFound => {
+                stats::AC_LOOKUPS.inc("miss");
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

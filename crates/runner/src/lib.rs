@@ -19,4 +19,5 @@ pub mod invoker;
 pub mod lifecycle;
 pub mod output;
 pub mod queue;
+pub mod stats;
 pub mod status;

@@ -19,6 +19,7 @@ use scoot_core::{
 use tokio_util::sync::CancellationToken;
 
 use crate::invoker::Invoker;
+use crate::stats;
 use crate::status::StatusManager;
 
 pub const QUEUE_INITIALIZING_MSG: &str = "Queue is still initializing. Please try later.";
@@ -78,6 +79,7 @@ struct Current {
     run_id: RunId,
     cmd: Command,
     abort: CancellationToken,
+    started: std::time::Instant,
 }
 
 impl QueueRunner {
@@ -167,8 +169,12 @@ impl QueueRunner {
             run_id: pending.run_id.clone(),
             cmd: cmd.clone(),
             abort: abort.clone(),
+            started: std::time::Instant::now(),
         });
         drop(slot);
+        stats::RUNS.inc();
+        stats::RUNNING.set(1);
+        stats::ACTIVE_RUNS.set(1);
         tracing::info!(
             run_id = %pending.run_id,
             job_id = %cmd.tags.job_id,
@@ -213,6 +219,7 @@ impl QueueRunner {
         };
         if let Some(token) = token {
             tracing::info!(%run_id, "aborting run");
+            stats::ABORTS.inc();
             token.cancel();
         }
         let any = Query::run(run_id.clone(), StateMask::ALL);
@@ -262,6 +269,14 @@ impl Shared {
     /// Records a run's final status, applies the health rules and frees the slot.
     fn finish(&self, status: RunStatus) {
         let mut slot = self.lock_slot();
+        if let Some(current) = &slot.current {
+            stats::TASK_LATENCY.record(current.started.elapsed());
+        }
+        if status.state == RunState::TimedOut {
+            stats::TIMEOUTS.inc();
+        }
+        stats::RUNNING.set(0);
+        stats::ACTIVE_RUNS.set(0);
         self.apply_health_rules(&mut slot, &status);
         if let Err(err) = self.statuses.update(status) {
             tracing::warn!(error = %err, "cannot record final status");
@@ -286,6 +301,7 @@ impl Shared {
         };
         if let Some(error) = reason {
             tracing::error!(%error, "worker is now unhealthy");
+            stats::UNHEALTHY.set(1);
             self.statuses.update_service(ServiceStatus {
                 initialized: true,
                 is_healthy: false,

@@ -24,5 +24,5 @@ pub use file::FileSagaLog;
 pub use log::{SagaLog, spawn_gc};
 pub use memory::MemorySagaLog;
 pub use message::{MessageKind, SagaMessage};
-pub use saga::{Saga, SagaCoordinator};
+pub use saga::{Saga, SagaCoordinator, register_metrics};
 pub use state::SagaState;

@@ -247,6 +247,23 @@ fn next_batch(shared: &mut Shared) -> Vec<Waiter> {
 }
 
 /// The writer: writes everything queued in one call, repeatedly, until the queue is empty.
+/// One write of queued saga messages to the log (a batch, fsynced with the file log): Scoot's
+/// `sagaUpdateStateLatency_ms`.
+static SAGA_WRITE: std::sync::LazyLock<scoot_metrics::Latency> = std::sync::LazyLock::new(|| {
+    scoot_metrics::latency(
+        Some("scheduler/sagaUpdateStateLatency_ms"),
+        Some((
+            "scoot_saga_write_duration_seconds",
+            "How long a write of saga messages to the log took.",
+        )),
+    )
+});
+
+/// Lists the saga metrics before anything is written.
+pub fn register_metrics() {
+    std::sync::LazyLock::force(&SAGA_WRITE);
+}
+
 async fn write_queued(inner: Arc<Inner>) {
     let mut batch = next_batch(&mut inner.shared());
     while !batch.is_empty() {
@@ -258,7 +275,9 @@ async fn write_queued(inner: Arc<Inner>) {
         }
         let log = Arc::clone(&inner.log);
         let written = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let result = log.log_messages(&messages);
+            SAGA_WRITE.record(started.elapsed());
             (messages, result)
         })
         .await;

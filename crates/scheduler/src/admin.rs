@@ -5,7 +5,8 @@
 //!   OfflineWorker; its running task finishes).
 //! * `POST /admin/workers/<node>/reinstate`: it takes tasks again (ReinstateWorker).
 //!
-//! `<node>` is the worker's id as the scheduler lists it (`host:port`).
+//! `<node>` is the worker's id as the scheduler lists it (`host:port`). `/admin/metrics.json`
+//! and `/metrics` serve the metrics (`scoot_metrics`), without tokens, like `/health`.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -24,10 +25,12 @@ struct Admin {
 
 pub fn router(api: SchedulerApi, tokens: Option<Tokens>) -> Router {
     Router::new()
+        .route("/", get(scoot_metrics::scoot_root))
         .route("/health", get(|| async { "ok" }))
         .route("/admin/workers/{node}/offline", post(offline))
         .route("/admin/workers/{node}/reinstate", post(reinstate))
         .with_state(Admin { api, tokens })
+        .merge(scoot_metrics::routes())
 }
 
 async fn offline(

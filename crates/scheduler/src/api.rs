@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::event_loop::Request;
 use crate::job::{InvalidJob, Job, JobDefinition};
 use crate::state::Placement;
+use crate::stats;
 use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +117,18 @@ impl SchedulerApi {
 
     /// Runs a job whose id the caller chose (a fresh UUID, as [`Job::new`] makes).
     pub async fn run(&self, job: Job) -> Result<String, ApiError> {
+        let started = std::time::Instant::now();
+        stats::JOB_REQUESTS.inc();
+        stats::RUN_JOB_RPM.inc();
+        let accepted = self.admit_and_add(job).await;
+        if accepted.is_ok() {
+            stats::JOBS.inc();
+        }
+        stats::RUN_JOB_LATENCY.record(started.elapsed());
+        accepted
+    }
+
+    async fn admit_and_add(&self, job: Job) -> Result<String, ApiError> {
         self.ask(|tx| Request::Admit(job.clone(), tx)).await??;
         match self.sagas.make_saga(&job.id, wire::job_to_saga(&job)).await {
             Ok(saga) => {
@@ -156,6 +169,14 @@ impl SchedulerApi {
     }
 
     pub async fn job_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
+        let started = std::time::Instant::now();
+        stats::JOB_STATUS_RPM.inc();
+        let status = self.recorded_status(job_id).await;
+        stats::JOB_STATUS_LATENCY.record(started.elapsed());
+        status
+    }
+
+    async fn recorded_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
         let (state, job) = match self.recorded(job_id).await? {
             Recorded::Unknown => {
                 return Ok(JobStatus {
@@ -214,6 +235,14 @@ impl SchedulerApi {
     }
 
     pub async fn kill_job(&self, job_id: &str) -> Result<JobStatus, ApiError> {
+        let started = std::time::Instant::now();
+        stats::JOB_KILL_RPM.inc();
+        let killed = self.kill(job_id).await;
+        stats::JOB_KILL_LATENCY.record(started.elapsed());
+        killed
+    }
+
+    async fn kill(&self, job_id: &str) -> Result<JobStatus, ApiError> {
         let id = job_id.to_string();
         if let Err(refused) = self.ask(|tx| Request::Kill(id, tx)).await? {
             // The loop never holds a job whose definition is unreadable, yet the job exists and

@@ -33,6 +33,7 @@ use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
 use crate::state::{
     Durations, JobState, Node, NodeHealth, Placement, TaskStatus, offered, pick_node, placement,
 };
+use crate::stats;
 use crate::task_runner::{self, AttemptFinished, AttemptResult, DEAD_LETTER_SUFFIX, TaskAttempt};
 use crate::wire;
 use crate::worker_client::{Connect, thrift_workers};
@@ -471,7 +472,9 @@ impl Loop {
             } => self.task_finished(job_id, task_id, result, Duration::ZERO),
             Event::SagaEnded(job_id, Ok(())) => {
                 tracing::info!(job_id = %job_id, "job completed");
-                self.jobs.remove(&job_id);
+                if let Some(ended) = self.jobs.remove(&job_id) {
+                    stats::JOB_LATENCY.record(ended.accepted.elapsed());
+                }
                 self.order.retain(|id| id != &job_id);
                 self.notify(JobEvent::Ended(job_id));
             }
@@ -528,12 +531,17 @@ impl Loop {
         };
         match result {
             AttemptResult::Ended(status) => {
+                stats::TASKS_COMPLETED.inc();
+                if status.state != RunState::Complete {
+                    stats::TASKS_FAILED.inc();
+                }
                 if status.state == RunState::Complete || status.state == RunState::TimedOut {
                     self.durations.record(&task_id, elapsed);
                 }
                 state.mark_done(&task_id);
             }
             AttemptResult::Retry(error) => {
+                stats::TASK_RETRIES.inc();
                 tracing::info!(job_id = %job_id, task_id = %task_id, %error, "task will be retried");
                 if let Some(task) = state.task_mut(&task_id)
                     && matches!(task.status, TaskStatus::Running { .. } | TaskStatus::Ending)
@@ -646,7 +654,67 @@ impl Loop {
         }
     }
 
+    /// Sets the gauges (once a second, from housekeeping: counting every task on each step
+    /// would cost the loop time at a hundred thousand queued tasks).
+    fn publish_stats(&self) {
+        let (mut running, mut waiting, mut waiting_jobs) = (0, 0, 0);
+        let mut by_requestor: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+        for state in self.jobs.values() {
+            let job_waiting = state
+                .tasks
+                .iter()
+                .filter(|t| matches!(t.status, TaskStatus::Waiting))
+                .count() as i64;
+            let job_running = state.running as i64;
+            running += job_running;
+            waiting += job_waiting;
+            if job_running == 0 && job_waiting > 0 {
+                waiting_jobs += 1;
+            }
+            let entry = by_requestor.entry(&state.job.def.requestor).or_default();
+            entry.0 += job_running;
+            entry.1 += job_waiting;
+            entry.2 += i64::from(job_running > 0);
+        }
+        stats::RUNNING_TASKS.set(running);
+        stats::WAITING_TASKS.set(waiting);
+        stats::IN_PROGRESS_TASKS.set(running + waiting);
+        stats::ACCEPTED_JOBS.set(self.jobs.len() as i64);
+        stats::WAITING_JOBS.set(waiting_jobs);
+        for (requestor, (running, waiting, jobs)) in by_requestor {
+            stats::requestor_gauge("schedNumRunningTasksGauge", requestor).set(running);
+            stats::requestor_gauge("schedNumWaitingTasksGauge", requestor).set(waiting);
+            stats::requestor_gauge("schedNumRunningJobsGauge", requestor).set(jobs);
+        }
+        let uptime = self.epoch.elapsed();
+        stats::UPTIME.set(uptime.as_millis() as i64);
+        stats::START.set(i64::from(uptime < Duration::from_secs(60)));
+        let (mut ready, mut offline, mut lost, mut checking, mut busy) = (0, 0, 0, 0, 0);
+        for node in self.nodes.values() {
+            match node.health {
+                _ if node.offlined => offline += 1,
+                NodeHealth::Ready => ready += 1,
+                NodeHealth::Lost(_) => lost += 1,
+                _ => checking += 1,
+            }
+            busy += i64::from(node.busy.is_some());
+        }
+        stats::AVAILABLE_NODES.set(ready);
+        stats::RUNNING_NODES.set(busy);
+        stats::FREE_NODES.set((ready - busy).max(0));
+        stats::LOST_NODES.set(lost);
+        for (state, count) in [
+            ("ready", ready),
+            ("offline", offline),
+            ("lost", lost),
+            ("checking", checking),
+        ] {
+            stats::WORKERS.set(state, count);
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.publish_stats();
         let now = Instant::now();
         self.nodes.retain(|id, node| match node.health {
             NodeHealth::Lost(since)
@@ -803,7 +871,7 @@ impl Loop {
                 waiting: j
                     .tasks
                     .iter()
-                    .filter(|t| t.status == TaskStatus::Waiting)
+                    .filter(|t| matches!(t.status, TaskStatus::Waiting))
                     .map(|t| j.job.def.tasks[t.index].task_id.clone())
                     .collect(),
                 running: j
@@ -870,6 +938,7 @@ impl Loop {
         let mut cmd = def.command.clone();
         cmd.timeout = Some(cmd.timeout.unwrap_or(self.config.default_task_timeout));
         tracing::info!(job_id, task_id = %def.task_id, node = node_id, "starting task");
+        stats::TASKS_SCHEDULED.inc();
         let attempt = TaskAttempt {
             job_id: job_id.to_string(),
             task_id: def.task_id.clone(),

@@ -24,6 +24,7 @@ pub mod job;
 pub mod reapi;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod task_runner;
 pub mod wire;
 pub mod worker_client;

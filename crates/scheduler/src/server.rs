@@ -94,6 +94,9 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SchedulerError> {
+    crate::stats::register();
+    scoot_cas_services::stats::register();
+    scoot_saga::register_metrics();
     let (log, gc_interval) = open_saga_log(&config.saga_log)?;
     let gc = scoot_saga::spawn_gc(log.clone(), gc_interval);
     let sagas = SagaCoordinator::new(log);

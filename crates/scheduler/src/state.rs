@@ -59,6 +59,8 @@ pub struct JobState {
     pub killed: bool,
     /// EndSaga has been sent and not yet confirmed.
     pub ending: bool,
+    /// When this scheduler took the job (or recovered it).
+    pub accepted: Instant,
 }
 
 impl JobState {
@@ -91,6 +93,7 @@ impl JobState {
             done: 0,
             killed: false,
             ending: false,
+            accepted: Instant::now(),
         }
     }
 

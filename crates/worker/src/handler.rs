@@ -43,6 +43,7 @@ impl WorkerHandler {
 
 impl worker::WorkerSyncHandler for WorkerHandler {
     fn handle_query_worker(&self) -> thrift::Result<worker::WorkerStatus> {
+        scoot_runner::stats::QUERIES.inc();
         let (runs, mut service) = self.runner.statuses().query_now(&Query::all());
         service.platform = self.platform.clone();
         if self.runner.phase() == WorkerPhase::Draining {

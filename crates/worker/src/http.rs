@@ -31,10 +31,12 @@ pub struct HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(scoot_metrics::scoot_root))
         .route("/health", get(health))
         .route("/output/", get(list_outputs))
         .route("/output/{name}", get(output))
         .with_state(state)
+        .merge(scoot_metrics::routes())
 }
 
 async fn health(State(state): State<HttpState>) -> Response {

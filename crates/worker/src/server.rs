@@ -164,6 +164,19 @@ fn containment_name(thrift_addr: std::net::SocketAddr) -> String {
     format!("scoot-worker-{addr}")
 }
 
+/// Scoot's uptime gauges, every 500 ms as Scoot's handler set them: `workerStartGauge` is 1
+/// for the first minute after a start (a restart shows as a spike).
+async fn publish_uptime() {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let up = started.elapsed();
+        scoot_runner::stats::UPTIME.set(i64::try_from(up.as_millis()).unwrap_or(i64::MAX));
+        scoot_runner::stats::START.set(i64::from(up < Duration::from_secs(60)));
+    }
+}
+
 /// Serves the Worker Thrift API on `thrift` and the HTTP endpoints on `http` until `shutdown`
 /// completes, then drains the current run and stops.
 pub async fn run(
@@ -172,6 +185,9 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    scoot_runner::stats::register();
+    scoot_metrics::start_latching();
+    let uptime = tokio::spawn(publish_uptime());
     let (output_dir, _owned_output_dir) =
         dir_or_temp(config.output_dir.as_deref(), "scoot-worker-output")
             .map_err(WorkerError::OutputDir)?;
@@ -321,6 +337,7 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Http(std::io::Error::other(e)))?
         .map_err(WorkerError::Http)?;
+    uptime.abort();
     tracing::info!("workerserver stopped");
     Ok(())
 }

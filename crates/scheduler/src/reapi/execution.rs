@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status};
 use super::operations::{Joined, OperationResult, STREAM_KEEPALIVE, Tracked, Tracker, api_status};
 use crate::job::{Job, JobDefinition, REAPI_JOB_TYPE, TaskDefinition};
 use crate::state::Placement;
+use crate::stats;
 
 pub type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
@@ -124,6 +125,7 @@ impl Execution for ExecutionService {
             && let Some(result) = self.cas.cached_result(&key).await?
         {
             tracing::debug!(action = %key.action_digest, "action cache hit");
+            stats::EXECUTE_REQUESTS.inc("cached");
             let response = v2::ExecuteResponse {
                 result: Some(result),
                 cached_result: true,
@@ -134,8 +136,15 @@ impl Execution for ExecutionService {
         }
         let action = match self.read_action(&key.action_digest).await {
             Ok(action) => action,
-            Err(Refusal::Response(response)) => return Ok(self.finished(key, *response)),
-            Err(Refusal::Status(status)) => return Err(status),
+            Err(Refusal::Response(response)) => {
+                stats::EXECUTE_REQUESTS
+                    .inc(outcome_of(response.status.as_ref().map_or(0, |s| s.code)));
+                return Ok(self.finished(key, *response));
+            }
+            Err(Refusal::Status(status)) => {
+                stats::EXECUTE_REQUESTS.inc(outcome_of(status.code() as i32));
+                return Err(status);
+            }
         };
         let name = uuid::Uuid::new_v4().to_string();
         // The API forbids merging executions of actions that must not be cached (flaky-test
@@ -146,6 +155,7 @@ impl Execution for ExecutionService {
             match self.tracker.join_or_start(key, name) {
                 Joined::Existing(tracked) => {
                     tracing::debug!(operation = %tracked.name, "joining an identical execution");
+                    stats::EXECUTE_REQUESTS.inc("merged");
                     return Ok(Response::new(stream(&self.tracker, tracked)));
                 }
                 Joined::New(tracked) => tracked,
@@ -158,13 +168,19 @@ impl Execution for ExecutionService {
         let started = self.start(&tracked, &request, &action).await;
         unqueued.disarm();
         match started {
-            Ok(()) => Ok(Response::new(stream(&self.tracker, tracked))),
+            Ok(()) => {
+                stats::EXECUTE_REQUESTS.inc("queued");
+                Ok(Response::new(stream(&self.tracker, tracked)))
+            }
             Err(Refusal::Response(response)) => {
+                stats::EXECUTE_REQUESTS
+                    .inc(outcome_of(response.status.as_ref().map_or(0, |s| s.code)));
                 self.tracker
                     .finish(&tracked, OperationResult::Response(response));
                 Ok(Response::new(stream(&self.tracker, tracked)))
             }
             Err(Refusal::Status(status)) => {
+                stats::EXECUTE_REQUESTS.inc(outcome_of(status.code() as i32));
                 let rpc = rpc_status(status.code(), status.message());
                 self.tracker.finish(&tracked, OperationResult::Error(rpc));
                 Err(status)
@@ -178,6 +194,15 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let tracked = self.tracker.lookup(&request.into_inner().name).await?;
         Ok(Response::new(stream(&self.tracker, tracked)))
+    }
+}
+
+/// The `outcome` label of an Execute refused with `code`.
+fn outcome_of(code: i32) -> &'static str {
+    match tonic::Code::from_i32(code) {
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        _ => "error",
     }
 }
 

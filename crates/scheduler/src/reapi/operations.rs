@@ -12,6 +12,7 @@
 //! running the action again.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,7 @@ use tonic::{Code, Status};
 
 use crate::api::{ApiError, JobState, SchedulerApi};
 use crate::event_loop::JobEvent;
+use crate::stats;
 
 const TYPE_PREFIX: &str = "type.googleapis.com/";
 /// Finished operations remembered in memory; older ones are rebuilt from the saga log.
@@ -44,6 +46,11 @@ pub struct Tracked {
     /// When Execute accepted it; unknown for executions rebuilt from the saga log.
     queued_at: Option<SystemTime>,
     state: watch::Sender<Operation>,
+    /// Counted in the queued-actions gauge until it starts or ends.
+    counted_queued: AtomicBool,
+    /// Execute calls sharing it (the first included); counted in the merged-executions gauge
+    /// from the second until it ends.
+    callers: AtomicUsize,
 }
 
 impl Tracked {
@@ -108,6 +115,11 @@ impl Tracker {
                     if let Some(tracked) = self.tracked(&job_id)
                         && !tracked.is_done()
                     {
+                        if uncount_queued(&tracked)
+                            && let Some(waited) = tracked.queued_at.and_then(|at| at.elapsed().ok())
+                        {
+                            stats::QUEUE_WAIT.record(waited);
+                        }
                         let op = executing(&tracked);
                         self.publish(&tracked, op);
                     }
@@ -140,9 +152,13 @@ impl Tracker {
     pub fn join_or_start(&self, key: AcKey, name: String) -> Joined {
         let mut registry = self.registry();
         if let Some(existing) = registry.in_flight.get(&key) {
+            if existing.callers.fetch_add(1, Ordering::Relaxed) == 1 {
+                stats::MERGED_EXECUTIONS.add(1);
+            }
             return Joined::Existing(existing.clone());
         }
         let tracked = new_tracked(name, key, Some(SystemTime::now()));
+        count_queued(&tracked);
         registry
             .by_name
             .insert(tracked.name.clone(), tracked.clone());
@@ -155,6 +171,7 @@ impl Tracker {
     /// A new QUEUED execution named `name` that no other Execute may join.
     pub fn start_unmerged(&self, key: AcKey, name: String) -> Arc<Tracked> {
         let tracked = new_tracked(name, key, Some(SystemTime::now()));
+        count_queued(&tracked);
         self.registry()
             .by_name
             .insert(tracked.name.clone(), tracked.clone());
@@ -173,6 +190,15 @@ impl Tracker {
 
     /// Ends an execution with `result`: its streams get the final operation and end.
     pub fn finish(&self, tracked: &Arc<Tracked>, result: OperationResult) {
+        if let OperationResult::Response(response) = &result
+            && !response.cached_result
+            && let Some(metadata) = response
+                .result
+                .as_ref()
+                .and_then(|r| r.execution_metadata.as_ref())
+        {
+            record_phases(metadata);
+        }
         let op = done_operation(tracked, result);
         self.publish(tracked, op);
     }
@@ -190,6 +216,10 @@ impl Tracker {
         });
         if !(changed && done) {
             return;
+        }
+        uncount_queued(tracked);
+        if tracked.callers.load(Ordering::Relaxed) > 1 {
+            stats::MERGED_EXECUTIONS.add(-1);
         }
         let mut registry = self.registry();
         if registry
@@ -330,6 +360,62 @@ impl Tracker {
     }
 }
 
+fn count_queued(tracked: &Tracked) {
+    tracked.counted_queued.store(true, Ordering::Relaxed);
+    stats::QUEUED_ACTIONS.add(1);
+}
+
+/// Takes an execution out of the queued-actions gauge; true if it was in it.
+fn uncount_queued(tracked: &Tracked) -> bool {
+    let was = tracked.counted_queued.swap(false, Ordering::Relaxed);
+    if was {
+        stats::QUEUED_ACTIONS.add(-1);
+    }
+    was
+}
+
+/// The phases a worker timed (REAPI's ExecutedActionMetadata), as Prometheus histograms.
+fn record_phases(metadata: &v2::ExecutedActionMetadata) {
+    let between = |from: &Option<Timestamp>, to: &Option<Timestamp>| {
+        let (from, to) = (from.as_ref()?, to.as_ref()?);
+        let from = SystemTime::try_from(*from).ok()?;
+        let to = SystemTime::try_from(*to).ok()?;
+        to.duration_since(from).ok()
+    };
+    let m = metadata;
+    for (phase, took) in [
+        (
+            "queued",
+            between(&m.queued_timestamp, &m.worker_start_timestamp),
+        ),
+        (
+            "input_fetch",
+            between(
+                &m.input_fetch_start_timestamp,
+                &m.input_fetch_completed_timestamp,
+            ),
+        ),
+        (
+            "execution",
+            between(
+                &m.execution_start_timestamp,
+                &m.execution_completed_timestamp,
+            ),
+        ),
+        (
+            "output_upload",
+            between(
+                &m.output_upload_start_timestamp,
+                &m.output_upload_completed_timestamp,
+            ),
+        ),
+    ] {
+        if let Some(took) = took {
+            stats::ACTION_PHASES.record(phase, took);
+        }
+    }
+}
+
 fn new_tracked(name: String, key: AcKey, queued_at: Option<SystemTime>) -> Arc<Tracked> {
     let initial = staged(&name, &key, v2::execution_stage::Value::Queued);
     Arc::new(Tracked {
@@ -337,6 +423,8 @@ fn new_tracked(name: String, key: AcKey, queued_at: Option<SystemTime>) -> Arc<T
         key,
         queued_at,
         state: watch::Sender::new(initial),
+        counted_queued: AtomicBool::new(false),
+        callers: AtomicUsize::new(1),
     })
 }
 
