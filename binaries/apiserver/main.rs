@@ -3,7 +3,7 @@
 
 fn main() -> anyhow::Result<()> {
     let cli: scoot_apiserver::cli::Cli = scoot_bin_util::parse_args();
-    scoot_bin_util::init_logging(&cli.log_level).map_err(anyhow::Error::msg)?;
+    scoot_bin_util::init_logging(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     let shutdown = scoot_bin_util::shutdown_signal();
     Ok(scoot_bin_util::run_server(scoot_apiserver::cli::run(
         cli, shutdown,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: scoot_snapshot_db::cli::Args = scoot_bin_util::parse_args();
-    if let Err(err) = scoot_bin_util::init_logging(&args.log_level) {
+    if let Err(err) = scoot_bin_util::init_logging(&args.log_level, args.log_format) {
         eprintln!("scoot-snapshot-db: {err}");
         return ExitCode::FAILURE;
     }

@@ -2,7 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     let cli: scoot_cloudscoot_client::scootcl::Cli = scoot_bin_util::parse_args();
-    if let Err(err) = scoot_bin_util::init_logging(&cli.log_level) {
+    if let Err(err) = scoot_bin_util::init_logging(&cli.log_level, cli.log_format) {
         eprintln!("scootcl: {err}");
         return std::process::ExitCode::from(2);
     }

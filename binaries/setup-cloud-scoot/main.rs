@@ -7,7 +7,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let mut cli: scoot_local_cluster::cli::Cli = scoot_bin_util::parse_args();
     let invocation = cli.take_invocation().unwrap_or_else(|err| err.exit());
-    if let Err(err) = scoot_bin_util::init_logging(&cli.log_level) {
+    if let Err(err) = scoot_bin_util::init_logging(&cli.log_level, cli.log_format) {
         eprintln!("setup-cloud-scoot: {err}");
         return ExitCode::from(2);
     }

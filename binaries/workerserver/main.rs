@@ -80,6 +80,9 @@ struct Args {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text)]
+    log_format: scoot_bin_util::LogFormat,
 }
 
 fn parse_bundlestore(value: &str) -> Result<String, String> {
@@ -130,7 +133,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve() -> anyhow::Result<()> {
     let args: Args = scoot_bin_util::parse_args();
-    scoot_bin_util::init_logging(&args.log_level).map_err(anyhow::Error::msg)?;
+    scoot_bin_util::init_logging(&args.log_level, args.log_format).map_err(anyhow::Error::msg)?;
     let thrift_limits = scoot_thrift::server::ServeOptions::with_limits(
         args.thrift_max_conns,
         args.thrift_message_timeout,

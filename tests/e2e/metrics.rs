@@ -174,3 +174,52 @@ fn every_server_counts_a_job_an_action_and_a_bundle_check() {
         root.text()
     );
 }
+
+/// `-log_format json`: every line of the scheduler's log is a JSON object, and the lines about
+/// a REAPI action carry its operation and action digest, and those about its task the same
+/// name as job id, so one action can be followed through the log.
+#[test]
+fn json_logs_follow_an_action_from_execute_to_its_task() {
+    let scheduler =
+        Scheduler::start_with_flags(&[], serde_json::json!({}), &["-log_format", "json"]);
+    let grpc = format!("127.0.0.1:{}", scheduler.grpc_port);
+    let worker = Worker::start(&["-cas_addr", &grpc]);
+    write_workers(&scheduler.workers_file, &[&worker]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cas = CasClient::connect(&grpc, "").await.unwrap();
+        run_action(&cas, "echo followed > out.txt").await.unwrap();
+    });
+    let log = repo_root().join(format!(
+        "target/e2e-logs/scheduler-{}.log",
+        scheduler.thrift_port
+    ));
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let operation = lines
+        .iter()
+        .find_map(|l| l["span"]["operation"].as_str().map(str::to_string))
+        .expect("no line in the execute span names its operation");
+    assert!(
+        lines.iter().any(|l| l["span"]["action"]
+            .as_str()
+            .is_some_and(|a| a.contains('/'))),
+        "no line names the action digest"
+    );
+    let task_lines = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["job_id"] == operation.as_str()
+                || l["spans"]
+                    .as_array()
+                    .is_some_and(|spans| spans.iter().any(|s| s["job_id"] == operation.as_str()))
+        })
+        .count();
+    assert!(
+        task_lines >= 3,
+        "the job {operation} is not followed: {task_lines} lines"
+    );
+}

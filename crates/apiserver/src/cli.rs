@@ -31,6 +31,9 @@ pub struct Cli {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// Bytes of bundles kept in memory in front of the store directory (0 = no cache).
     #[arg(long = "cache_size", default_value_t = 2 << 30)]
     pub cache_size: u64,

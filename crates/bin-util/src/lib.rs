@@ -111,7 +111,18 @@ fn takes_value(command: &clap::Command, flag: &str) -> bool {
 
 /// Installs a stderr logger at Scoot's `-log_level` (trace, debug, info, warn/warning, error,
 /// fatal, panic). `RUST_LOG`, when set, takes precedence for finer control.
-pub fn init_logging(level: &str) -> Result<(), String> {
+/// `-log_format`: how log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the event and of every enclosing span
+    /// (job_id, task_id, tag, run_id, node, operation, action), for log pipelines.
+    Json,
+}
+
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     let directive = match level.to_ascii_lowercase().as_str() {
         "trace" => "trace",
         "debug" => "debug",
@@ -126,11 +137,18 @@ pub fn init_logging(level: &str) -> Result<(), String> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directive));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|err| err.to_string())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    }
+    .map_err(|err| err.to_string())
 }
 
 /// Runs a server's main future on a multi-threaded runtime and returns its result without
@@ -322,7 +340,7 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        assert!(init_logging("loud").is_err());
+        assert!(init_logging("loud", LogFormat::Text).is_err());
     }
 
     #[tokio::test]

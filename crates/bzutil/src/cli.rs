@@ -22,6 +22,9 @@ pub struct Cli {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", global = true, default_value = "info")]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text, global = true)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// TLS (-tls_ca, and -tls_cert/-tls_key for servers that ask for a client certificate)
     /// and the token (-auth_token_file) of every call; given before the subcommand.
     #[command(flatten)]
@@ -461,6 +464,7 @@ mod tests {
         let run_cmd = |command| {
             run(Cli {
                 log_level: "info".into(),
+                log_format: Default::default(),
                 transport: Default::default(),
                 command,
             })

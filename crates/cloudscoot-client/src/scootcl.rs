@@ -28,6 +28,9 @@ pub struct Cli {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", global = true, default_value = "info")]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text, global = true)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// TLS, given before the command: with -thrift_tls and -tls_ca, scootcl reaches a
     /// scheduler that serves Thrift over TLS (-tls_cert/-tls_key when it wants a client
     /// certificate).

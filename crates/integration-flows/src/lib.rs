@@ -86,6 +86,9 @@ pub struct HarnessArgs {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// Shift every port of Scoot's local layout (so a run can coexist with another cluster).
     #[arg(long = "port_offset", default_value_t = 0)]
     pub port_offset: u16,
@@ -99,7 +102,7 @@ where
     Fut: std::future::Future<Output = Result<(), HarnessError>>,
 {
     let args: HarnessArgs = scoot_bin_util::parse_args();
-    scoot_bin_util::init_logging(&args.log_level).map_err(HarnessError::Failed)?;
+    scoot_bin_util::init_logging(&args.log_level, args.log_format).map_err(HarnessError::Failed)?;
     let options = HarnessOptions::next_to_current_exe(&args.log_level, args.port_offset)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| HarnessError::Failed(format!("{name}: cannot start a runtime: {e}")))?;

@@ -52,6 +52,9 @@ pub struct Cli {
     /// trace, debug, info, warn or error; also given to every process of the cluster.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// Added to every port, so that several clusters can run on one machine.
     #[arg(long = "port_offset", default_value_t = 0)]
     pub port_offset: u16,

@@ -28,6 +28,9 @@ pub struct Args {
     /// trace, debug, info, warn or error.
     #[arg(long = "log_level", default_value = "info", global = true)]
     pub log_level: String,
+    /// text (one line per event) or json (one object per line, with its spans' fields).
+    #[arg(long = "log_format", value_enum, default_value_t = scoot_bin_util::LogFormat::Text, global = true)]
+    pub log_format: scoot_bin_util::LogFormat,
     /// Bundlestore URL (`http://host:port/bundle/`) or directory; default $SCOOT_BUNDLESTORE_URL,
     /// then `http://<2nd line of ~/.cloudscootaddr$SCOOT_ID>/bundle/`.
     #[arg(long = "bundlestore_url", global = true)]

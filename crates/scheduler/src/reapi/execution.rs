@@ -113,6 +113,9 @@ impl Execution for ExecutionService {
     type ExecuteStream = OperationStream;
     type WaitExecutionStream = OperationStream;
 
+    /// Logged in a span naming the action and, once it has one, the operation: the same
+    /// name is the job id of the task that runs it, on the scheduler and on the worker.
+    #[tracing::instrument(skip_all, fields(action, operation))]
     async fn execute(
         &self,
         request: Request<v2::ExecuteRequest>,
@@ -121,6 +124,8 @@ impl Execution for ExecutionService {
         check_function(request.digest_function)?;
         let action = required(&request.action_digest, "action_digest")?;
         let key = AcKey::new(request.instance_name.clone(), action);
+        let span = tracing::Span::current();
+        span.record("action", tracing::field::display(&key.action_digest));
         if !request.skip_cache_lookup
             && let Some(result) = self.cas.cached_result(&key).await?
         {
@@ -147,6 +152,7 @@ impl Execution for ExecutionService {
             }
         };
         let name = uuid::Uuid::new_v4().to_string();
+        span.record("operation", name.as_str());
         // The API forbids merging executions of actions that must not be cached (flaky-test
         // reruns, say): each runs by itself.
         let tracked = if action.do_not_cache {
