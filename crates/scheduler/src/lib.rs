@@ -10,6 +10,7 @@
 //! * [`wire`]: the one Thrift boundary: CloudScoot requests and replies, saga payloads.
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
 //! * [`discovery`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
+//! * [`overview`]: what the loop tells the HTTP port's pages about jobs and workers.
 
 pub mod admin;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod event_loop;
 mod fake_worker;
 pub mod handler;
 pub mod job;
+pub mod overview;
 pub mod reapi;
 pub mod server;
 pub mod state;
