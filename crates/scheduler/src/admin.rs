@@ -5,7 +5,8 @@
 //!   OfflineWorker; its running task finishes).
 //! * `POST /admin/workers/<node>/reinstate`: it takes tasks again (ReinstateWorker).
 //!
-//! `<node>` is the worker's id as the scheduler lists it (`host:port`).
+//! `<node>` is the worker's id as the scheduler lists it (`host:port`). The web pages on the same
+//! port, whose workers page has buttons for these actions, are [`crate::ui`]'s.
 
 use axum::Router;
 use axum::extract::{Path, State};
