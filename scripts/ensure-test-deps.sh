@@ -3,6 +3,7 @@
 #   - Debian's thrift-compiler (drift check, Python bindings for the cross-client tests)
 #   - a venv at target/pyenv with Apache's `thrift` package from PyPI
 #   - iproute2's `ip` (the network-namespace test harness, scoot_local_cluster::netns)
+#   - Debian's chromium (the scheduler's web pages in a headless browser, tests/e2e/ui.rs)
 # With the argument `thrift`, only the compiler is ensured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ fi
 if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
   echo "installing iproute2 (Debian)"
   apt_install iproute2
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (Debian)"
+  apt_install chromium
 fi
 
 PYTHON_THRIFT_VERSION=0.25.0

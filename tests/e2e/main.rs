@@ -20,4 +20,5 @@ mod support;
 mod task_processes;
 mod thrift_ports;
 mod thrift_tls;
+mod ui;
 mod worker;

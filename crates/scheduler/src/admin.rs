@@ -6,7 +6,9 @@
 //! * `POST /admin/workers/<node>/reinstate`: it takes tasks again (ReinstateWorker).
 //!
 //! `<node>` is the worker's id as the scheduler lists it (`host:port`). `/admin/metrics.json`
-//! and `/metrics` serve the metrics (`scoot_metrics`), without tokens, like `/health`.
+//! and `/metrics` serve the metrics (`scoot_metrics`), without tokens, like `/health`. The web
+//! pages on the same port, whose workers page has buttons for these actions, are
+//! [`crate::ui`]'s.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -25,7 +27,6 @@ struct Admin {
 
 pub fn router(api: SchedulerApi, tokens: Option<Tokens>) -> Router {
     Router::new()
-        .route("/", get(scoot_metrics::scoot_root))
         .route("/health", get(|| async { "ok" }))
         .route("/admin/workers/{node}/offline", post(offline))
         .route("/admin/workers/{node}/reinstate", post(reinstate))

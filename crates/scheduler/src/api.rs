@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::event_loop::Request;
 use crate::job::{InvalidJob, Job, JobDefinition};
+use crate::overview::{JobDetail, JobQuery, Overview};
 use crate::state::Placement;
 use crate::stats;
 use crate::wire;
@@ -273,6 +274,17 @@ impl SchedulerApi {
         self.ask(|tx| Request::Reinstate(node, tx))
             .await?
             .map_err(ApiError::Invalid)
+    }
+
+    /// Active and recently finished jobs and every worker, for the web pages.
+    pub async fn overview(&self) -> Result<Overview, ApiError> {
+        self.ask(Request::Overview).await
+    }
+
+    /// An active or recently finished job with the tasks `query` asks for; `None` when the
+    /// loop knows no such job (it may still be in the saga log: see [`Self::job_status`]).
+    pub async fn job_detail(&self, query: JobQuery) -> Result<Option<JobDetail>, ApiError> {
+        self.ask(|tx| Request::Job(query, tx)).await
     }
 
     /// (tasks not yet finished, throttle)

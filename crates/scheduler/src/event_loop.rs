@@ -15,7 +15,8 @@
 //! is ready at all), so that no task waits forever.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use scoot_core::{LogTags, PlatformProperty, RunId, RunState, RunStatus};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SchedulerConfig;
 use crate::discovery::Membership;
 use crate::job::{InvalidJob, Job, REAPI_JOB_TYPE};
+use crate::overview::{self, FinishedJobs, JobDetail, JobQuery, Overview};
 use crate::state::{
     Durations, JobState, Node, NodeHealth, Placement, TaskStatus, offered, pick_node, placement,
 };
@@ -68,6 +70,10 @@ pub enum Request {
     SetRebalanceThreshold(i32),
     /// Whether the cluster's workers can run a task asking for these requirements.
     Placement(Box<Requirements>, Reply<Placement>),
+    /// Jobs (active and recently finished) and workers, for the web pages.
+    Overview(Reply<Overview>),
+    /// One job (active or recently finished) with the tasks asked for; `None` if unknown.
+    Job(JobQuery, Reply<Option<JobDetail>>),
 }
 
 /// What the loop tells the REAPI operation tracker about jobs, so Execute streams move on as soon
@@ -90,6 +96,15 @@ pub enum JobEvent {
 enum Event {
     /// The worker passed its readiness check, offering this platform.
     NodeReady(String, Vec<PlatformProperty>),
+    /// The worker's readiness check has not passed, for this reason (sent when it changes).
+    NodeNotReady(String, String),
+    /// A task's run is RUNNING on its worker, with these output URIs.
+    TaskRunning {
+        job_id: String,
+        task_id: String,
+        node: String,
+        status: Box<RunStatus>,
+    },
     /// The worker is done with the task's run; the attempt is still being recorded.
     WorkerFree {
         node: String,
@@ -123,6 +138,8 @@ pub struct Loop {
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     job_events: Option<mpsc::UnboundedSender<JobEvent>>,
+    /// Recently finished jobs, for the web pages only.
+    finished: FinishedJobs,
 }
 
 impl Loop {
@@ -143,6 +160,7 @@ impl Loop {
             events_tx,
             events,
             job_events: None,
+            finished: FinishedJobs::default(),
         }
     }
 
@@ -259,7 +277,49 @@ impl Loop {
             Request::Placement(requirements, reply) => {
                 let _ = reply.send(placement(&requirements, &self.nodes));
             }
+            Request::Overview(reply) => {
+                let _ = reply.send(self.overview());
+            }
+            Request::Job(query, reply) => {
+                let _ = reply.send(self.job_detail(&query));
+            }
         }
+    }
+
+    /// Summaries of every active and remembered job, and every worker: counts and ids, no
+    /// task lists, so that answering costs the loop little however often pages refresh.
+    fn overview(&self) -> Overview {
+        let now = Instant::now();
+        let active = self
+            .order
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|job| Arc::new(job.summary(None)));
+        Overview {
+            jobs: active.chain(self.finished.summaries().cloned()).collect(),
+            workers: self
+                .nodes
+                .iter()
+                .map(|(id, node)| node.view(id, now))
+                .collect(),
+            taken: SystemTime::now(),
+        }
+    }
+
+    fn job_detail(&self, query: &JobQuery) -> Option<JobDetail> {
+        if let Some(job) = self.jobs.get(&query.job_id) {
+            return Some(JobDetail {
+                summary: Arc::new(job.summary(None)),
+                tasks: job.task_views(query.tasks.clone()),
+                taken: SystemTime::now(),
+            });
+        }
+        let job = self.finished.get(&query.job_id)?;
+        Some(JobDetail {
+            summary: job.summary.clone(),
+            tasks: job.tasks[overview::clamp(&query.tasks, job.tasks.len())].to_vec(),
+            taken: SystemTime::now(),
+        })
     }
 
     fn unreserve(&mut self, requestor: &str) {
@@ -401,7 +461,7 @@ impl Loop {
                     let data = wire::run_status_to_saga(&aborted);
                     batch.push(SagaMessage::start_task(job_id, task_id, Vec::new()));
                     batch.push(SagaMessage::end_task(job_id, task_id, data));
-                    waiting.push(task_id.clone());
+                    waiting.push((task_id.clone(), aborted));
                 }
                 TaskStatus::Running { .. } => task.stop.stop(reason),
                 // Already being ended, with its own reason.
@@ -414,7 +474,11 @@ impl Loop {
                 .log(batch)
                 .await
                 .map_err(|e| format!("cannot record the kill: {e}"))?;
-            for task_id in waiting {
+            let now = SystemTime::now();
+            for (task_id, aborted) in waiting {
+                if let Some(task) = state.task_mut(&task_id) {
+                    task.run.end(&aborted, now);
+                }
                 state.mark_done(&task_id);
             }
         }
@@ -451,6 +515,31 @@ impl Loop {
                     node.platform = Some(platform);
                     node.health = NodeHealth::Ready;
                     node.check = None;
+                    node.problem = None;
+                }
+            }
+            Event::NodeNotReady(id, reason) => {
+                if let Some(node) = self.nodes.get_mut(&id)
+                    && node.health == NodeHealth::Checking
+                {
+                    node.problem = Some(overview::bounded(&reason));
+                }
+            }
+            Event::TaskRunning {
+                job_id,
+                task_id,
+                node,
+                status,
+            } => {
+                // Only for the attempt still running there: a late report of an earlier
+                // attempt must not put its output links on the current one.
+                if let Some(task) = self
+                    .jobs
+                    .get_mut(&job_id)
+                    .and_then(|j| j.task_mut(&task_id))
+                    && matches!(&task.status, TaskStatus::Running { node: n, .. } if *n == node)
+                {
+                    task.run.running(&status);
                 }
             }
             Event::WorkerFree {
@@ -472,8 +561,9 @@ impl Loop {
             } => self.task_finished(job_id, task_id, result, Duration::ZERO),
             Event::SagaEnded(job_id, Ok(())) => {
                 tracing::info!(job_id = %job_id, "job completed");
-                if let Some(ended) = self.jobs.remove(&job_id) {
-                    stats::JOB_LATENCY.record(ended.accepted.elapsed());
+                if let Some(job) = self.jobs.remove(&job_id) {
+                    stats::JOB_LATENCY.record(job.submitted.elapsed().unwrap_or_default());
+                    self.finished.push(job.finished(SystemTime::now()));
                 }
                 self.order.retain(|id| id != &job_id);
                 self.notify(JobEvent::Ended(job_id));
@@ -529,6 +619,7 @@ impl Loop {
         let Some(state) = self.jobs.get_mut(&job_id) else {
             return;
         };
+        let now = SystemTime::now();
         match result {
             AttemptResult::Ended(status) => {
                 stats::TASKS_COMPLETED.inc();
@@ -537,6 +628,9 @@ impl Loop {
                 }
                 if status.state == RunState::Complete || status.state == RunState::TimedOut {
                     self.durations.record(&task_id, elapsed);
+                }
+                if let Some(task) = state.task_mut(&task_id) {
+                    task.run.end(&status, now);
                 }
                 state.mark_done(&task_id);
             }
@@ -547,6 +641,7 @@ impl Loop {
                     && matches!(task.status, TaskStatus::Running { .. } | TaskStatus::Ending)
                 {
                     task.status = TaskStatus::Waiting;
+                    task.run.retry(&error, now);
                     state.running -= 1;
                 }
             }
@@ -597,11 +692,20 @@ impl Loop {
         }
         let cancel = CancellationToken::new();
         node.check = Some(cancel.clone());
+        node.problem = None;
         let client = node.client.clone();
         let events = self.events_tx.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
+            // What the loop was last told, so that it hears of each change once.
+            let mut told = String::new();
+            let mut tell = |problem: String| {
+                if problem != told {
+                    told.clone_from(&problem);
+                    let _ = events.send(Event::NodeNotReady(id.clone(), problem));
+                }
+            };
             loop {
                 match client.query().await {
                     Ok((runs, service)) if service.initialized && service.is_healthy => {
@@ -614,8 +718,16 @@ impl Loop {
                     }
                     Ok((_, service)) => {
                         tracing::debug!(node = %id, error = %service.error, "worker not ready");
+                        tell(match (service.initialized, service.error.as_str()) {
+                            (false, "") => "initialising".to_string(),
+                            (true, "") => "unhealthy".to_string(),
+                            (_, error) => error.to_string(),
+                        });
                     }
-                    Err(err) => tracing::debug!(node = %id, error = %err, "worker not reachable"),
+                    Err(err) => {
+                        tracing::debug!(node = %id, error = %err, "worker not reachable");
+                        tell(format!("not reachable: {err}"));
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -929,6 +1041,7 @@ impl Loop {
             node: node_id.to_string(),
             started: Instant::now(),
         };
+        task.run.start(node_id, SystemTime::now());
         task.stop = Default::default();
         let may_retry = task.attempts < self.config.max_retries_per_task;
         task.attempts += 1;
@@ -961,6 +1074,19 @@ impl Loop {
                     });
                 }
             })),
+            on_running: Some(Box::new({
+                let events = self.events_tx.clone();
+                let (node, job_id, task_id) =
+                    (node_id.to_string(), job_id.to_string(), def.task_id.clone());
+                move |status: &RunStatus| {
+                    let _ = events.send(Event::TaskRunning {
+                        job_id: job_id.clone(),
+                        task_id: task_id.clone(),
+                        node: node.clone(),
+                        status: Box::new(status.clone()),
+                    });
+                }
+            })),
         };
         self.notify(JobEvent::TaskStarted(job_id.to_string()));
         let events = self.events_tx.clone();
@@ -978,7 +1104,7 @@ mod tests {
 
     use super::*;
     use crate::api::{JobState as Reported, JobStatus};
-    use crate::fake_worker::{FakeWorker, Script, TestScheduler, eventually};
+    use crate::fake_worker::{FakeWorker, PATIENCE, Script, TestScheduler, eventually};
     use crate::job::{JobDefinition, TaskDefinition};
     use crate::task_runner::DEAD_LETTER_SUFFIX;
 
@@ -1076,6 +1202,110 @@ mod tests {
             "{tags:?}"
         );
         assert!(!sched.api.is_active(&id).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overview_follows_jobs_and_workers_and_remembers_finished_jobs() {
+        use crate::overview::{JobPhase, JobQuery, TaskPhase, WorkerHealth};
+        let (busy, down) = (FakeWorker::new("busy"), FakeWorker::new("down"));
+        busy.script(Script::Hang);
+        down.set_down(true);
+        let mut sched = TestScheduler::start(&[busy.clone(), down.clone()], 0).await;
+        let id = sched.api.run_job(job(&["a", "b"])).await.unwrap();
+        busy.until("a run", |r| r.runs.len() == 1).await;
+        let running_task = busy.read(|r| r.runs[0].0.tags.task_id.clone());
+        let overview = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let overview = sched.api.overview().await.unwrap();
+                let problem = overview
+                    .workers
+                    .iter()
+                    .any(|w| matches!(&w.health, WorkerHealth::Checking(Some(p)) if p.contains("not reachable")));
+                if problem {
+                    return overview;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the unreachable worker's problem never showed");
+        let summary = &overview.jobs[0];
+        assert_eq!(
+            (summary.phase, summary.running, summary.waiting),
+            (JobPhase::Running, 1, 1)
+        );
+        let busy_view = overview.workers.iter().find(|w| w.id == "busy").unwrap();
+        assert_eq!(busy_view.running, Some((id.clone(), running_task.clone())));
+        assert_eq!(busy_view.platform, ["sandbox=none"]);
+
+        sched.api.offline_worker("busy").await.unwrap();
+        let detail = sched
+            .api
+            .job_detail(JobQuery {
+                job_id: id.clone(),
+                tasks: 0..10,
+            })
+            .await
+            .unwrap()
+            .expect("an active job is unknown");
+        let tasks: Vec<(&str, TaskPhase)> = detail
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.phase))
+            .collect();
+        let expected = if running_task == "a" {
+            [("a", TaskPhase::Running), ("b", TaskPhase::Waiting)]
+        } else {
+            [("a", TaskPhase::Waiting), ("b", TaskPhase::Running)]
+        };
+        assert_eq!(tasks, expected, "not in definition order");
+        assert_eq!(
+            detail
+                .tasks
+                .iter()
+                .find(|t| t.phase == TaskPhase::Running)
+                .unwrap()
+                .run
+                .node
+                .as_deref(),
+            Some("busy")
+        );
+
+        sched.api.kill_job(&id).await.unwrap();
+        sched.ended(&id).await;
+        let overview = sched.api.overview().await.unwrap();
+        assert!(overview.workers.iter().any(|w| w.id == "busy" && w.offline));
+        assert_eq!(overview.jobs.len(), 1);
+        assert_eq!(overview.jobs[0].phase, JobPhase::Killed);
+        assert!(overview.jobs[0].finished.is_some());
+        let detail = sched
+            .api
+            .job_detail(JobQuery {
+                job_id: id.clone(),
+                tasks: 1..usize::MAX,
+            })
+            .await
+            .unwrap()
+            .expect("a finished job was forgotten");
+        assert_eq!(detail.tasks.len(), 1, "the range was not applied");
+        let outcome = detail.tasks[0].run.outcome.as_ref().expect("no outcome");
+        assert_eq!(outcome.state, RunState::Aborted);
+        assert!(
+            outcome.error.starts_with("UserRequested"),
+            "{}",
+            outcome.error
+        );
+        assert!(
+            sched
+                .api
+                .job_detail(JobQuery {
+                    job_id: "nope".into(),
+                    tasks: 0..1
+                })
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test(start_paused = true)]

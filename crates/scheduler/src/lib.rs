@@ -10,6 +10,8 @@
 //! * [`wire`]: the one Thrift boundary: CloudScoot requests and replies, saga payloads.
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
 //! * [`discovery`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
+//! * [`admin`] and [`ui`]: the HTTP port: health, admin actions, and the web pages of the
+//!   cluster, fed by the loop's [`overview`] snapshots.
 
 pub mod admin;
 pub mod api;
@@ -21,11 +23,13 @@ pub mod event_loop;
 mod fake_worker;
 pub mod handler;
 pub mod job;
+pub mod overview;
 pub mod reapi;
 pub mod server;
 pub mod state;
 pub mod stats;
 pub mod task_runner;
+pub mod ui;
 pub mod wire;
 pub mod worker_client;
 

@@ -36,6 +36,8 @@ pub enum SchedulerError {
     Http(std::io::Error),
     #[error("grpc server: {0}")]
     Grpc(String),
+    #[error("web pages: {0}")]
+    Pages(#[from] crate::ui::pages::RenderError),
 }
 
 /// TLS of the scheduler's Thrift and HTTP ports and of its connections to workers; all
@@ -97,6 +99,8 @@ pub async fn run(
     crate::stats::register();
     scoot_cas_services::stats::register();
     scoot_saga::register_metrics();
+    // Before anything starts: templates that do not compile are a bug to report at once.
+    let pages = Arc::new(crate::ui::pages::Pages::new()?);
     let (log, gc_interval) = open_saga_log(&config.saga_log)?;
     let gc = scoot_saga::spawn_gc(log.clone(), gc_interval);
     let sagas = SagaCoordinator::new(log);
@@ -139,6 +143,7 @@ pub async fn run(
     let admin_api = api.clone();
     let tracker = Tracker::new(api.clone(), stop.clone());
     let follower = tokio::spawn(tracker.clone().follow(job_events));
+    let tracker_for_pages = tracker.clone();
     let grpc_server = match reapi {
         Some(endpoint) => {
             tracing::info!(
@@ -192,7 +197,13 @@ pub async fn run(
         config.thrift,
         stop.clone().cancelled_owned(),
     ));
-    let app = crate::admin::router(admin_api, http_tokens);
+    let pages = crate::ui::Ui::new(
+        admin_api.clone(),
+        tracker_for_pages,
+        pages,
+        http_tokens.is_some(),
+    );
+    let app = crate::admin::router(admin_api, http_tokens).merge(crate::ui::router(pages));
     let http_server = tokio::spawn(scoot_security::http::serve(
         http,
         tls.http,

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use scoot_core::PlatformProperty;
 use scoot_reapi::Invalid;
@@ -18,6 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Job;
+use crate::overview::{
+    self, FinishedJob, JobPhase, JobSummary, RunRecord, TaskPhase, TaskView, WorkerHealth,
+    WorkerView,
+};
 use crate::task_runner::StopSignal;
 use crate::worker_client::WorkerApi;
 
@@ -45,6 +49,8 @@ pub struct TaskState {
     pub requirements: Result<Requirements, Invalid>,
     /// Since when it has waited with no ready worker able to run it.
     pub unplaced_since: Option<Instant>,
+    /// Its latest attempt, for the web pages.
+    pub run: RunRecord,
 }
 
 pub struct JobState {
@@ -59,8 +65,8 @@ pub struct JobState {
     pub killed: bool,
     /// EndSaga has been sent and not yet confirmed.
     pub ending: bool,
-    /// When this scheduler took the job (or recovered it).
-    pub accepted: Instant,
+    /// When the loop got it (accepted, or recovered after a restart).
+    pub submitted: SystemTime,
 }
 
 impl JobState {
@@ -77,6 +83,7 @@ impl JobState {
                 stop: StopSignal::default(),
                 requirements: platform::parse(&job.def.tasks[index].command.platform),
                 unplaced_since: None,
+                run: RunRecord::default(),
             })
             .collect();
         let by_id = tasks
@@ -93,7 +100,7 @@ impl JobState {
             done: 0,
             killed: false,
             ending: false,
-            accepted: Instant::now(),
+            submitted: SystemTime::now(),
         }
     }
 
@@ -122,6 +129,72 @@ impl JobState {
         }
         task.status = TaskStatus::Done;
         self.done += 1;
+    }
+
+    /// The job's summary for the web pages; `finished` once its saga has ended.
+    pub fn summary(&self, finished: Option<SystemTime>) -> JobSummary {
+        let failed = self
+            .tasks
+            .iter()
+            .filter(|t| t.run.outcome.as_ref().is_some_and(|o| !o.succeeded()))
+            .count();
+        let phase = match (finished.is_some(), self.killed) {
+            (false, true) => JobPhase::Killing,
+            (false, false) if self.running + self.done == 0 => JobPhase::Waiting,
+            (false, false) => JobPhase::Running,
+            (true, true) => JobPhase::Killed,
+            (true, false) if failed > 0 => JobPhase::Failed,
+            (true, false) => JobPhase::Succeeded,
+        };
+        let def = &self.job.def;
+        JobSummary {
+            id: self.job.id.clone(),
+            tag: def.tag.clone(),
+            basis: def.basis.clone(),
+            requestor: def.requestor.clone(),
+            job_type: def.job_type.clone(),
+            priority: def.priority,
+            phase,
+            submitted: self.submitted,
+            finished,
+            tasks: self.tasks.len(),
+            waiting: self.waiting(),
+            running: self.running,
+            done: self.done,
+            failed,
+        }
+    }
+
+    /// The tasks at `positions` of the job's definition (not of the start order), for a page.
+    pub fn task_views(&self, positions: std::ops::Range<usize>) -> Vec<TaskView> {
+        let defs = &self.job.def.tasks;
+        overview::clamp(&positions, defs.len())
+            .filter_map(|index| {
+                let def = &defs[index];
+                let task = &self.tasks[*self.by_id.get(&def.task_id)?];
+                let phase = match task.status {
+                    TaskStatus::Waiting => TaskPhase::Waiting,
+                    TaskStatus::Running { .. } => TaskPhase::Running,
+                    TaskStatus::Ending => TaskPhase::Ending,
+                    TaskStatus::Done => TaskPhase::Done,
+                };
+                Some(TaskView {
+                    task_id: def.task_id.clone(),
+                    argv: overview::bounded(&def.command.argv.join(" ")),
+                    phase,
+                    attempts: task.attempts,
+                    run: task.run.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// What the pages keep of the job once its saga has ended.
+    pub fn finished(&self, at: SystemTime) -> FinishedJob {
+        FinishedJob {
+            summary: Arc::new(self.summary(Some(at))),
+            tasks: self.task_views(0..self.tasks.len()),
+        }
     }
 }
 
@@ -186,6 +259,8 @@ pub struct Node {
     pub check: Option<CancellationToken>,
     /// What it offered at its last readiness check ([`offered`]); `None` before the first.
     pub platform: Option<Vec<PlatformProperty>>,
+    /// Why its readiness check has not passed yet, as the worker (or the connection) said.
+    pub problem: Option<String>,
 }
 
 impl Node {
@@ -198,6 +273,28 @@ impl Node {
             snapshot: String::new(),
             check: None,
             platform: None,
+            problem: None,
+        }
+    }
+
+    /// The worker as the web pages show it (`now` ages a lost worker).
+    pub fn view(&self, id: &str, now: Instant) -> WorkerView {
+        let health = match self.health {
+            NodeHealth::Checking => WorkerHealth::Checking(self.problem.clone()),
+            NodeHealth::Ready => WorkerHealth::Ready,
+            NodeHealth::Lost(since) => WorkerHealth::Lost(now.saturating_duration_since(since)),
+        };
+        WorkerView {
+            id: id.to_string(),
+            health,
+            offline: self.offlined,
+            running: self.busy.clone(),
+            platform: self
+                .platform
+                .iter()
+                .flatten()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 

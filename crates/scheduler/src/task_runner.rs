@@ -70,7 +70,13 @@ pub struct TaskAttempt {
     /// the end is recorded: the worker can take its next task while the EndTask write is made
     /// durable.
     pub worker_free: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Told the RUNNING status (with the output URIs) once the worker reports it, so the
+    /// scheduler's pages can link to the output of running tasks.
+    pub on_running: Option<OnRunning>,
 }
+
+/// See [`TaskAttempt::on_running`].
+pub type OnRunning = Box<dyn Fn(&RunStatus) + Send + Sync>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptResult {
@@ -361,6 +367,9 @@ async fn follow_run(
         }
         if status.state == RunState::Running && !reported_running {
             reported_running = true;
+            if let Some(on_running) = &attempt.on_running {
+                on_running(&status);
+            }
             if let Err(err) = attempt
                 .saga
                 .start_task(&attempt.task_id, wire::run_status_to_saga(&status))
@@ -393,12 +402,15 @@ mod tests {
         attempt: TaskAttempt,
         saga: Saga,
         freed: Arc<AtomicBool>,
+        /// What `on_running` was told.
+        told_running: Arc<Mutex<Vec<RunStatus>>>,
     }
 
     async fn setup(worker: &Arc<FakeWorker>, timeout: Duration, may_retry: bool) -> Setup {
         let sagas = SagaCoordinator::new(Arc::new(MemorySagaLog::new(None)));
         let saga = sagas.make_saga("job", b"job".to_vec()).await.unwrap();
         let freed = Arc::new(AtomicBool::new(false));
+        let told_running = Arc::new(Mutex::new(Vec::new()));
         let attempt = TaskAttempt {
             job_id: "job".into(),
             task_id: "task".into(),
@@ -422,11 +434,20 @@ mod tests {
                 let freed = freed.clone();
                 move || freed.store(true, Ordering::SeqCst)
             })),
+            on_running: Some(Box::new({
+                let told = told_running.clone();
+                move |status: &RunStatus| {
+                    told.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(status.clone())
+                }
+            })),
         };
         Setup {
             attempt,
             saga,
             freed,
+            told_running,
         }
     }
 
@@ -451,6 +472,7 @@ mod tests {
             attempt,
             saga,
             freed,
+            ..
         } = setup(&worker, Duration::from_secs(60), true).await;
         let finished = run(attempt).await;
         let status = ended(&finished.result);
@@ -475,6 +497,7 @@ mod tests {
             attempt,
             saga,
             freed,
+            ..
         } = setup(&worker, Duration::from_secs(60), true).await;
         let started = Instant::now();
         let finished = run(attempt).await;
@@ -512,7 +535,12 @@ mod tests {
     async fn a_worker_that_dies_mid_run_fails_the_attempt() {
         let worker = FakeWorker::new("w");
         worker.script(Script::Hang);
-        let Setup { attempt, saga, .. } = setup(&worker, Duration::from_secs(600), true).await;
+        let Setup {
+            attempt,
+            saga,
+            told_running,
+            ..
+        } = setup(&worker, Duration::from_secs(600), true).await;
         let running = tokio::spawn(run(attempt));
         worker.until("the run", |r| r.runs.len() == 1).await;
         // The RUNNING status reaches the saga, so clients see the output URIs.
@@ -523,6 +551,14 @@ mod tests {
                 .is_some_and(|s| s.state == RunState::Running)
         })
         .await;
+        // ... and the loop, for its pages.
+        let told: Vec<String> = told_running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|s| s.stdout_ref.clone())
+            .collect();
+        assert_eq!(told, ["fake://w/0/stdout"]);
         worker.set_down(true);
         let finished = running.await.unwrap();
         match &finished.result {

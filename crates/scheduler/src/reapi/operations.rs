@@ -339,6 +339,43 @@ impl Tracker {
         ops
     }
 
+    /// Executions for the web pages: the unfinished ones (newest first), then the finished ones
+    /// this tracker remembers (most recently finished first), `take` of them after `skip`;
+    /// with the total of both. Only the page's operations are cloned.
+    pub fn page(&self, skip: usize, take: usize) -> OperationsPage {
+        let registry = self.registry();
+        let mut active: Vec<&Arc<Tracked>> =
+            registry.by_name.values().filter(|t| !t.is_done()).collect();
+        // Rebuilt executions (no queue time) after the ones Execute accepted here.
+        active.sort_by(|a, b| {
+            b.queued_at
+                .cmp(&a.queued_at)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let finished = registry
+            .finished
+            .iter()
+            .rev()
+            .filter_map(|name| registry.by_name.get(name));
+        let total = active.len() + registry.finished.len();
+        let entries = active
+            .iter()
+            .copied()
+            .chain(finished)
+            .skip(skip)
+            .take(take)
+            .map(|t| OperationEntry {
+                operation: t.current(),
+                queued_at: t.queued_at,
+            })
+            .collect();
+        OperationsPage {
+            total,
+            active: active.len(),
+            entries,
+        }
+    }
+
     /// Forgets a finished execution (its job stays in the saga log until collected).
     pub fn forget(&self, name: &str) -> Result<(), Status> {
         let mut registry = self.registry();
@@ -414,6 +451,24 @@ fn record_phases(metadata: &v2::ExecutedActionMetadata) {
             stats::ACTION_PHASES.record(phase, took);
         }
     }
+}
+
+/// One execution as the web pages list it.
+#[derive(Clone, Debug)]
+pub struct OperationEntry {
+    pub operation: Operation,
+    /// When Execute accepted it; unknown for executions rebuilt from the saga log.
+    pub queued_at: Option<SystemTime>,
+}
+
+/// A page of [`Tracker::page`].
+#[derive(Clone, Debug)]
+pub struct OperationsPage {
+    /// Executions remembered in all.
+    pub total: usize,
+    /// Of which unfinished.
+    pub active: usize,
+    pub entries: Vec<OperationEntry>,
 }
 
 fn new_tracked(name: String, key: AcKey, queued_at: Option<SystemTime>) -> Arc<Tracked> {
@@ -668,6 +723,34 @@ mod tests {
             matches!(tracker.join_or_start(key, "again".into()), Joined::New(_)),
             "a finished execution was joined"
         );
+    }
+
+    #[tokio::test]
+    async fn pages_list_unfinished_executions_then_the_latest_finished() {
+        let sched = TestScheduler::start(&[], 0).await;
+        let tracker = Tracker::new(sched.api.clone(), CancellationToken::new());
+        let key = |n: u8| AcKey::new("", Digest::new(format!("{n:02x}").repeat(32), 1).unwrap());
+        for (n, name) in ["done-1", "done-2", "done-3"].into_iter().enumerate() {
+            let response = v2::ExecuteResponse::default();
+            tracker.finished(
+                name.into(),
+                key(n as u8),
+                OperationResult::Response(Box::new(response)),
+            );
+        }
+        tracker.start_unmerged(key(10), "queued-1".into());
+        tracker.start_unmerged(key(11), "queued-2".into());
+        let names = |page: OperationsPage| -> Vec<String> {
+            page.entries.into_iter().map(|e| e.operation.name).collect()
+        };
+        let all = tracker.page(0, 50);
+        assert_eq!((all.total, all.active), (5, 2));
+        let listed = names(all);
+        // Unfinished first; queued at the same instant they are in name order.
+        assert!(listed[..2].contains(&"queued-1".to_string()), "{listed:?}");
+        assert_eq!(listed[2..], ["done-3", "done-2", "done-1"]);
+        assert_eq!(names(tracker.page(3, 50)), ["done-2", "done-1"]);
+        assert!(tracker.page(usize::MAX, 50).entries.is_empty());
     }
 
     #[tokio::test]
