@@ -358,8 +358,14 @@ pub fn latch() {
 }
 
 /// Latches every [`LATCH_INTERVAL`] from the next full minute, on a thread of its own, for the
-/// life of the process. Call once, at start.
+/// life of the process. Every server calls it at start; only the first call starts the thread,
+/// so a process running several servers (tests) still has one window per minute.
 pub fn start_latching() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(spawn_latch_thread);
+}
+
+fn spawn_latch_thread() {
     let spawned = std::thread::Builder::new()
         .name("metrics-latch".into())
         .spawn(|| {

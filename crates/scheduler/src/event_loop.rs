@@ -14,7 +14,7 @@
 //! after `unmatched_platform_timeout` when no ready worker can but one might later (or no worker
 //! is ready at all), so that no task waits forever.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -138,6 +138,9 @@ pub struct Loop {
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     job_events: Option<mpsc::UnboundedSender<JobEvent>>,
+    /// Requestors whose per-requestor gauges were set last time, so that those with nothing
+    /// left go back to zero instead of keeping their last value.
+    gauged_requestors: BTreeSet<String>,
     /// Recently finished jobs, for the web pages only.
     finished: FinishedJobs,
 }
@@ -160,6 +163,7 @@ impl Loop {
             events_tx,
             events,
             job_events: None,
+            gauged_requestors: BTreeSet::new(),
             finished: FinishedJobs::default(),
         }
     }
@@ -768,7 +772,7 @@ impl Loop {
 
     /// Sets the gauges (once a second, from housekeeping: counting every task on each step
     /// would cost the loop time at a hundred thousand queued tasks).
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let (mut running, mut waiting, mut waiting_jobs) = (0, 0, 0);
         let mut by_requestor: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
         for state in self.jobs.values() {
@@ -793,11 +797,16 @@ impl Loop {
         stats::IN_PROGRESS_TASKS.set(running + waiting);
         stats::ACCEPTED_JOBS.set(self.jobs.len() as i64);
         stats::WAITING_JOBS.set(waiting_jobs);
+        let gauged: BTreeSet<String> = by_requestor.keys().map(|r| r.to_string()).collect();
+        for gone in self.gauged_requestors.difference(&gauged) {
+            by_requestor.insert(gone, (0, 0, 0));
+        }
         for (requestor, (running, waiting, jobs)) in by_requestor {
             stats::requestor_gauge("schedNumRunningTasksGauge", requestor).set(running);
             stats::requestor_gauge("schedNumWaitingTasksGauge", requestor).set(waiting);
             stats::requestor_gauge("schedNumRunningJobsGauge", requestor).set(jobs);
         }
+        self.gauged_requestors = gauged;
         let uptime = self.epoch.elapsed();
         stats::UPTIME.set(uptime.as_millis() as i64);
         stats::START.set(i64::from(uptime < Duration::from_secs(60)));
