@@ -503,9 +503,11 @@ impl Scheduler {
                 .arg(format!("127.0.0.1:{}", ports[2]))
                 .arg("-cas_dir")
                 .arg(&cas_dir)
-                .args(["-log_level", "debug", "-config"])
-                .arg(config.to_string())
-                .args(flags)
+                .args(["-config", &config.to_string()]);
+            if !flags.contains(&"-log_level") {
+                cmd.args(["-log_level", "debug"]);
+            }
+            cmd.args(flags)
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
             cmd
         });
