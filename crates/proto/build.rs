@@ -128,8 +128,9 @@ fn raw_servers() {
             .build(),
         )
         .build();
+    // Clients too: a sharded CAS moves action results between servers as the bytes stored.
     Builder::new()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile(&[action_cache, cas]);
 }
