@@ -352,14 +352,32 @@ impl Cluster {
     }
 
     /// Resolves when a child of the cluster ends (which it never should while the cluster is
-    /// up), with its name, exit status and the end of its log. Cancel-safe.
+    /// up), with its name, exit status and the end of its log. Cancel-safe. With a sharded CAS
+    /// of R replicas, apiservers may die while fewer than R are dead and at least R live (every
+    /// blob still has a copy, and writes still find R shards): their deaths are logged.
     pub async fn wait_for_failure(&mut self) -> ChildExit {
         loop {
             match self.exits_rx.recv().await {
                 Some(index) => {
-                    if let Some(child) = self.children.get(index) {
-                        return child.exit_report();
+                    let Some(child) = self.children.get(index) else {
+                        continue;
+                    };
+                    if child.role == Role::ApiServer
+                        && let Some(replicas) = self.spec.cas_replicas
+                    {
+                        let dead = self
+                            .children
+                            .iter()
+                            .filter(|c| c.role == Role::ApiServer && !c.is_running())
+                            .count();
+                        if dead < replicas && self.apiservers_started - dead >= replicas {
+                            let exit = child.exit_report();
+                            tracing::warn!(apiserver = %exit.name, status = %exit.status,
+                                dead, replicas, "an apiserver ended; its shard's blobs are read from the other replicas");
+                            continue;
+                        }
                     }
+                    return child.exit_report();
                 }
                 // Cannot happen: the cluster holds a sender.
                 None => std::future::pending::<()>().await,
