@@ -44,7 +44,7 @@ struct Args {
     #[arg(long = "cas_shards", conflicts_with = "cas_addr")]
     cas_shards: Option<String>,
     /// With -cas_shards: how many shards hold each blob (at most the number of shards).
-    #[arg(long = "cas_replicas", default_value_t = 2)]
+    #[arg(long = "cas_replicas", default_value_t = scoot_worker::DEFAULT_REPLICAS, requires = "cas_shards")]
     cas_replicas: usize,
     /// Directory for actions' input roots and the local CAS cache (a temporary directory when
     /// not given).

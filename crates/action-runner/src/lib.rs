@@ -48,6 +48,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use prost::Message;
+pub use scoot_cas_client::sharded::DEFAULT_REPLICAS;
 use scoot_cas_client::{ClientError, ShardedCas};
 pub use scoot_cas_client::{ShardSpec, ShardSpecError};
 use scoot_core::{Digest, LogTags, exit_code};

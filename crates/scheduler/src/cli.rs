@@ -44,7 +44,7 @@ pub struct Cli {
     #[arg(long = "cas_shards")]
     pub cas_shards: Option<String>,
     /// With -cas_shards: how many shards hold each blob (at most the number of shards).
-    #[arg(long = "cas_replicas", default_value_t = DEFAULT_REPLICAS)]
+    #[arg(long = "cas_replicas", default_value_t = DEFAULT_REPLICAS, requires = "cas_shards")]
     pub cas_replicas: usize,
     /// Bound of the CAS in bytes (least recently used blobs are evicted).
     #[arg(long = "cas_size", default_value_t = DEFAULT_CAS_BYTES)]
