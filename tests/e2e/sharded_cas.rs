@@ -233,5 +233,13 @@ fn more_replicas_than_shards_is_refused_with_the_reason() {
             stderr.contains("3 replicas of each blob asked for, but only 2 CAS shards given"),
             "{binary}: {stderr}"
         );
+        // A replica count alone says nothing about where the shards are.
+        let output = Command::new(binary)
+            .args(["-cas_replicas", "2", "-thrift_addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{binary}: {stderr}");
+        assert!(stderr.contains("--cas_shards"), "{binary}: {stderr}");
     }
 }
