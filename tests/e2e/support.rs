@@ -501,9 +501,11 @@ impl Scheduler {
                 .arg(format!("127.0.0.1:{}", ports[1]))
                 .arg("-grpc_addr")
                 .arg(format!("127.0.0.1:{}", ports[2]))
-                .args(["-log_level", "debug", "-config"])
-                .arg(config.to_string())
-                .args(flags)
+                .args(["-config", &config.to_string()]);
+            if !flags.contains(&"-log_level") {
+                cmd.args(["-log_level", "debug"]);
+            }
+            cmd.args(flags)
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
             // A sharded CAS keeps nothing on the scheduler.
             if !flags.contains(&"-cas_shards") {

@@ -133,8 +133,8 @@ impl Plan {
                 .entry(job.requestor.as_str())
                 .or_insert_with(|| alg.class_index(&job.requestor));
             let class = &mut classes[idx];
-            let running = to_i64(job.running.len());
-            let waiting = to_i64(job.waiting.len());
+            let running = to_i64(job.running_count);
+            let waiting = to_i64(job.waiting_count);
             class.seen_running += running;
             class.seen_waiting += waiting;
             if class.schedulable {
@@ -378,7 +378,7 @@ fn pick_starts<'a>(
         .iter()
         .enumerate()
         .filter(|(_, j)| !jobs[**j].waiting.is_empty())
-        .map(|(pos, j)| Reverse((jobs[*j].running.len(), pos, pos)))
+        .map(|(pos, j)| Reverse((jobs[*j].running_count, pos, pos)))
         .collect();
     let mut next_seq = class_jobs.len();
     let mut cursor = vec![0usize; class_jobs.len()];

@@ -31,7 +31,9 @@
 //! let jobs = vec![JobView {
 //!     job_id: "job1".into(),
 //!     requestor: "diff-bot".into(),
+//!     waiting_count: 3,
 //!     waiting: vec!["t1".into(), "t2".into(), "t3".into()],
+//!     running_count: 0,
 //!     running: vec![],
 //! }];
 //! // 4 workers, 2 of them idle.
@@ -73,10 +75,17 @@ pub struct RunningTask {
 pub struct JobView {
     pub job_id: JobId,
     pub requestor: String,
-    /// Tasks not yet started, in the order they should be started (the caller sorts them, e.g.
-    /// longest average duration first).
+    /// How many of the job's tasks have not started.
+    pub waiting_count: usize,
+    /// The first of those tasks in the order they should be started (the caller sorts them,
+    /// e.g. longest average duration first). No step starts more tasks than there are idle
+    /// workers, so the caller need not list more than that: a job of 100,000 waiting tasks
+    /// costs a step no more than one of a few.
     pub waiting: Vec<TaskId>,
-    /// Tasks currently running.
+    /// How many of the job's tasks are running.
+    pub running_count: usize,
+    /// Those tasks; needed only when rebalancing is enabled (it picks which ones to stop), so a
+    /// caller may leave it empty otherwise.
     pub running: Vec<RunningTask>,
 }
 

@@ -33,6 +33,8 @@ fn job(id: &str, requestor: &str, running: usize, waiting: usize) -> JobView {
     JobView {
         job_id: id.to_owned(),
         requestor: requestor.to_owned(),
+        waiting_count: waiting,
+        running_count: running,
         waiting: (0..waiting).map(|t| format!("w{t}")).collect(),
         running: (0..running)
             .map(|t| RunningTask {
@@ -535,6 +537,7 @@ fn no_task_is_started_twice_even_with_repeated_input() {
     let mut alg = alg_for(&[("a", 100)]);
     let mut j1 = job("j1", "a", 0, 0);
     j1.waiting = vec!["t1".into(), "t1".into(), "t2".into()];
+    j1.waiting_count = 3;
     // The same job listed twice.
     let j1_again = j1.clone();
     let jobs = vec![j1, j1_again];
@@ -583,6 +586,7 @@ fn waiting_tasks_of_a_job_start_in_the_given_order() {
     let mut alg = alg_for(&[("a", 100)]);
     let mut j = job("j", "a", 0, 0);
     j.waiting = vec!["long".into(), "medium".into(), "short".into()];
+    j.waiting_count = 3;
     let jobs = vec![j];
     let d = alg.schedule(Duration::ZERO, 2, 2, &jobs);
     assert_eq!(
@@ -830,7 +834,7 @@ fn rebalancing_stops_the_most_recently_started_tasks() {
     let mut alg = alg_for(&[("a", 50), ("b", 50)]);
     alg.set_rebalance_threshold(10);
     alg.set_rebalance_min_duration(secs(10));
-    let mut b1 = job("b1", "b", 0, 3);
+    let mut b1 = job("b1", "b", 3, 3);
     b1.running = [("old", 5), ("newest", 90), ("mid", 50)]
         .iter()
         .map(|(t, s)| RunningTask {
@@ -838,7 +842,7 @@ fn rebalancing_stops_the_most_recently_started_tasks() {
             started_at: secs(*s),
         })
         .collect();
-    let mut b2 = job("b2", "b", 0, 3);
+    let mut b2 = job("b2", "b", 3, 3);
     b2.running = [("x", 10), ("y", 70), ("z", 20)]
         .iter()
         .map(|(t, s)| RunningTask {
@@ -1005,7 +1009,7 @@ fn random_inputs_use_every_idle_worker_they_can() {
         let schedulable_waiting: usize = jobs
             .iter()
             .filter(|j| alg.class_of(&j.requestor).is_some())
-            .map(|j| j.waiting.len())
+            .map(|j| j.waiting_count)
             .sum();
         assert_eq!(
             d.start.len(),
@@ -1027,4 +1031,21 @@ fn random_inputs_use_every_idle_worker_they_can() {
             }
         }
     }
+}
+
+#[test]
+fn a_job_listing_only_its_first_waiting_tasks_counts_them_all() {
+    // Class b has 10 tasks waiting, of which its job lists 2; with two classes of equal share
+    // and 4 idle workers, b's count (not its list) decides its entitlement.
+    let mut alg = alg_for(&[("a", 50), ("b", 50)]);
+    let a = job("a1", "a", 0, 10);
+    let mut b = job("b1", "b", 0, 10);
+    b.waiting.truncate(2);
+    let d = alg.schedule(Duration::ZERO, 4, 4, &[a, b]);
+    let started_b = d.start.iter().filter(|(j, _)| j == "b1").count();
+    assert_eq!(started_b, 2, "{d:?}");
+    assert_eq!(d.start.len(), 4, "a takes the workers b cannot fill: {d:?}");
+    let stats = alg.last_stats();
+    let b_stats = stats.iter().find(|c| c.class == "b").unwrap();
+    assert_eq!(b_stats.waiting, 8, "{stats:?}");
 }

@@ -981,6 +981,10 @@ impl Loop {
             return;
         }
         let workers = self.nodes.values().filter(|n| n.counts_as_worker()).count();
+        // The algorithm starts at most one task per idle worker, and looks at running tasks only
+        // to rebalance: listing more would make each step cost as much as the whole queue.
+        let listed = idle.len();
+        let rebalancing = self.alg.rebalancing_enabled();
         let views: Vec<JobView> = self
             .order
             .iter()
@@ -989,23 +993,29 @@ impl Loop {
             .map(|j| JobView {
                 job_id: j.job.id.clone(),
                 requestor: j.job.def.requestor.clone(),
+                waiting_count: j.waiting(),
                 waiting: j
                     .tasks
                     .iter()
                     .filter(|t| matches!(t.status, TaskStatus::Waiting))
+                    .take(listed)
                     .map(|t| j.job.def.tasks[t.index].task_id.clone())
                     .collect(),
-                running: j
-                    .tasks
-                    .iter()
-                    .filter_map(|t| match &t.status {
-                        TaskStatus::Running { started, .. } => Some(RunningTask {
-                            task_id: j.job.def.tasks[t.index].task_id.clone(),
-                            started_at: started.duration_since(self.epoch),
-                        }),
-                        _ => None,
-                    })
-                    .collect(),
+                running_count: j.running,
+                running: if rebalancing {
+                    j.tasks
+                        .iter()
+                        .filter_map(|t| match &t.status {
+                            TaskStatus::Running { started, .. } => Some(RunningTask {
+                                task_id: j.job.def.tasks[t.index].task_id.clone(),
+                                started_at: started.duration_since(self.epoch),
+                            }),
+                            _ => None,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         let now = Instant::now().duration_since(self.epoch);
