@@ -242,4 +242,22 @@ fn more_replicas_than_shards_is_refused_with_the_reason() {
         assert!(!output.status.success(), "{binary}: {stderr}");
         assert!(stderr.contains("--cas_shards"), "{binary}: {stderr}");
     }
+    // The scheduler keeps nothing of a sharded CAS: a directory for it is a mistake.
+    let output = Command::new(env!("CARGO_BIN_EXE_scheduler"))
+        .args([
+            "-cas_shards",
+            "127.0.0.1:1",
+            "-cas_replicas",
+            "1",
+            "-cas_dir",
+            "/tmp",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("-cas_shards keeps the CAS and action cache on the shards; drop -cas_dir"),
+        "{stderr}"
+    );
 }
