@@ -38,6 +38,14 @@ struct Args {
     /// outputs go to its CAS.
     #[arg(long = "cas_addr")]
     cas_addr: Option<String>,
+    /// Instead of -cas_addr, the shards of a sharded CAS (the apiservers' gRPC addresses,
+    /// `host:port,host:port,...`), read and written directly; give the scheduler the same list
+    /// and -cas_replicas.
+    #[arg(long = "cas_shards", conflicts_with = "cas_addr")]
+    cas_shards: Option<String>,
+    /// With -cas_shards: how many shards hold each blob (at most the number of shards).
+    #[arg(long = "cas_replicas", default_value_t = scoot_worker::DEFAULT_REPLICAS, requires = "cas_shards")]
+    cas_replicas: usize,
     /// Directory for actions' input roots and the local CAS cache (a temporary directory when
     /// not given).
     #[arg(long = "action_dir")]
@@ -159,6 +167,14 @@ async fn serve() -> anyhow::Result<()> {
         args.advertise_host.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
+    let cas = match (&args.cas_addr, &args.cas_shards) {
+        (Some(addr), _) => Some(scoot_worker::ShardSpec::single(addr)),
+        (None, Some(list)) => Some(
+            scoot_worker::ShardSpec::parse(list, args.cas_replicas)
+                .context("bad -cas_shards or -cas_replicas")?,
+        ),
+        (None, None) => None,
+    };
     let server = args.transport.server(&args.access).context("TLS set-up")?;
     let client = args.transport.client().context("TLS set-up")?;
     let config = scoot_worker::WorkerConfig {
@@ -170,7 +186,7 @@ async fn serve() -> anyhow::Result<()> {
         client,
         drain_grace: args.drain_grace,
         kill_grace: args.kill_grace,
-        cas_addr: args.cas_addr.clone(),
+        cas,
         action_dir: args.action_dir.clone(),
         cas_cache_bytes: args.cas_cache_size,
         action_user: args.action_user,

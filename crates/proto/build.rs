@@ -33,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
 
     let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    // Naming files replaces cargo's default of re-running on any change in the package, so
+    // this script must name itself too.
+    println!("cargo:rerun-if-changed=build.rs");
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
@@ -128,8 +131,9 @@ fn raw_servers() {
             .build(),
         )
         .build();
+    // Clients too: a sharded CAS moves action results between servers as the bytes stored.
     Builder::new()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile(&[action_cache, cas]);
 }

@@ -613,3 +613,127 @@ fn process_summaries_of_bazel_2_and_later() {
                   INFO: 2 processes: 2 remote cache hit.\nINFO: Build completed successfully\n";
     assert_eq!(ProcessSummary::last_in(output).unwrap().total, 2);
 }
+
+/// The pid of the process whose command line has `flag` followed by `value` (a child of a
+/// `setup-cloud-scoot` cluster, which the test did not start itself).
+fn pid_with_flag(flag: &str, value: &str) -> Option<i32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        args.windows(2)
+            .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+            .then_some(pid)
+    })
+}
+
+/// Remote executions the scheduler has finished so far.
+fn finished_operations(runtime: &tokio::runtime::Runtime, grpc: &str) -> Option<usize> {
+    use scoot_proto::longrunning::ListOperationsRequest;
+    use scoot_proto::longrunning::operations_client::OperationsClient;
+    runtime.block_on(async {
+        let mut client = OperationsClient::connect(format!("http://{grpc}"))
+            .await
+            .ok()?;
+        let mut done = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_operations(ListOperationsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            done += page.operations.iter().filter(|op| op.done).count();
+            if page.next_page_token.is_empty() {
+                return Some(done);
+            }
+            page_token = page.next_page_token;
+        }
+    })
+}
+
+#[test]
+fn bazel_2_1_builds_on_a_sharded_cas_with_an_apiserver_killed_mid_build() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let bin = bazel_binary();
+    let sample = Sample::new();
+    let workspace = sample.workspace.clone();
+    let bazel = sample.bazel(bin);
+    bazel.run(
+        "local-build",
+        &["build", "--color=no", "--curses=no", "//..."],
+    );
+    let local = outputs_under(&workspace, &["bazel-bin"]);
+    bazel.run("clean", &["clean"]);
+
+    // Three apiservers, each blob and cached result on two of them.
+    let cluster = LocalCluster::start_with(1100, &["--cas_replicas", "2"]);
+    let grpc = cluster.grpc_addr();
+    let victim_grpc = format!("localhost:{}", 12100 + 1100 + 1);
+    let remote = format!("--remote_executor=grpc://{grpc}");
+    let args = [
+        "build",
+        "--color=no",
+        "--curses=no",
+        remote.as_str(),
+        "--jobs=4",
+        "//...",
+    ];
+
+    // Once a few actions have run remotely, SIGKILL one apiserver while the build goes on.
+    let build_over = AtomicBool::new(false);
+    let done_at_kill = AtomicUsize::new(0);
+    let (status, output, log, _) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            while !build_over.load(Ordering::SeqCst) {
+                let done = finished_operations(&runtime, &grpc).unwrap_or(0);
+                if done >= 3 {
+                    let pid = pid_with_flag("-grpc_addr", &victim_grpc)
+                        .expect("the apiserver to kill is running");
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .unwrap();
+                    done_at_kill.store(done, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let result = bazel.run_unchecked("sharded-build", &args, BAZEL_TIMEOUT);
+        build_over.store(true, Ordering::SeqCst);
+        result
+    });
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "bazel sharded-build failed ({status:?}); its output ({}):\n{}",
+        log.display(),
+        tail(&output)
+    );
+    let killed_after = done_at_kill.load(Ordering::SeqCst);
+    let built = assert_all_remote("sharded-build", &output);
+    assert!(
+        killed_after > 0 && (killed_after as u64) < built.total,
+        "the apiserver was not killed mid-build ({killed_after} of {} actions done)",
+        built.total
+    );
+    assert!(pid_with_flag("-grpc_addr", &victim_grpc).is_none());
+    assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
+
+    // With the apiserver still dead, a rebuild after a clean is all cache hits.
+    bazel.run("clean", &["clean"]);
+    let output = bazel.run("sharded-rebuild", &args);
+    assert_all_remote_cache_hits("sharded-rebuild", &output);
+    assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
+    eprintln!(
+        "bazel: {} actions remote on a sharded CAS, an apiserver killed after {killed_after}",
+        built.total
+    );
+}

@@ -15,6 +15,7 @@ mod sandbox;
 mod scheduler;
 mod scootcl;
 mod security;
+mod sharded_cas;
 mod snapshots;
 mod support;
 mod task_processes;

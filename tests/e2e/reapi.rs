@@ -171,7 +171,7 @@ impl Cluster {
     }
 }
 
-fn command(script: &str, outputs: &[&str], dirs: &[&str]) -> v2::Command {
+pub(crate) fn command(script: &str, outputs: &[&str], dirs: &[&str]) -> v2::Command {
     v2::Command {
         arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
         environment_variables: vec![
@@ -191,7 +191,7 @@ fn command(script: &str, outputs: &[&str], dirs: &[&str]) -> v2::Command {
 }
 
 /// The Directory (and its blobs) holding those of `files` under `prefix`.
-fn directory(
+pub(crate) fn directory(
     files: &[(&str, &str, bool)],
     prefix: &str,
     blobs: &mut Vec<(Digest, Bytes)>,
@@ -240,7 +240,7 @@ fn stage(op: &Operation) -> v2::execution_stage::Value {
     v2::execution_stage::Value::try_from(metadata(op).stage).unwrap()
 }
 
-fn response_of(op: &Operation) -> v2::ExecuteResponse {
+pub(crate) fn response_of(op: &Operation) -> v2::ExecuteResponse {
     assert!(op.done, "{op:?}");
     match &op.result {
         Some(operation::Result::Response(any)) => {
@@ -250,7 +250,7 @@ fn response_of(op: &Operation) -> v2::ExecuteResponse {
     }
 }
 
-fn status_code(response: &v2::ExecuteResponse) -> tonic::Code {
+pub(crate) fn status_code(response: &v2::ExecuteResponse) -> tonic::Code {
     tonic::Code::from_i32(response.status.as_ref().map_or(0, |s| s.code))
 }
 

@@ -501,14 +501,16 @@ impl Scheduler {
                 .arg(format!("127.0.0.1:{}", ports[1]))
                 .arg("-grpc_addr")
                 .arg(format!("127.0.0.1:{}", ports[2]))
-                .arg("-cas_dir")
-                .arg(&cas_dir)
                 .args(["-config", &config.to_string()]);
             if !flags.contains(&"-log_level") {
                 cmd.args(["-log_level", "debug"]);
             }
             cmd.args(flags)
                 .stderr(log_file(&format!("scheduler-{}", ports[0])));
+            // A sharded CAS keeps nothing on the scheduler.
+            if !flags.contains(&"-cas_shards") {
+                cmd.arg("-cas_dir").arg(&cas_dir);
+            }
             cmd
         });
         let (thrift_port, http_port, grpc_port) = (ports[0], ports[1], ports[2]);

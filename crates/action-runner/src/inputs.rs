@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use scoot_cas_client::{CasClient, MAX_BATCH_BLOB_BYTES, batch_groups};
+use scoot_cas_client::{MAX_BATCH_BLOB_BYTES, ShardedCas, batch_groups};
 use scoot_core::Digest;
 use scoot_proto::reapi::v2;
 use scoot_reapi::BlobSource;
@@ -48,7 +48,7 @@ pub(crate) struct Inputs {
 /// batches) and checks that each file is in the local cache or the CAS, with the checks the
 /// scheduler makes ([`scoot_reapi::inputs`]). Everything missing is reported at once.
 pub(crate) async fn fetch(
-    client: &CasClient,
+    client: &ShardedCas,
     action_digest: &Digest,
     cache: &Cache,
 ) -> Result<Inputs, Failure> {
@@ -68,7 +68,7 @@ pub(crate) async fn fetch(
 
 /// The CAS as a worker sees it: files already in the local cache count as present.
 struct Remote<'a> {
-    client: &'a CasClient,
+    client: &'a ShardedCas,
     cache: &'a Cache,
 }
 
@@ -121,7 +121,7 @@ impl Wanted {
 /// Lays the input tree out under `root_dir` (which exists and is empty), then creates the
 /// working directory and the parents of the outputs; with a `user`, gives it the directories.
 pub(crate) async fn materialise(
-    client: &CasClient,
+    client: &ShardedCas,
     cache: &Arc<Cache>,
     inputs: &Inputs,
     root_dir: &Path,
@@ -449,7 +449,7 @@ fn link_failure(error: &std::io::Error, digest: &Digest) -> Failure {
 /// Fetches the blobs into the cache and links them; FAILED_PRECONDITION if some vanished from
 /// the CAS since it was checked.
 async fn fetch_into_cache(
-    client: &CasClient,
+    client: &ShardedCas,
     cache: &Arc<Cache>,
     wanted: Vec<Wanted>,
 ) -> Result<(), Failure> {
@@ -486,7 +486,7 @@ async fn fetch_into_cache(
 /// One batch of small blobs: read into memory, written to temporary files, installed. Returns
 /// the digests the CAS lacked.
 async fn fetch_batch(
-    client: &CasClient,
+    client: &ShardedCas,
     cache: Arc<Cache>,
     group: Vec<Wanted>,
 ) -> Result<Vec<Digest>, Failure> {
@@ -514,7 +514,7 @@ async fn fetch_batch(
 
 /// One large blob, streamed to a temporary file in the cache, then installed.
 async fn fetch_large(
-    client: &CasClient,
+    client: &ShardedCas,
     cache: Arc<Cache>,
     want: Wanted,
 ) -> Result<Vec<Digest>, Failure> {

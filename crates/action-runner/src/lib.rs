@@ -48,7 +48,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use prost::Message;
-use scoot_cas_client::{CasClient, ClientError};
+pub use scoot_cas_client::sharded::DEFAULT_REPLICAS;
+use scoot_cas_client::{ClientError, ShardedCas};
+pub use scoot_cas_client::{ShardSpec, ShardSpecError};
 use scoot_core::{Digest, LogTags, exit_code};
 use scoot_proto::reapi::v2;
 use scoot_proto::{prost_types, rpc};
@@ -69,8 +71,9 @@ const ACTION_DIR_PREFIX: &str = "action-";
 
 #[derive(Clone, Debug)]
 pub struct ActionConfig {
-    /// The CAS and action cache (`host:port`, `http://host:port` or `grpcs://host:port`).
-    pub cas_addr: String,
+    /// The CAS and action cache: one server (`host:port`, `http://host:port` or
+    /// `grpcs://host:port`, with [`ShardSpec::single`]) or the shards of a sharded CAS.
+    pub cas: ShardSpec,
     /// TLS and token for the CAS.
     pub security: ClientSecurity,
     /// Per-action directories are created under here.
@@ -128,7 +131,7 @@ pub struct ReapiActions {
 
 struct Shared {
     /// For the empty instance name; each action uses its request's.
-    client: CasClient,
+    client: ShardedCas,
     cache: Arc<Cache>,
     work_dir: PathBuf,
     worker_name: String,
@@ -140,7 +143,7 @@ impl ReapiActions {
     /// Creates the directories, empties the cache, removes action directories left by an
     /// earlier process and sets up a lazy connection to the CAS (which need not be up yet).
     pub async fn open(config: ActionConfig) -> Result<ReapiActions, ActionError> {
-        let client = CasClient::connect_lazy(&config.cas_addr, "", &config.security)?;
+        let client = ShardedCas::connect_lazy(&config.cas, "", &config.security)?;
         let (work_dir, cache_dir) = (config.work_dir.clone(), config.cache_dir.clone());
         let (max_bytes, user) = (config.cache_max_bytes, config.user);
         let cache =
@@ -341,7 +344,7 @@ struct PreparedReapiAction {
     /// Removes the input root (its files may be links to the cache's).
     cache: Arc<Cache>,
     /// For the request's instance name.
-    client: CasClient,
+    client: ShardedCas,
     action_digest: Digest,
     do_not_cache: bool,
     layout: CommandLayout,

@@ -17,7 +17,7 @@ use scoot_runner::action::{ActionFailure, ActionRunner, ActionSpec, PreparedActi
 use scoot_runner::execer::identity::Identity;
 use tonic::Code;
 
-use crate::{ActionConfig, ActionError, ReapiActions};
+use crate::{ActionConfig, ActionError, ReapiActions, ShardSpec};
 
 struct Harness {
     // Dropped last: stops the server after the actions are gone.
@@ -45,7 +45,7 @@ impl Harness {
         let dir = passable_tempdir();
         let user = Identity::for_actions(None).unwrap();
         let actions = ReapiActions::open(ActionConfig {
-            cas_addr: server.address(),
+            cas: ShardSpec::single(server.address()),
             security: Default::default(),
             work_dir: dir.path().join("work"),
             cache_dir: dir.path().join("cache"),
@@ -801,7 +801,7 @@ async fn open_checks_filesystems_but_not_the_cas() {
         .unwrap()
         .port();
     let config = ActionConfig {
-        cas_addr: format!("127.0.0.1:{port}"),
+        cas: ShardSpec::single(format!("127.0.0.1:{port}")),
         security: Default::default(),
         work_dir: dir.path().join("work"),
         cache_dir: dir.path().join("cache"),
@@ -892,7 +892,7 @@ async fn open_refuses_a_work_directory_the_action_user_cannot_reach() {
         gid: me.gid.wrapping_add(1),
     };
     let config = ActionConfig {
-        cas_addr: "127.0.0.1:1".into(),
+        cas: ShardSpec::single("127.0.0.1:1"),
         security: Default::default(),
         work_dir: closed.path().join("work"),
         cache_dir: closed.path().join("cache"),

@@ -31,6 +31,7 @@ pub use fs::FsBlobStore;
 pub use memory::MemoryBlobStore;
 pub use tiered::{BlobSource, TieredBlobStore};
 pub use util::{get, next_chunk, put, sha256_digest};
+pub use verify::CheckedStream;
 
 #[cfg(test)]
 mod tests;

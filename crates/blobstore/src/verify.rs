@@ -178,8 +178,8 @@ impl ReadCheck {
 
 /// A whole-blob read stream that hashes what passes through and, if it was not the blob, ends
 /// with [`BlobError::Corrupt`] instead of ending cleanly. For sources the store cannot repair (the
-/// far tier), so nothing is dropped.
-pub(crate) struct CheckedStream {
+/// far tier, a sharded CAS), so nothing is dropped.
+pub struct CheckedStream {
     inner: BlobStream,
     /// `None` once the verdict is given.
     verifier: Option<Verifier>,
@@ -187,7 +187,7 @@ pub(crate) struct CheckedStream {
 }
 
 impl CheckedStream {
-    pub(crate) fn new(inner: BlobStream, digest: &Digest) -> Result<CheckedStream, BlobError> {
+    pub fn new(inner: BlobStream, digest: &Digest) -> Result<CheckedStream, BlobError> {
         Ok(CheckedStream {
             inner,
             verifier: Some(Verifier::new(digest)?),

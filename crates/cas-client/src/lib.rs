@@ -22,6 +22,8 @@
 mod digest;
 mod error;
 mod read;
+pub mod ring;
+pub mod sharded;
 mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -31,8 +33,11 @@ mod write;
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
 use scoot_core::Digest;
 use scoot_proto::bytestream::byte_stream_client::ByteStreamClient;
+use scoot_proto::raw::UpdateActionResultRequestRaw;
+use scoot_proto::raw::action_cache_client::ActionCacheClient as RawActionCacheClient;
 use scoot_proto::reapi::v2;
 use scoot_proto::reapi::v2::action_cache_client::ActionCacheClient;
 use scoot_proto::reapi::v2::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -45,7 +50,9 @@ use tonic::transport::{Channel, Endpoint};
 pub use digest::{batch_groups, digest_of, digest_of_file, encode};
 pub use error::ClientError;
 pub use read::BlobsRead;
+pub use ring::Ring;
 pub use scoot_reapi::digest::to_proto;
+pub use sharded::{ShardSpec, ShardSpecError, ShardedBlobStore, ShardedCas};
 pub use source::RemoteBlobSource;
 pub use tree::{LocalTree, read_tree};
 
@@ -205,6 +212,60 @@ impl CasClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// The result stored for `action` as the bytes stored, or `None` on a miss. With
+    /// `unchecked`, the server is asked not to check that the result's blobs are in its own CAS
+    /// (see [`scoot_reapi::UNCHECKED_RESULT_METADATA`]): for a caller that checks them itself.
+    pub async fn action_result_bytes(
+        &self,
+        action: &Digest,
+        unchecked: bool,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let mut request = timed(v2::GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(to_proto(action)),
+            ..Default::default()
+        });
+        if unchecked {
+            request.metadata_mut().insert(
+                scoot_reapi::UNCHECKED_RESULT_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        let what = format!("GetActionResult of {action}");
+        match unary(&what, self.raw_action_cache().get_action_result(request)).await {
+            Ok(result) => Ok(Some(result.0)),
+            Err(e) if e.code == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `result`, an encoded ActionResult, for `action` exactly as given.
+    pub async fn update_action_result_bytes(
+        &self,
+        action: &Digest,
+        result: Bytes,
+    ) -> Result<(), ClientError> {
+        let request = UpdateActionResultRequestRaw {
+            instance_name: self.instance.clone(),
+            action_digest: Some(to_proto(action)),
+            action_result: Some(result),
+            ..Default::default()
+        };
+        let what = format!("UpdateActionResult of {action}");
+        unary(
+            &what,
+            self.raw_action_cache().update_action_result(timed(request)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn raw_action_cache(&self) -> RawActionCacheClient<AuthChannel> {
+        RawActionCacheClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<AuthChannel> {

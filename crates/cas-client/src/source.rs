@@ -19,7 +19,7 @@ impl RemoteBlobSource {
     }
 }
 
-fn blob_error(digest: &Digest, offset: u64, code: Code, message: String) -> BlobError {
+pub(crate) fn blob_error(digest: &Digest, offset: u64, code: Code, message: String) -> BlobError {
     match code {
         Code::NotFound => BlobError::NotFound(digest.clone()),
         Code::OutOfRange => BlobError::OffsetOutOfRange {

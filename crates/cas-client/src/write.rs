@@ -21,7 +21,8 @@ use crate::{
 };
 
 /// Where an upload's bytes come from.
-enum Payload {
+#[derive(Clone)]
+pub(crate) enum Payload {
     Memory(Bytes),
     File(PathBuf),
 }
@@ -50,7 +51,7 @@ impl CasClient {
         .await
     }
 
-    async fn upload(&self, items: Vec<(Digest, Payload)>) -> Result<(), ClientError> {
+    pub(crate) async fn upload(&self, items: Vec<(Digest, Payload)>) -> Result<(), ClientError> {
         let mut payloads = HashMap::new();
         let mut order = Vec::new();
         for (digest, payload) in items {

@@ -49,6 +49,11 @@ pub struct Cli {
     /// Number of apiservers (none if the apiserver binary is missing).
     #[arg(long, default_value_t = 3)]
     pub apiservers: usize,
+    /// Shard the CAS and action cache over the apiservers, each blob on this many of them
+    /// (the scheduler and workers get -cas_shards and -cas_replicas); by default the scheduler
+    /// keeps its own CAS with the first apiserver's behind it.
+    #[arg(long = "cas_replicas")]
+    pub cas_replicas: Option<usize>,
     /// trace, debug, info, warn or error; also given to every process of the cluster.
     #[arg(long = "log_level", default_value = "info")]
     pub log_level: String,
@@ -176,6 +181,7 @@ pub async fn run(
         strategy: cli.strategy,
         workers: cli.workers,
         apiservers: cli.apiservers,
+        cas_replicas: cli.cas_replicas,
         log_level: cli.log_level.clone(),
         port_offset: cli.port_offset,
         keep_logs: cli.keep_logs,

@@ -189,11 +189,25 @@ impl Cluster {
                 })?;
             }
             for (child, ports) in self.children[first..].iter().zip(&self.layout.apiservers) {
-                child.wait_ready(&[ports.http], timeout).await?;
+                child.wait_ready(&[ports.http, ports.grpc], timeout).await?;
             }
             self.apiservers_started = self.layout.apiservers.len();
         }
 
+        // A sharded CAS: every apiserver is a shard, and the scheduler and workers all route
+        // to them with the same list and replica count.
+        let shards: Option<Vec<String>> = self.spec.cas_replicas.map(|replicas| {
+            let list: Vec<String> = self.layout.apiservers[..self.apiservers_started]
+                .iter()
+                .map(|a| spec::local_addr(a.grpc))
+                .collect();
+            vec![
+                "-cas_shards".into(),
+                list.join(","),
+                "-cas_replicas".into(),
+                replicas.to_string(),
+            ]
+        });
         let drain_grace = format!("{}ms", self.spec.worker_drain_grace.as_millis());
         // Each worker is pointed at one of this cluster's apiservers (round robin), so it never
         // finds another cluster's by process discovery.
@@ -227,11 +241,17 @@ impl Cluster {
                 args.push("-bundlestore".into());
                 args.push(bundlestores[i % bundlestores.len()].clone());
             }
-            // REAPI actions: inputs from and outputs to the scheduler's CAS, laid out under the
-            // cluster's own directory (the scheduler starts later; workers connect when needed).
+            // REAPI actions: inputs from and outputs to the scheduler's CAS (or the shards),
+            // laid out under the cluster's own directory (the scheduler starts later; workers
+            // connect when needed).
+            match &shards {
+                Some(flags) => args.extend(flags.iter().cloned()),
+                None => args.extend([
+                    "-cas_addr".into(),
+                    spec::local_addr(self.layout.scheduler.grpc),
+                ]),
+            }
             args.extend([
-                "-cas_addr".into(),
-                spec::local_addr(self.layout.scheduler.grpc),
                 "-action_dir".into(),
                 self.state_path
                     .join(format!("workerserver-{i}-actions"))
@@ -268,11 +288,21 @@ impl Cluster {
         )?;
         let config = spec::scheduler_config(self.spec.strategy, &workers_file)?;
         let ports = self.layout.scheduler;
-        // Blobs put in the first apiserver's CAS (Scoot's bzutil walk-through) can be executed.
-        let fallback: Vec<String> = self.layout.apiservers[..self.apiservers_started]
-            .first()
-            .map(|a| vec!["-cas_fallback".into(), spec::local_addr(a.grpc)])
-            .unwrap_or_default();
+        let cas: Vec<String> = match shards {
+            Some(flags) => flags,
+            None => {
+                let mut flags = vec![
+                    "-cas_dir".into(),
+                    self.state_path.join("scheduler-cas").display().to_string(),
+                ];
+                // Blobs put in the first apiserver's CAS (Scoot's bzutil walk-through) can be
+                // executed.
+                if let Some(first) = self.layout.apiservers[..self.apiservers_started].first() {
+                    flags.extend(["-cas_fallback".into(), spec::local_addr(first.grpc)]);
+                }
+                flags
+            }
+        };
         let scheduler = self.spawn(Launch {
             name: "scheduler".into(),
             role: Role::Scheduler,
@@ -284,15 +314,13 @@ impl Cluster {
                 spec::local_addr(ports.http),
                 "-grpc_addr".into(),
                 spec::local_addr(ports.grpc),
-                "-cas_dir".into(),
-                self.state_path.join("scheduler-cas").display().to_string(),
                 "-log_level".into(),
                 level,
                 "-config".into(),
                 config,
             ]
             .into_iter()
-            .chain(fallback)
+            .chain(cas)
             .chain(self.spec.security.iter().flat_map(|s| {
                 let mut flags = s.tls_flags();
                 flags.extend(s.token_server_flags());
@@ -324,14 +352,32 @@ impl Cluster {
     }
 
     /// Resolves when a child of the cluster ends (which it never should while the cluster is
-    /// up), with its name, exit status and the end of its log. Cancel-safe.
+    /// up), with its name, exit status and the end of its log. Cancel-safe. With a sharded CAS
+    /// of R replicas, apiservers may die while fewer than R are dead and at least R live (every
+    /// blob still has a copy, and writes still find R shards): their deaths are logged.
     pub async fn wait_for_failure(&mut self) -> ChildExit {
         loop {
             match self.exits_rx.recv().await {
                 Some(index) => {
-                    if let Some(child) = self.children.get(index) {
-                        return child.exit_report();
+                    let Some(child) = self.children.get(index) else {
+                        continue;
+                    };
+                    if child.role == Role::ApiServer
+                        && let Some(replicas) = self.spec.cas_replicas
+                    {
+                        let dead = self
+                            .children
+                            .iter()
+                            .filter(|c| c.role == Role::ApiServer && !c.is_running())
+                            .count();
+                        if dead < replicas && self.apiservers_started - dead >= replicas {
+                            let exit = child.exit_report();
+                            tracing::warn!(apiserver = %exit.name, status = %exit.status,
+                                dead, replicas, "an apiserver ended; its shard's blobs are read from the other replicas");
+                            continue;
+                        }
                     }
+                    return child.exit_report();
                 }
                 // Cannot happen: the cluster holds a sender.
                 None => std::future::pending::<()>().await,
@@ -550,6 +596,14 @@ async fn prepare(spec: &ClusterSpec) -> Result<(Binaries, PortLayout), ClusterEr
         }
         0
     };
+    if let Some(replicas) = spec.cas_replicas
+        && replicas > apiservers
+    {
+        return Err(ClusterError::TooFewShards {
+            replicas,
+            apiservers,
+        });
+    }
     let layout = PortLayout::new(spec.port_offset, spec.workers, apiservers)?;
     ensure_ports_free(&layout).await?;
     Ok((binaries, layout))

@@ -47,6 +47,11 @@ pub enum ClusterError {
         waited: Duration,
         log_tail: String,
     },
+    #[error(
+        "a sharded CAS with {replicas} replicas of each blob needs at least {replicas} \
+         apiservers; {apiservers} would start"
+    )]
+    TooFewShards { replicas: usize, apiservers: usize },
     #[error("the cluster's startup was cancelled")]
     Cancelled,
     #[error("{} {} while the cluster was starting{}", .0.name, .0.status, tail_suffix(&.0.log_tail))]

@@ -76,6 +76,10 @@ pub struct ClusterSpec {
     /// TLS on every gRPC and HTTP port, and tokens on the REAPI ports; `None`: plaintext and
     /// open, as Scoot ran.
     pub security: Option<ClusterSecurity>,
+    /// `Some(R)`: the CAS and action cache are sharded over the apiservers, each blob on R of
+    /// them (the scheduler and workers get `-cas_shards` and `-cas_replicas`); `None`: the
+    /// scheduler keeps its own CAS with the first apiserver's behind it.
+    pub cas_replicas: Option<usize>,
 }
 
 /// The files of a cluster that runs with TLS and tokens.
@@ -139,6 +143,7 @@ impl ClusterSpec {
             worker_drain_grace: Duration::from_secs(2),
             worker_sandbox: None,
             security: None,
+            cas_replicas: None,
         }
     }
 }

@@ -28,6 +28,11 @@ pub mod status;
 
 pub use inputs::{BlobSource, CheckedInputs, InputTree, InputsError, MAX_MESSAGE_BYTES};
 
+/// Request metadata a sharded CAS's router sends with GetActionResult: answer the stored entry
+/// without checking that its blobs are in this server's CAS. A shard holds only its share of
+/// them; the router checks them across every shard itself before it calls anything a hit.
+pub const UNCHECKED_RESULT_METADATA: &str = "x-scoot-unchecked-result";
+
 /// Why an action or a request is malformed (INVALID_ARGUMENT for the client).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
+use scoot_cas_client::sharded::DEFAULT_REPLICAS;
+use scoot_cas_client::{ShardSpec, ShardSpecError};
 use scoot_cas_services::stores::{DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, open_cas_stores};
 use scoot_security::{AccessFlags, SecurityError, TransportFlags};
 use scoot_thrift::server::{ServeOptions, ServeOptionsError};
 
 use crate::SchedulerConfig;
 use crate::config::ConfigError;
-use crate::server::{ReapiEndpoint, SchedulerError, SchedulerTls};
+use crate::server::{ReapiCas, ReapiEndpoint, SchedulerError, SchedulerTls};
 
 /// Scoot scheduler: accepts jobs over CloudScoot and runs their tasks on workers.
 #[derive(Parser, Debug)]
@@ -36,6 +38,14 @@ pub struct Cli {
     /// scheduler's CAS lacks, so inputs uploaded there can be executed here.
     #[arg(long = "cas_fallback")]
     pub cas_fallback: Option<String>,
+    /// Keep the CAS and action cache on these shards instead (the apiservers' gRPC addresses,
+    /// `host:port,host:port,...`), each blob and result on -cas_replicas of them by rendezvous
+    /// hashing; give the workers the same list and number. Excludes -cas_dir and -cas_fallback.
+    #[arg(long = "cas_shards")]
+    pub cas_shards: Option<String>,
+    /// With -cas_shards: how many shards hold each blob (at most the number of shards).
+    #[arg(long = "cas_replicas", default_value_t = DEFAULT_REPLICAS, requires = "cas_shards")]
+    pub cas_replicas: usize,
     /// Bound of the CAS in bytes (least recently used blobs are evicted).
     #[arg(long = "cas_size", default_value_t = DEFAULT_CAS_BYTES)]
     pub cas_size: u64,
@@ -87,6 +97,10 @@ pub enum CliError {
     CasTask(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Cas(scoot_cas_services::stores::OpenStoresError),
+    #[error("bad -cas_shards or -cas_replicas")]
+    Shards(#[source] ShardSpecError),
+    #[error("-cas_shards keeps the CAS and action cache on the shards; drop {0}")]
+    ShardsAndLocal(&'static str),
     #[error("TLS or token set-up")]
     Security(#[source] SecurityError),
     #[error("scheduler failed")]
@@ -121,6 +135,18 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         // worker.
         workers: client.thrift().map_err(CliError::Security)?,
     };
+    let shards = match &cli.cas_shards {
+        Some(list) => {
+            if cli.cas_dir.is_some() {
+                return Err(CliError::ShardsAndLocal("-cas_dir"));
+            }
+            if cli.cas_fallback.is_some() {
+                return Err(CliError::ShardsAndLocal("-cas_fallback"));
+            }
+            Some(ShardSpec::parse(list, cli.cas_replicas).map_err(CliError::Shards)?)
+        }
+        None => None,
+    };
     let thrift = listen("thrift_addr", &cli.thrift_addr).await?;
     let http = listen("http_addr", &cli.http_addr).await?;
     // Kept until exit: a temporary CAS directory is removed when this is dropped.
@@ -129,26 +155,35 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
         None
     } else {
         let listener = listen("grpc_addr", &cli.grpc_addr).await?;
-        let dir = match cli.cas_dir {
-            Some(dir) => dir,
-            None => temporary_cas
-                .insert(
-                    tempfile::Builder::new()
-                        .prefix("scoot-scheduler-cas")
-                        .tempdir()
-                        .map_err(CliError::TemporaryCas)?,
-                )
-                .path()
-                .to_path_buf(),
+        let cas = match shards {
+            Some(spec) => ReapiCas::Sharded(spec),
+            None => {
+                let dir = match cli.cas_dir {
+                    Some(dir) => dir,
+                    None => temporary_cas
+                        .insert(
+                            tempfile::Builder::new()
+                                .prefix("scoot-scheduler-cas")
+                                .tempdir()
+                                .map_err(CliError::TemporaryCas)?,
+                        )
+                        .path()
+                        .to_path_buf(),
+                };
+                let (cas_size, ac_size) = (cli.cas_size, cli.ac_size);
+                let stores =
+                    tokio::task::spawn_blocking(move || open_cas_stores(dir, cas_size, ac_size))
+                        .await?
+                        .map_err(CliError::Cas)?;
+                ReapiCas::Local {
+                    stores,
+                    fallback: cli.cas_fallback,
+                }
+            }
         };
-        let (cas_size, ac_size) = (cli.cas_size, cli.ac_size);
-        let stores = tokio::task::spawn_blocking(move || open_cas_stores(dir, cas_size, ac_size))
-            .await?
-            .map_err(CliError::Cas)?;
         Some(ReapiEndpoint {
             listener,
-            stores,
-            fallback: cli.cas_fallback,
+            cas,
             tls: server.grpc_tls.clone(),
             tokens: server.tokens.clone(),
             client,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use scoot_blobstore::{BlobStore, TieredBlobStore};
-use scoot_cas_client::{CasClient, RemoteBlobSource};
-use scoot_cas_services::CasConfig;
+use scoot_cas_client::{CasClient, RemoteBlobSource, ShardSpec, ShardedBlobStore, ShardedCas};
 use scoot_cas_services::stores::CasStores;
+use scoot_cas_services::{ActionCacheStore, CasConfig};
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
 use scoot_security::{ClientSecurity, ServerTls, Tokens};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
@@ -55,16 +55,63 @@ pub struct SchedulerTls {
 /// Where the Remote Execution API is served, and the stores of the CAS it serves.
 pub struct ReapiEndpoint {
     pub listener: TcpListener,
-    pub stores: CasStores,
-    /// Another CAS (the cluster's apiserver) whose blobs are served as if they were in ours, so
-    /// that inputs uploaded there can be executed here.
-    pub fallback: Option<String>,
+    pub cas: ReapiCas,
     /// TLS on the gRPC port.
     pub tls: Option<ServerTls>,
     /// Tokens every call must carry; `None` serves anyone.
     pub tokens: Option<Tokens>,
-    /// TLS and token for the fallback CAS.
+    /// TLS and token for the fallback CAS or the shards.
     pub client: ClientSecurity,
+}
+
+/// Where the blobs and action results of the Remote Execution API are kept.
+pub enum ReapiCas {
+    /// In the scheduler's own stores.
+    Local {
+        stores: CasStores,
+        /// Another CAS (the cluster's apiserver) whose blobs are served as if they were in
+        /// ours, so that inputs uploaded there can be executed here.
+        fallback: Option<String>,
+    },
+    /// On shards (the apiservers), so that they outlive this scheduler: see
+    /// [`scoot_cas_client::sharded`].
+    Sharded(ShardSpec),
+}
+
+/// The blob store and action cache the REAPI services use, and where they are (for the log).
+type ReapiStores = (Arc<dyn BlobStore>, Arc<dyn ActionCacheStore>, String);
+
+fn reapi_stores(cas: ReapiCas, client: &ClientSecurity) -> Result<ReapiStores, SchedulerError> {
+    Ok(match cas {
+        ReapiCas::Local { stores, fallback } => {
+            let blobs: Arc<dyn BlobStore> = match &fallback {
+                Some(addr) => {
+                    let far = CasClient::connect_lazy(addr, "", client)
+                        .map_err(|e| SchedulerError::Grpc(format!("-cas_fallback {addr}: {e}")))?;
+                    Arc::new(TieredBlobStore::new(
+                        stores.cas,
+                        Arc::new(RemoteBlobSource::new(far)),
+                    ))
+                }
+                None => stores.cas,
+            };
+            (blobs, stores.action_cache, stores.dir.display().to_string())
+        }
+        ReapiCas::Sharded(spec) => {
+            let shards = ShardedCas::connect_lazy(&spec, "", client)
+                .map_err(|e| SchedulerError::Grpc(format!("-cas_shards: {e}")))?;
+            let described = format!(
+                "{} (each blob on {} of them)",
+                spec.addrs().join(","),
+                spec.replicas()
+            );
+            (
+                Arc::new(ShardedBlobStore::new(&shards)),
+                Arc::new(reapi::shards::ShardedActionCache::new(shards)),
+                described,
+            )
+        }
+    })
 }
 
 fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
@@ -146,25 +193,15 @@ pub async fn run(
     let tracker_for_pages = tracker.clone();
     let grpc_server = match reapi {
         Some(endpoint) => {
+            let (blobs, action_cache, described) = reapi_stores(endpoint.cas, &endpoint.client)?;
             tracing::info!(
                 grpc = %endpoint.listener.local_addr().map_err(SchedulerError::Listener)?,
-                cas = %endpoint.stores.dir.display(),
+                cas = %described,
                 "remote execution serving"
             );
-            let blobs: Arc<dyn BlobStore> = match &endpoint.fallback {
-                Some(addr) => {
-                    let far = CasClient::connect_lazy(addr, "", &endpoint.client)
-                        .map_err(|e| SchedulerError::Grpc(format!("-cas_fallback {addr}: {e}")))?;
-                    Arc::new(TieredBlobStore::new(
-                        endpoint.stores.cas,
-                        Arc::new(RemoteBlobSource::new(far)),
-                    ))
-                }
-                None => endpoint.stores.cas,
-            };
             let cas = scoot_cas_services::server(
                 blobs,
-                endpoint.stores.action_cache,
+                action_cache,
                 CasConfig {
                     exec_enabled: true,
                     ..CasConfig::default()

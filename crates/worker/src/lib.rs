@@ -10,5 +10,6 @@ pub mod http;
 pub mod server;
 pub mod snapshots;
 
+pub use scoot_action_runner::{DEFAULT_REPLICAS, ShardSpec, ShardSpecError};
 pub use scoot_runner::execer::identity::Identity;
 pub use server::{WorkerConfig, run};

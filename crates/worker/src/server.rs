@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use scoot_action_runner::{ActionConfig, ReapiActions};
+use scoot_action_runner::{ActionConfig, ReapiActions, ShardSpec};
 use scoot_core::PlatformProperty;
 use scoot_reapi::platform::{Mode, SANDBOX, UNSANDBOXED, host_facts};
 use scoot_runner::action::ActionRunner;
@@ -71,7 +71,7 @@ pub struct WorkerConfig {
     /// TLS on the Thrift port (`-thrift_tls`); plaintext, as Scoot's schedulers speak, when
     /// `None`.
     pub thrift_tls: Option<ServerTls>,
-    /// TLS and token for what the worker connects to: the CAS of `-cas_addr`, the bundlestore.
+    /// TLS and token for what the worker connects to: the CAS, the bundlestore.
     pub client: ClientSecurity,
     /// Where output files go; a fresh temporary directory (removed at exit) by default.
     pub output_dir: Option<PathBuf>,
@@ -84,9 +84,10 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     /// On shutdown, how long the current run may go on before it is aborted.
     pub drain_grace: Duration,
-    /// `-cas_addr`: the REAPI endpoint (the scheduler's gRPC address) REAPI actions fetch their
-    /// inputs from and upload their outputs to; without it, actions are refused.
-    pub cas_addr: Option<String>,
+    /// Where REAPI actions fetch their inputs from and upload their outputs to: `-cas_addr`
+    /// (the scheduler's gRPC address, a single CAS) or `-cas_shards` (the apiservers of a
+    /// sharded CAS); without it, actions are refused.
+    pub cas: Option<ShardSpec>,
     /// Where actions' input roots and the local CAS cache go (one filesystem, so inputs are
     /// hard links); a fresh temporary directory (removed at exit) by default.
     pub action_dir: Option<PathBuf>,
@@ -123,7 +124,7 @@ impl Default for WorkerConfig {
             retained_output_bytes: scoot_runner::output::DEFAULT_RETAINED_BYTES,
             kill_grace: Duration::from_secs(10),
             drain_grace: Duration::from_secs(10),
-            cas_addr: None,
+            cas: None,
             action_dir: None,
             cas_cache_bytes: 4 << 30,
             action_user: None,
@@ -254,11 +255,11 @@ pub async fn run(
         platform = %platform.iter().map(PlatformProperty::to_string).collect::<Vec<_>>().join(", "),
         "platform properties offered"
     );
-    let actions: Option<Arc<dyn ActionRunner>> = match &config.cas_addr {
-        Some(cas_addr) => {
+    let actions: Option<Arc<dyn ActionRunner>> = match &config.cas {
+        Some(cas) => {
             let dir = action_dir.clone();
             let actions = ReapiActions::open(ActionConfig {
-                cas_addr: cas_addr.clone(),
+                cas: cas.clone(),
                 security: config.client.clone(),
                 work_dir: dir.join("work"),
                 cache_dir: dir.join("cache"),

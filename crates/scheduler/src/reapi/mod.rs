@@ -3,14 +3,17 @@
 //! One endpoint serves everything a client needs: Capabilities (with execution enabled), the
 //! CAS, ByteStream and ActionCache over the scheduler's own store (see [`scoot_cas_services`]), plus
 //! [`execution`] (Execute, WaitExecution) and [`longrunning`] (google.longrunning.Operations).
-//! Workers fetch inputs from and upload outputs to this same CAS.
+//! Workers fetch inputs from and upload outputs to this same CAS, or, when it is sharded over
+//! the apiservers, to the shards directly.
 //!
 //! * [`operations`]: the [`Tracker`](operations::Tracker) of executions and how a run's status
 //!   becomes an Operation.
+//! * [`shards`]: the action cache on a sharded CAS.
 
 pub mod execution;
 pub mod longrunning;
 pub mod operations;
+pub mod shards;
 
 use std::sync::Arc;
 
