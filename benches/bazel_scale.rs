@@ -3,6 +3,9 @@
 //! locally, remotely cold and remotely warm, at two sizes so that the table shows how the
 //! remote/local ratio grows with the build; and once with `--jobs=200` against the cluster,
 //! counting from the scheduler's metrics every Execute it refused and every call made again.
+//! Beside the times: where the remote actions' time went (the scheduler's metrics), the CPU
+//! time of Bazel, the actions and each cluster process (/proc), and Bazel's critical path (its
+//! `--profile`, kept in target/e2e-logs/bazel-scale-*.profile).
 //!
 //! Goals (issue 17): remote cold ≤ 1.2× local, warm ≤ 0.2× local; `--jobs=200` succeeds with
 //! no refusal. Under `cargo test` (no `--bench`) it builds a workspace of ~20 actions with a
@@ -40,26 +43,48 @@ const PORT_OFFSET: u16 = 1600;
 
 const MIB: u64 = 1 << 20;
 
+/// What a profile of the whole benchmark showed, written by hand (the figures in the section
+/// are measured anew on every run; these are not).
+const PROFILE_NOTES: &str = "Profile (by hand on 2026-12-05: `perf record -a -F 299 -g` over \
+one whole `cargo bench --bench bazel_scale`, samples given to our processes by their binary): \
+most of our processes' CPU is the kernel's, 80 % of the workers' samples and 69 % of the \
+scheduler's. Scheduler: creating files 27 % (`openat`: a saga log file per action's job, a \
+temporary file per CAS blob), `fsync` 11 % (saga log and CAS commits), futex wake-ups 9 %, \
+socket writes 7 %. Workers: `openat` 15 % and `mkdir` 11 % (mostly \
+`scoot_action_runner::inputs::lay_out` making each action's input tree, and its output \
+directories), fork, clone and exec of the sandbox launcher and the action 9 %, reading \
+`/proc/<pid>/stat` of every process on the machine 9 % (the memory check at a run's start and \
+every 500 ms: `rss_bytes` lists all of /proc to find a task's few pids), page faults 8 %. Half \
+to three quarters of the `openat` and `mkdir` time is ext4 choosing an inode for the new file \
+(`find_inode_bit`, `recently_deleted`, `ext4_get_group_desc`), which grows with the files \
+created and deleted on the disk. So the cluster adds 20–30 ms of CPU per action to what \
+Bazel and the action use, on cores a local build already keeps ~90 % busy, and each link of \
+the chain costs 2–3 times its local time. Candidates, none tried here: fewer files and \
+directories created per action (saga records appended to a shared log rather than a file per \
+job, small blobs stored together), reading only the task's own pids' stat files, and starting \
+actions on the critical path first (Bazel 2.1 sends no priority and the scheduler queues in \
+arrival order, so with `--jobs=200` the chain's next link waits behind hundreds of fan \
+actions: the longest link of that critical path).";
+
 /// Remote builds' `--jobs`, as in benches/bazel.rs: a few more than the cluster's 5 workers.
 const REMOTE_JOBS: &str = "--jobs=8";
 
-/// What a run measures: the workspace sizes (about so many actions), the big output, the rounds.
+/// What a run measures: the workspace sizes (about so many actions) with their rounds, and
+/// the big output's size.
 struct Plan {
-    sizes: &'static [usize],
+    sizes: &'static [(usize, usize)],
     big_bytes: u64,
-    rounds: usize,
 }
 
+/// Three rounds at the full size, two at the smaller, keep a run near 5 minutes here.
 const BENCH: Plan = Plan {
-    sizes: &[250, 1000],
+    sizes: &[(250, 2), (1000, 3)],
     big_bytes: 100 * MIB,
-    rounds: 2,
 };
 
 const SMOKE: Plan = Plan {
-    sizes: &[20],
+    sizes: &[(20, 1)],
     big_bytes: MIB,
-    rounds: 1,
 };
 
 /// Every `outcome` label of `scoot_reapi_execute_requests_total` (docs/metrics.md).
@@ -232,16 +257,63 @@ impl CpuUse {
     }
 }
 
+/// The critical path of a build, from Bazel's profile: its actions one after the other.
+#[derive(Default)]
+struct CriticalPath {
+    seconds: f64,
+    links: usize,
+    median_ms: f64,
+    longest_ms: f64,
+}
+
+impl CriticalPath {
+    /// Reads Bazel's JSON trace profile (`--profile`): one `critical path component` event
+    /// per action on the path, `dur` in µs.
+    fn of_profile(path: &std::path::Path) -> CriticalPath {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("Bazel's profile {}: {e}", path.display()));
+        let profile: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("Bazel's profile {}: {e}", path.display()));
+        let links: Vec<f64> = profile["traceEvents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["cat"] == "critical path component")
+            .filter_map(|e| e["dur"].as_f64())
+            .map(|us| us / 1000.0)
+            .collect();
+        if links.is_empty() {
+            return CriticalPath::default();
+        }
+        CriticalPath {
+            seconds: links.iter().sum::<f64>() / 1000.0,
+            links: links.len(),
+            longest_ms: links.iter().copied().fold(0.0, f64::max),
+            median_ms: median(links),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:.1} s ({} actions, median {:.0} ms, longest {:.0} ms)",
+            self.seconds, self.links, self.median_ms, self.longest_ms
+        )
+    }
+}
+
+/// One timed build: its seconds, Bazel's output and critical path.
+struct Build {
+    seconds: f64,
+    output: String,
+    critical_path: CriticalPath,
+}
+
 /// Cleans, then times `bazel build //...` with `options`, keeping Bazel's profile of it in
-/// target/e2e-logs (the last round's of each kind stays); returns seconds and Bazel's output.
-fn timed_build(bazel: &Bazel, step: &str, options: &[&str]) -> (f64, String) {
+/// target/e2e-logs (the last round's of each kind stays).
+fn timed_build(bazel: &Bazel, step: &str, options: &[&str]) -> Build {
     bazel.run("clean", &["clean"]);
-    let profile = format!(
-        "--profile={}",
-        repo_root()
-            .join(format!("target/e2e-logs/bazel-scale-{step}.profile"))
-            .display()
-    );
+    let profile_path = repo_root().join(format!("target/e2e-logs/bazel-scale-{step}.profile"));
+    let profile = format!("--profile={}", profile_path.display());
     let mut args = vec![
         "build",
         "--color=no",
@@ -254,7 +326,12 @@ fn timed_build(bazel: &Bazel, step: &str, options: &[&str]) -> (f64, String) {
     args.push("//...");
     let started = Instant::now();
     let output = bazel.run(step, &args);
-    (started.elapsed().as_secs_f64(), output)
+    let seconds = started.elapsed().as_secs_f64();
+    Build {
+        seconds,
+        output,
+        critical_path: CriticalPath::of_profile(&profile_path),
+    }
 }
 
 /// What the builds of one workspace size measured, in seconds per round.
@@ -267,9 +344,38 @@ struct SizeResult {
     warm: Vec<f64>,
     /// The scheduler's metrics after the last cold build.
     cold_metrics: Metrics,
-    /// The CPU time of the last round's local and cold builds (seconds each took, use).
-    local_cpu: (f64, CpuUse),
-    cold_cpu: (f64, CpuUse),
+    /// The last round's local and cold builds, looked into.
+    last_local: Examined,
+    last_cold: Examined,
+}
+
+/// Where one build's time went.
+#[derive(Default)]
+struct Examined {
+    seconds: f64,
+    cpu: CpuUse,
+    critical_path: CriticalPath,
+}
+
+impl Examined {
+    fn of(build: Build, cpu: CpuUse) -> Examined {
+        Examined {
+            seconds: build.seconds,
+            cpu,
+            critical_path: build.critical_path,
+        }
+    }
+
+    /// e.g. "45.8 CPU-s in 26.6 s (86 % of the 2 cores): Bazel's server 23.6 s, …"
+    fn cpu_use(&self) -> String {
+        let total = self.cpu.total();
+        format!(
+            "{total:.1} CPU-s in {:.1} s ({:.0} % of the 2 cores): {}",
+            self.seconds,
+            total / (2.0 * self.seconds) * 100.0,
+            self.cpu.parts()
+        )
+    }
 }
 
 impl SizeResult {
@@ -282,9 +388,10 @@ impl SizeResult {
     }
 }
 
-/// The `--jobs=200` build: its time and the scheduler's metrics after it.
+/// The `--jobs=200` build: its time, critical path and the scheduler's metrics after it.
 struct ManyJobs {
     seconds: f64,
+    critical_path: CriticalPath,
     remote: u64,
     metrics: Metrics,
 }
@@ -314,8 +421,8 @@ fn measure(
         cold: Vec::new(),
         warm: Vec::new(),
         cold_metrics: Metrics(String::new()),
-        local_cpu: (0.0, CpuUse::default()),
-        cold_cpu: (0.0, CpuUse::default()),
+        last_local: Examined::default(),
+        last_cold: Examined::default(),
     };
     let local_pid = server_pid(&local_bazel);
     let remote_pid = server_pid(&remote_bazel);
@@ -323,10 +430,11 @@ fn measure(
     // noisy) affects them alike; the ratios are taken within each round.
     for round in 0..rounds {
         let before = cpu::of(local_pid);
-        let (took, output) = timed_build(&local_bazel, "local", &[]);
-        result.local_cpu = (took, CpuUse::local(cpu::of(local_pid) - before));
-        result.actions = process_summary("local", &output).real();
-        result.local.push(took);
+        let build = timed_build(&local_bazel, "local", &[]);
+        let used = CpuUse::local(cpu::of(local_pid) - before);
+        result.actions = process_summary("local", &build.output).real();
+        result.local.push(build.seconds);
+        result.last_local = Examined::of(build, used);
 
         let cluster = LocalCluster::start(PORT_OFFSET);
         let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
@@ -338,27 +446,28 @@ fn measure(
             remote_bazel.run("warm-up-remote", &warm_up);
         }
         let before = cpu::of(remote_pid);
-        let (took, output) = timed_build(&remote_bazel, "remote-cold", &options);
-        assert_all_remote("remote-cold", &output);
-        let bazel_cpu = cpu::of(remote_pid) - before;
-        result.cold_cpu = (took, CpuUse::remote(bazel_cpu, &cluster));
-        result.cold.push(took);
+        let build = timed_build(&remote_bazel, "remote-cold", &options);
+        assert_all_remote("remote-cold", &build.output);
+        let used = CpuUse::remote(cpu::of(remote_pid) - before, &cluster);
+        result.cold.push(build.seconds);
+        result.last_cold = Examined::of(build, used);
         result.cold_metrics = Metrics::of(&cluster);
-        let (took, output) = timed_build(&remote_bazel, "remote-warm", &options);
-        assert_all_remote_cache_hits("remote-warm", &output);
-        result.warm.push(took);
+        let build = timed_build(&remote_bazel, "remote-warm", &options);
+        assert_all_remote_cache_hits("remote-warm", &build.output);
+        result.warm.push(build.seconds);
     }
     let many = many_jobs.then(|| {
         let cluster = LocalCluster::start(PORT_OFFSET);
         let remote = format!("--remote_executor=grpc://{}", cluster.grpc_addr());
-        let (seconds, output) = timed_build(
+        let build = timed_build(
             &remote_bazel,
             "remote-cold-jobs-200",
             &[remote.as_str(), "--jobs=200"],
         );
-        let remote = assert_all_remote("remote-cold-jobs-200", &output).count("remote");
+        let remote = assert_all_remote("remote-cold-jobs-200", &build.output).count("remote");
         ManyJobs {
-            seconds,
+            seconds: build.seconds,
+            critical_path: build.critical_path,
             remote,
             metrics: Metrics::of(&cluster),
         }
@@ -377,12 +486,12 @@ fn main() {
     let bazel_bin = bazel_binary();
     let mut sizes = Vec::new();
     let mut many = None;
-    for (i, &actions) in plan.sizes.iter().enumerate() {
+    for (i, &(actions, rounds)) in plan.sizes.iter().enumerate() {
         let largest = i + 1 == plan.sizes.len();
         let (result, jobs) = measure(
             &bazel_bin,
             Shape::of_about(actions, plan.big_bytes),
-            plan.rounds,
+            rounds,
             largest,
         );
         sizes.push(result);
@@ -450,26 +559,26 @@ fn main() {
         full.cold_metrics.phases(),
         many.metrics.phases()
     );
-    let cpu_line = |what: &str, (took, used): &(f64, CpuUse)| {
-        format!(
-            "{what} {:.1} CPU-s in {took:.1} s ({:.0} % of the 2 cores): {}",
-            used.total(),
-            used.total() / (2.0 * took) * 100.0,
-            used.parts()
-        )
-    };
     let cpu = format!(
-        "CPU time (from /proc) in the last round at {} actions: {}; {} (the cluster's processes \
-         since it started).",
+        "CPU time (from /proc) in the last round at {} actions: local build {}; remote cold \
+         build {} (the cluster's processes since it started).",
         full.actions,
-        cpu_line("local build", &full.local_cpu),
-        cpu_line("remote cold build", &full.cold_cpu),
+        full.last_local.cpu_use(),
+        full.last_cold.cpu_use(),
+    );
+    let critical = format!(
+        "Bazel's critical path (from its `--profile`): \
+         local build {}; remote cold build {}; `--jobs=200` build {}.",
+        full.last_local.critical_path.describe(),
+        full.last_cold.critical_path.describe(),
+        many.critical_path.describe(),
     );
     for row in rows.iter().chain(&curve) {
         println!("{row}");
     }
     println!("{phases}");
     println!("{cpu}");
+    println!("{critical}");
     println!(
         "bazel_scale: {:.0} s in all",
         started.elapsed().as_secs_f64()
@@ -496,14 +605,14 @@ fn main() {
          workers running every action in their sandbox, 3 apiservers) on the same machine, so \
          its processes and Bazel share the 2 cores that a local build has to itself: cold on \
          a fresh cluster (empty CAS, action cache and worker caches), warm right after on the \
-         same cluster (every action a remote cache hit). {rounds} rounds per size, each a \
-         local, a cold and a warm build; times are medians (of two rounds: their mean), ratios \
+         same cluster (every action a remote cache hit). Rounds per size ({rounds}) each \
+         build locally, cold and warm; times are medians (of two rounds: their mean), ratios \
          the medians of each round's ratios. The `--jobs=200` build is one cold build on a \
          fresh cluster; its Execute calls are the scheduler's \
          `scoot_reapi_execute_requests_total` by outcome, and the only limit configured is the \
          cluster's 5 workers (Execute queues what they cannot start yet).\n\n\
          | build | time | compared with | goal |\n|---|---|---|---|\n{rows}\n\n\
-         {phases}\n\n{cpu}\n\n\
+         {phases}\n\n{cpu}\n\n{critical}\n\n{PROFILE_NOTES}\n\n\
          How the times grow with the build (same builds, each size in its own rounds):\n\n\
          | actions | genrules: chain + fan | C++ files | local | remote cold | cold ÷ local | \
          remote warm | warm ÷ local |\n|---|---|---|---|---|---|---|---|\n{curve}\n",
@@ -514,7 +623,11 @@ fn main() {
         bins = shape.binaries,
         big = shape.big_bytes / MIB,
         actions = full.actions,
-        rounds = plan.rounds,
+        rounds = sizes
+            .iter()
+            .map(|s| format!("{} at {} actions", s.local.len(), s.actions))
+            .collect::<Vec<_>>()
+            .join(", "),
         rows = rows.join("\n"),
         curve = curve.join("\n"),
     );
