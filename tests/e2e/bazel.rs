@@ -370,14 +370,22 @@ pub(crate) struct Sample {
 
 impl Sample {
     pub(crate) fn new() -> Sample {
+        let sources = repo_root().join("tests/bazel/workspace");
+        Sample::with_workspace(|workspace| copy_tree(&sources, workspace))
+    }
+
+    /// The stand-ins of tests/bazel beside a workspace directory that `fill` writes (its
+    /// WORKSPACE file included: the sample's refers to the stand-ins).
+    pub(crate) fn with_workspace(fill: impl FnOnce(&Path)) -> Sample {
         let tmp = tempfile::tempdir().unwrap();
-        let sources = repo_root().join("tests/bazel");
-        copy_tree(&sources.join("workspace"), &tmp.path().join("workspace"));
-        copy_tree(&sources.join("standins"), &tmp.path().join("standins"));
-        Sample {
-            workspace: tmp.path().join("workspace"),
-            tmp,
-        }
+        copy_tree(
+            &repo_root().join("tests/bazel/standins"),
+            &tmp.path().join("standins"),
+        );
+        let workspace = tmp.path().join("workspace");
+        fs::create_dir_all(&workspace).unwrap();
+        fill(&workspace);
+        Sample { workspace, tmp }
     }
 
     pub(crate) fn bazel(&self, bin: PathBuf) -> Bazel {
