@@ -1,0 +1,194 @@
+//! Taking over a Go Scoot cluster in place: its saga log, its flags, its CLI's output and its
+//! cluster rules.
+
+use std::path::Path;
+
+use scoot_thrift::scoot::{self, TCloudScootSyncClient};
+use scoot_thrift::{codec, sched};
+use serde_json::json;
+
+use crate::support::*;
+
+/// A job as Go Scoot's scheduler stored it in a Start Saga (`sched.thrift`, binary).
+fn scoot_job(id: &str, tasks: &[(&str, &[&str])]) -> Vec<u8> {
+    let tasks = tasks
+        .iter()
+        .map(|(task_id, argv)| {
+            sched::TaskDefinition::new(
+                sched::Command::new(
+                    argv.iter().map(|s| s.to_string()).collect(),
+                    Some(Default::default()),
+                    Some(0),
+                    String::new(),
+                    None,
+                    None,
+                ),
+                Some(task_id.to_string()),
+            )
+        })
+        .collect::<Vec<_>>();
+    codec::to_bytes(&sched::Job::new(
+        id.to_string(),
+        sched::JobDefinition::new(
+            Some(String::new()),
+            Some(tasks),
+            Some(0),
+            Some(id.to_string()),
+            Some(String::new()),
+            Some(String::new()),
+        ),
+    ))
+    .unwrap()
+}
+
+/// A worker RunStatus as Go Scoot stored it in its saga log: Thrift JSON, every field present.
+fn scoot_status(state: i32, run_id: &str, exit_code: i32) -> String {
+    format!(
+        r#"{{"1":{{"i32":{state}}},"2":{{"str":"{run_id}"}},"3":{{"str":"http://localhost:10100/output/stdout_{run_id}"}},"4":{{"str":"http://localhost:10100/output/stderr_{run_id}"}},"5":{{"str":""}},"6":{{"i32":{exit_code}}},"7":{{"str":""}},"8":{{"str":""}},"9":{{"str":""}},"10":{{"str":""}}}}"#
+    )
+}
+
+/// Writes saga `id` under `root` in the layout of Go Scoot's file saga log: a directory per
+/// saga, a line-oriented `log` and a data file per message, the paths recorded relative to
+/// Scoot's working directory (`.scootdata/filesagalog`, as its `local.local` config had it).
+fn write_scoot_saga(root: &Path, id: &str, records: &[(&str, &str, &[u8])], torn: &str) {
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut log = String::new();
+    for (n, (kind, task_id, data)) in records.iter().enumerate() {
+        log.push_str(kind);
+        log.push('\n');
+        let file = match *kind {
+            "Start Saga" => format!("StartSagaData_Dec  5 12:00:00.{n:09}"),
+            "End Saga" | "Abort Saga" => continue,
+            _ => format!("{kind}_{task_id}_data_Dec  5 12:00:00.{n:03}"),
+        };
+        std::fs::write(dir.join(&file), data).unwrap();
+        if *kind != "Start Saga" {
+            log.push_str(task_id);
+            log.push('\n');
+        }
+        log.push_str(&format!(".scootdata/filesagalog/{id}/{file}\n"));
+    }
+    log.push_str(torn);
+    std::fs::write(dir.join("log"), log).unwrap();
+}
+
+/// A scheduler started on Go Scoot's saga directory finishes the jobs Scoot left unfinished
+/// (only their unfinished tasks run), and answers for the ones Scoot finished, from Scoot's own
+/// records.
+#[test]
+fn jobs_in_go_scoots_saga_log_are_recovered_and_complete() {
+    let w = Worker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let saga_dir = dir.path().join("filesagalog");
+    let done = scoot_status(3, "4", 7);
+    let running = scoot_status(2, "5", 0);
+
+    // Unfinished: t1 ended under Scoot, t2 was running, t3 never started; a torn last line.
+    let job_a = scoot_job(
+        "scoot-job-a",
+        &[
+            ("t1", &["sh", "-c", "exit 99"]),
+            ("t2", &["echo", "two"]),
+            ("t3", &["echo", "three"]),
+        ],
+    );
+    write_scoot_saga(
+        &saga_dir,
+        "scoot-job-a",
+        &[
+            ("Start Saga", "", &job_a),
+            ("Start Task", "t1", b""),
+            ("Start Task", "t1", running.as_bytes()),
+            ("End Task", "t1", done.as_bytes()),
+            ("Start Task", "t2", b""),
+            ("Start Task", "t2", running.as_bytes()),
+        ],
+        "End Task\nt2\n.scootdata/filesagalog/scoot-jo",
+    );
+    // Unfinished: nothing but the job, and a record cut before its data line.
+    let job_b = scoot_job("scoot-job-b", &[("only", &["echo", "b"])]);
+    write_scoot_saga(
+        &saga_dir,
+        "scoot-job-b",
+        &[("Start Saga", "", &job_b)],
+        "Start Task\nonly\n",
+    );
+    // Finished under Scoot: aborted and compensated.
+    let job_c = scoot_job("scoot-job-c", &[("c1", &["false"])]);
+    write_scoot_saga(
+        &saga_dir,
+        "scoot-job-c",
+        &[
+            ("Start Saga", "", &job_c),
+            ("Start Task", "c1", b""),
+            ("Abort Saga", "", b""),
+            ("Start Comp Task", "c1", b""),
+            ("End Comp Task", "c1", b""),
+            ("End Saga", "", b""),
+        ],
+        "",
+    );
+
+    let workers_file = dir.path().join("workers");
+    write_workers(&workers_file, &[&w]);
+    let config = json!({
+        "Cluster": {"Type": "static", "File": workers_file},
+        "SchedulerConfig": {"Type": "stateful", "RecoverJobsOnStartup": true},
+        "SagaLog": {"Type": "file", "Directory": saga_dir},
+    });
+    let sched = Scheduler::start_with(dir, workers_file, saga_dir.clone(), config, &[]);
+    let mut client = sched.client();
+    let data = |status: &scoot::JobStatus, task: &str| -> scoot::RunStatus {
+        status
+            .task_data
+            .as_ref()
+            .and_then(|d| d.get(task))
+            .cloned()
+            .unwrap_or_else(|| panic!("no taskData for {task}: {status:?}"))
+    };
+
+    let a = wait_job(&mut client, "scoot-job-a");
+    // t1 is not run again: its result is the one Scoot recorded (Thrift JSON).
+    let t1 = data(&a, "t1");
+    assert_eq!(
+        (t1.status, t1.run_id.as_str(), t1.exit_code),
+        (scoot::RunStatusState::COMPLETE, "4", Some(7)),
+        "{t1:?}"
+    );
+    assert_eq!(
+        t1.out_uri.as_deref(),
+        Some("http://localhost:10100/output/stdout_4")
+    );
+    for t in ["t2", "t3"] {
+        let run = data(&a, t);
+        assert_eq!(
+            (run.status, run.exit_code),
+            (scoot::RunStatusState::COMPLETE, Some(0)),
+            "{t}: {run:?}"
+        );
+        assert_ne!(
+            run.out_uri.as_deref(),
+            t1.out_uri.as_deref(),
+            "{t} ran here"
+        );
+    }
+    let b = wait_job(&mut client, "scoot-job-b");
+    assert_eq!(data(&b, "only").status, scoot::RunStatusState::COMPLETE);
+    let c = client.0.get_status("scoot-job-c".to_string()).unwrap();
+    assert_eq!(c.status, scoot::Status::ROLLED_BACK, "{c:?}");
+
+    // Scoot's directories are moved aside once imported, out of reach of both schedulers.
+    for id in ["scoot-job-a", "scoot-job-b", "scoot-job-c"] {
+        assert!(!saga_dir.join(id).exists(), "{id}");
+        assert!(
+            saga_dir
+                .join("scoot-imported")
+                .join(id)
+                .join("log")
+                .exists(),
+            "{id}"
+        );
+    }
+}
