@@ -192,3 +192,50 @@ fn jobs_in_go_scoots_saga_log_are_recovered_and_complete() {
         );
     }
 }
+
+/// Scoot's cluster rule: a worker that reports itself unhealthy is suspended and forgotten
+/// after the lost-worker timeout (not polled for ever), and the task it failed runs elsewhere.
+#[test]
+fn an_unhealthy_worker_is_dropped_and_its_task_runs_elsewhere() {
+    // Any task's memory is over a 1-byte cap when it starts: FAILED 241, the worker unhealthy.
+    // (`-sandbox off`: the sandbox probe at start would itself fail under that cap.)
+    let sick = Worker::start(&["-mem_cap", "1", "-sandbox", "off"]);
+    let well = Worker::start(&[]);
+    let sched = Scheduler::start_with_flags(
+        &[&sick],
+        json!({"MaxRetriesPerTask": 1}),
+        &["-lost_worker_timeout", "2s"],
+    );
+    let sick_id = format!("127.0.0.1:{}", sick.thrift_port);
+    let workers_page = || http_get(sched.http_port, "/ui/workers", &[]).text();
+    poll("the worker to be listed", || {
+        workers_page().contains(&sick_id).then_some(())
+    });
+    let mut client = sched.client();
+    let id = client
+        .0
+        .run_job(job(vec![task("a", &["sleep", "1"])]))
+        .unwrap()
+        .id;
+    poll("the unhealthy worker to be forgotten", || {
+        (!workers_page().contains(&sick_id)).then_some(())
+    });
+    // Still listed, it does not come back; the task waits for, and runs on, the new worker.
+    write_workers(&sched.workers_file, &[&sick, &well]);
+    let status = wait_job(&mut client, &id);
+    let run = status.task_data.as_ref().and_then(|d| d.get("a")).unwrap();
+    assert_eq!(
+        (run.status, run.exit_code),
+        (scoot::RunStatusState::COMPLETE, Some(0)),
+        "{run:?}"
+    );
+    let well_http = format!("127.0.0.1:{}", well.http_port);
+    assert!(
+        run.out_uri
+            .as_deref()
+            .is_some_and(|u| u.contains(&well_http)),
+        "{run:?}"
+    );
+    let page = workers_page();
+    assert!(!page.contains(&sick_id), "{page}");
+}
