@@ -239,3 +239,116 @@ fn an_unhealthy_worker_is_dropped_and_its_task_runs_elsewhere() {
     let page = workers_page();
     assert!(!page.contains(&sick_id), "{page}");
 }
+
+/// The gRPC flags of Scoot's Bazel-era apiserver (every one given).
+const APISERVER_GRPC_FLAGS: [&str; 12] = [
+    "-max_grpc_conn",
+    "1",
+    "-max_grpc_rps",
+    "500",
+    "-max_grpc_rps_burst",
+    "250",
+    "-max_grpc_streams",
+    "8",
+    "-max_grpc_idle_mins",
+    "1",
+    "-cas_buffer_size",
+    "2147483648",
+];
+
+/// An apiserver with `flags`, on a free HTTP port and, unless `grpc` is false, a free gRPC port.
+fn apiserver(flags: &[&str], grpc: bool) -> (Proc, Vec<u16>, tempfile::TempDir) {
+    let store = tempfile::tempdir().unwrap();
+    let (proc, ports) = spawn_listening("apiserver", if grpc { 2 } else { 1 }, |ports| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_apiserver"));
+        cmd.arg("-http_addr")
+            .arg(format!("127.0.0.1:{}", ports[0]))
+            .arg("-grpc_addr")
+            .arg(
+                ports
+                    .get(1)
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .unwrap_or_default(),
+            )
+            .args(flags)
+            .args(["-log_level", "debug"])
+            .env("BUNDLESTORE_STORE_DIR", store.path())
+            .stderr(log_file(&format!("apiserver-{}", ports[0])));
+        cmd
+    });
+    (proc, ports, store)
+}
+
+/// `bzutil find_missing_blobs` against `port`: whether the call succeeded.
+fn cas_answers(port: u16) -> bool {
+    let absent = format!("{}/5", "0".repeat(64));
+    std::process::Command::new(env!("CARGO_BIN_EXE_bzutil"))
+        .args(["find_missing_blobs", "--cas_addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--digests", &absent])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Every BZ-era gRPC flag is accepted; with `-max_grpc_conn 1` a second connection is closed
+/// while the first is open, and served once it has gone.
+#[test]
+fn scoots_grpc_flags_are_accepted_and_the_connection_limit_holds() {
+    let (_api, ports, _store) = apiserver(&APISERVER_GRPC_FLAGS, true);
+    let grpc = ports[1];
+    assert!(cas_answers(grpc), "a lone client is served");
+    let holder = std::net::TcpStream::connect(("127.0.0.1", grpc)).unwrap();
+    // The server has accepted `holder` once a second connection is turned away.
+    poll("a second connection to be refused", || {
+        (!cas_answers(grpc)).then_some(())
+    });
+    drop(holder);
+    poll("the slot to be free again", || {
+        cas_answers(grpc).then_some(())
+    });
+
+    // The scheduler takes the same flags (but -cas_buffer_size, which was the apiserver's).
+    let w = Worker::start(&[]);
+    let sched = Scheduler::start_with_flags(&[&w], json!({}), &APISERVER_GRPC_FLAGS[..10]);
+    let mut client = sched.client();
+    let id = client
+        .0
+        .run_job(job(vec![task("t", &["true"])]))
+        .unwrap()
+        .id;
+    wait_job(&mut client, &id);
+    assert!(cas_answers(sched.grpc_port));
+}
+
+/// `-grpc_addr ''` runs the apiserver and the scheduler without a gRPC port.
+#[test]
+fn an_empty_grpc_addr_runs_without_grpc() {
+    let (_api, ports, _store) = apiserver(&[], false);
+    assert_eq!(http_get(ports[0], "/health", &[]).status, 200);
+
+    let w = Worker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let workers_file = dir.path().join("workers");
+    write_workers(&workers_file, &[&w]);
+    let config = json!({"Cluster": {"Type": "static", "File": workers_file}});
+    let (_sched, ports) = spawn_listening("scheduler", 2, |ports| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scheduler"));
+        cmd.arg("-thrift_addr")
+            .arg(format!("127.0.0.1:{}", ports[0]))
+            .arg("-http_addr")
+            .arg(format!("127.0.0.1:{}", ports[1]))
+            .args(["-grpc_addr", "", "-config"])
+            .arg(config.to_string())
+            .stderr(log_file(&format!("scheduler-{}", ports[0])));
+        cmd
+    });
+    let mut client = CloudScoot::connect(ports[0]);
+    let id = client
+        .0
+        .run_job(job(vec![task("t", &["true"])]))
+        .unwrap()
+        .id;
+    wait_job(&mut client, &id);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
 use scoot_bundlestore::store::{Store, StoreError};
+use scoot_cas_services::limits::GrpcLimits;
 
 use crate::setup::{
     DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, StoreDir, cas_services, check_config_json,
@@ -22,7 +23,8 @@ pub struct Cli {
     /// Address for HTTP (/bundle/, /view/, /health).
     #[arg(long = "http_addr", default_value = "localhost:9094")]
     pub http_addr: String,
-    /// Address for gRPC: the Bazel remote cache (`--remote_cache=grpc://<addr>`).
+    /// Address for gRPC: the Bazel remote cache (`--remote_cache=grpc://<addr>`); empty: no
+    /// gRPC port.
     #[arg(long = "grpc_addr", default_value = "localhost:9098")]
     pub grpc_addr: String,
     /// Configuration as JSON text; Scoot's apiserver used `{}`.
@@ -51,6 +53,12 @@ pub struct Cli {
     /// `cas-1`, `cas-2`, ... there when other apiservers hold it.
     #[arg(long = "cas_dir")]
     pub cas_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub grpc_limits: scoot_cas_services::limits::GrpcLimitFlags,
+    /// Bytes of CAS request data held in memory at once (0: no bound); a call finding no room
+    /// for 10 s is refused with UNAVAILABLE.
+    #[arg(long = "cas_buffer_size", default_value_t = 0)]
+    pub cas_buffer_size: u64,
     #[command(flatten)]
     pub transport: scoot_security::TransportFlags,
     #[command(flatten)]
@@ -120,17 +128,26 @@ pub async fn run(
         .server(&cli.access)
         .map_err(CliError::Security)?;
     let http = listen("http_addr", &cli.http_addr).await?;
-    let grpc = GrpcSide {
-        listener: listen("grpc_addr", &cli.grpc_addr).await?,
-        services,
-        tls: security.grpc_tls.clone(),
-        tokens: security.tokens.clone(),
+    let grpc = if cli.grpc_addr.is_empty() {
+        tracing::info!("no gRPC port (-grpc_addr is empty)");
+        None
+    } else {
+        Some(GrpcSide {
+            listener: listen("grpc_addr", &cli.grpc_addr).await?,
+            services,
+            tls: security.grpc_tls.clone(),
+            tokens: security.tokens.clone(),
+            limits: GrpcLimits {
+                buffer_bytes: (cli.cas_buffer_size > 0).then_some(cli.cas_buffer_size),
+                ..cli.grpc_limits.limits()
+            },
+        })
     };
     let mut ports = Vec::new();
     if let Ok(addr) = http.local_addr() {
         ports.push(("http", addr));
     }
-    if let Ok(addr) = grpc.listener.local_addr() {
+    if let Some(Ok(addr)) = grpc.as_ref().map(|g| g.listener.local_addr()) {
         ports.push(("grpc", addr));
     }
     security.warn_if_exposed(&ports);
@@ -139,7 +156,7 @@ pub async fn run(
         http_tls: security.http_tls.clone(),
         ..ApiServerConfig::new(store)
     };
-    crate::run_with_grpc(http, Some(grpc), config, shutdown)
+    crate::run_with_grpc(http, grpc, config, shutdown)
         .await
         .map_err(CliError::Failed)?;
     drop(store_dir);

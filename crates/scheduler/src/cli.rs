@@ -64,6 +64,8 @@ pub struct Cli {
     #[arg(long = "lost_worker_timeout", default_value = "1m", value_parser = humantime::parse_duration)]
     pub lost_worker_timeout: Duration,
     #[command(flatten)]
+    pub grpc_limits: scoot_cas_services::limits::GrpcLimitFlags,
+    #[command(flatten)]
     pub transport: TransportFlags,
     #[command(flatten)]
     pub access: AccessFlags,
@@ -157,6 +159,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
             tls: server.grpc_tls.clone(),
             tokens: server.tokens.clone(),
             client,
+            limits: cli.grpc_limits.limits(),
         })
     };
     let mut ports = vec![
