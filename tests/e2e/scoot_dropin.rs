@@ -352,3 +352,73 @@ fn an_empty_grpc_addr_runs_without_grpc() {
         .id;
     wait_job(&mut client, &id);
 }
+
+/// Bundlestore peering: a snapshot uploaded to apiserver 0 checks out on a worker that only
+/// knows apiserver 1 (separate store directories), which asks its peers as Scoot's groupcache
+/// peers did; a peer that is down (listed first) does not fail the read.
+#[test]
+fn a_snapshot_uploaded_to_one_apiserver_checks_out_through_another() {
+    let (_api0, ports0, _store0) = apiserver(&[], true);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let peers = format!("{dead},127.0.0.1:{}", ports0[0]);
+    let (_api1, ports1, _store1) = apiserver(&["-peers", &peers], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, data) = (dir.path().join("repo"), dir.path().join("data"));
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    crate::snapshots::git(&repo, &["init", "-q"]);
+    std::fs::write(data.join("file.txt"), "uploaded to apiserver 0\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scoot-snapshot-db"))
+        .arg("--bundlestore_url")
+        .arg(format!("http://127.0.0.1:{}/bundle/", ports0[0]))
+        .args(["create", "ingest_dir", "--dir"])
+        .arg(&data)
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let snapshot = String::from_utf8(output.stdout).unwrap().trim().to_string();
+
+    let worker = Worker::start(&["-bundlestore", &format!("127.0.0.1:{}", ports1[0])]);
+    let sched = Scheduler::start(&[&worker], json!({}));
+    let mut client = sched.client();
+    let def = job(vec![scoot::TaskDefinition::new(
+        scoot::Command::new(vec!["cat".to_string(), "file.txt".to_string()], None),
+        Some(snapshot),
+        Some("cat".to_string()),
+        None,
+    )]);
+    let id = client.0.run_job(def).unwrap().id;
+    let status = wait_job(&mut client, &id);
+    let run = status.task_data.unwrap()["cat"].clone();
+    assert_eq!(
+        (run.status, run.exit_code),
+        (scoot::RunStatusState::COMPLETE, Some(0)),
+        "{run:?}"
+    );
+    assert_eq!(
+        command_output(&file_of_uri(run.out_uri.as_deref().unwrap())),
+        "uploaded to apiserver 0\n"
+    );
+    // Apiserver 1 serves it at /bundle/ too, while its own store still lacks it.
+    let bundles: Vec<_> = std::fs::read_dir(_store0.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bundle"))
+        .collect();
+    assert!(!bundles.is_empty());
+    let peer = http_get(ports1[0], &format!("/bundle/{}", bundles[0]), &[]);
+    assert_eq!(peer.status, 200);
+    assert_eq!(
+        http_get(
+            ports1[0],
+            &format!("/groupcacheapiserver/{}", bundles[0]),
+            &[]
+        )
+        .status,
+        404,
+        "the peer route serves only the apiserver's own bundles"
+    );
+}

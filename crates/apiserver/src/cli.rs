@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
-use scoot_bundlestore::store::{Store, StoreError};
+use scoot_bundlestore::store::peered::peer_options;
+use scoot_bundlestore::store::{HttpStoreOptions, PeeredStore, Store, StoreError};
 use scoot_cas_services::limits::GrpcLimits;
 
 use crate::setup::{
@@ -39,6 +40,10 @@ pub struct Cli {
     /// Bytes of bundles kept in memory in front of the store directory (0 = no cache).
     #[arg(long = "cache_size", default_value_t = 2 << 30)]
     pub cache_size: u64,
+    /// The HTTP addresses (`host:port`, comma-separated) of the cluster's other apiservers,
+    /// asked for a bundle this one lacks, as Scoot's groupcache peers were.
+    #[arg(long = "peers", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Directory of the bundle files; else $BUNDLESTORE_STORE_DIR; else a temporary directory
     /// removed at exit.
     #[arg(long = "store_dir")]
@@ -106,8 +111,21 @@ pub async fn run(
 
     // Kept until the server stops: a temporary directory is removed when this is dropped.
     let store_dir = StoreDir::resolve(cli.store_dir).map_err(CliError::StoreDir)?;
-    let store = file_backed_store(store_dir.path().to_path_buf(), cli.cache_size)
+    let own_store = file_backed_store(store_dir.path().to_path_buf(), cli.cache_size)
         .map_err(CliError::BundleStore)?;
+    let peers: Vec<String> = cli.peers.into_iter().filter(|p| !p.is_empty()).collect();
+    let store: Arc<dyn Store> = if peers.is_empty() {
+        Arc::clone(&own_store)
+    } else {
+        let options = HttpStoreOptions {
+            tls: cli.transport.client().map_err(CliError::Security)?.tls,
+            ..peer_options()
+        };
+        let peered = PeeredStore::new(Arc::clone(&own_store), &peers, options)
+            .map_err(CliError::BundleStore)?;
+        tracing::info!(peers = ?peered.peer_urls(), "bundles this apiserver lacks are asked of its peers");
+        Arc::new(peered)
+    };
     tracing::info!(dir = %store_dir.path().display(), cache_bytes = cli.cache_size, "bundle store");
     let view = snapshot_viewer(&store).await?;
 
@@ -154,6 +172,7 @@ pub async fn run(
     let config = ApiServerConfig {
         view: Some(view),
         http_tls: security.http_tls.clone(),
+        own_store,
         ..ApiServerConfig::new(store)
     };
     crate::run_with_grpc(http, grpc, config, shutdown)
