@@ -143,7 +143,7 @@ fn double(value: &Value) -> Result<f64, TjsonError> {
     .ok_or_else(|| shape(format!("{value} is not a double")))
 }
 
-fn elements<'a>(value: &'a Value, header: usize) -> Result<(&'a [Value], usize), TjsonError> {
+fn elements(value: &Value, header: usize) -> Result<(&[Value], usize), TjsonError> {
     let items = value
         .as_array()
         .ok_or_else(|| shape(format!("{value} is not a container (a JSON array)")))?;
