@@ -24,7 +24,7 @@ fn in_sandbox(program: &str, dir: &Path) -> Command {
     cmd
 }
 
-fn run_to_end(mut cmd: Command, what: &str) {
+fn run_to_end(mut cmd: Command, what: &str) -> std::process::Output {
     let output = cmd.output().unwrap();
     assert!(
         output.status.success(),
@@ -33,6 +33,7 @@ fn run_to_end(mut cmd: Command, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    output
 }
 
 #[test]
@@ -167,7 +168,13 @@ fn recoverytest_passes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = in_sandbox("recoverytest", dir.path());
     cmd.args(["--port_offset", "600", "--log_level", "info"]);
-    run_to_end(cmd, "recoverytest");
+    let output = run_to_end(cmd, "recoverytest");
+    // The first cluster is killed as a crash would kill it, not stopped.
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("scheduler was killed by signal 9 (SIGKILL)"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod multihost;
 mod reapi;
 mod sandbox;
 mod scheduler;
+mod scoot_dropin;
 mod scootcl;
 mod security;
 mod sharded_cas;

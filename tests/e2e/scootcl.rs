@@ -43,13 +43,15 @@ fn run_watch_status_and_kill_jobs() {
     .to_string();
     let watched = ok(scootcl(&sched, &["watch_job", &id, "--timeout", "30s"]));
     assert!(
-        watched.contains(&format!("Job {id}: COMPLETED")),
+        watched.contains(&format!(
+            "Job Status: JobStatus({{ID:{id} Status:COMPLETED "
+        )),
         "{watched}"
     );
     let status: Value =
         serde_json::from_str(&ok(scootcl(&sched, &["get_job_status", &id, "--json"]))).unwrap();
-    assert_eq!(status["status"], 3);
-    assert_eq!(status["taskStatus"]["task1"], 3);
+    assert_eq!(status["status"], "COMPLETED");
+    assert_eq!(status["taskStatus"]["task1"], "COMPLETED");
     let out = status["taskData"]["task1"]["outUri"].as_str().unwrap();
     assert_eq!(command_output(&file_of_uri(out)), "from-scootcl\n");
 
@@ -58,7 +60,7 @@ fn run_watch_status_and_kill_jobs() {
     std::fs::write(
         &def,
         r#"{"Tasks": [{"Args": ["sleep", "30"], "TaskID": "long"}, {"Args": ["sleep", "30"], "TaskID": "long2"}],
-            "Requestor": "scootcl-test"}"#,
+            "Requestor": "scootcl-test", "SomethingNewer": {"ignored": true}}"#,
     )
     .unwrap();
     let id = ok(scootcl(
@@ -68,12 +70,15 @@ fn run_watch_status_and_kill_jobs() {
     .trim()
     .to_string();
     let killed = ok(scootcl(&sched, &["kill_job", &id]));
-    assert!(killed.contains(&format!("Job {id}")), "{killed}");
+    assert!(
+        killed.starts_with(&format!("Job Status: JobStatus({{ID:{id} ")),
+        "{killed}"
+    );
     ok(scootcl(&sched, &["watch_job", &id, "--timeout", "30s"]));
     let status: Value =
         serde_json::from_str(&ok(scootcl(&sched, &["get_job_status", &id, "--json"]))).unwrap();
     for task in ["long", "long2"] {
-        assert_eq!(status["taskData"][task]["status"], 5, "ABORTED: {status}");
+        assert_eq!(status["taskData"][task]["status"], "ABORTED", "{status}");
     }
     assert!(failed(scootcl(&sched, &["kill_job", &id])).contains("not found"));
 }
@@ -93,7 +98,7 @@ fn a_tasks_argv_reaches_it_as_typed() {
     ok(scootcl(&sched, &["watch_job", &id, "--timeout", "30s"]));
     let status: Value =
         serde_json::from_str(&ok(scootcl(&sched, &["get_job_status", &id, "--json"]))).unwrap();
-    assert_eq!(status["taskStatus"]["task1"], 3, "{status}");
+    assert_eq!(status["taskStatus"]["task1"], "COMPLETED", "{status}");
     let out = status["taskData"]["task1"]["outUri"].as_str().unwrap();
     assert_eq!(command_output(&file_of_uri(out)), "-hello|-n|-la|");
 }
@@ -150,7 +155,7 @@ fn scheduler_settings_and_workers() {
     let sched = Scheduler::start(&[&w], json!({}));
     ok(scootcl(
         &sched,
-        &["set_scheduler_status", "--task-throttle", "50"],
+        &["set_scheduler_status", "--task-throttle", "50", "--json"],
     ));
     let status: Value =
         serde_json::from_str(&ok(scootcl(&sched, &["get_scheduler_status", "--json"]))).unwrap();
@@ -169,14 +174,28 @@ fn scheduler_settings_and_workers() {
             "9",
         ],
     ));
-    let params: Value = serde_json::from_str(&ok(scootcl(
-        &sched,
-        &["get_scheduling_alg_params", "--json"],
-    )))
-    .unwrap();
-    assert_eq!(params["classLoadPercents"], json!({"land": 60, "ci": 40}));
-    assert_eq!(params["rebalanceMinimumDurationMinutes"], 9);
-    assert_eq!(params["rebalanceThreshold"], 0);
+    // Scoot's exact output: Go's encoding of its params struct, keys sorted within maps.
+    let params = ok(scootcl(&sched, &["get_scheduling_alg_params", "--json"]));
+    let map: Value = serde_json::from_str(&params).unwrap();
+    let requestors = serde_json::to_string(&map["RequestorMap"]).unwrap();
+    assert_eq!(
+        params,
+        format!(
+            "{{\"ClassLoadPercents\":{{\"ci\":40,\"land\":60}},\"RequestorMap\":{requestors},\
+             \"RebalanceMinimumDuration\":9,\"RebalanceThreshold\":0}}\n"
+        )
+    );
+    let text = ok(scootcl(&sched, &["get_scheduling_alg_params"]));
+    assert!(
+        text.starts_with(
+            "Class Load Percents:\nci : 40\nland : 60\nRequestor (reg exp) to class map:\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Rebalance Duration: 9  (minutes)\nRebalance Threshold: 0\n"),
+        "{text}"
+    );
 
     let node = format!("127.0.0.1:{}", w.thrift_port);
     poll("the worker to be offlined", || {
@@ -213,6 +232,9 @@ fn smoketest_passes_and_reads_the_address_file() {
             "-1",
             "--timeout",
             "60s",
+            // Scoot's smoke test took (and ignored) it; scripts pass it.
+            "--bundlestore",
+            &bundlestore,
         ])
         .output()
         .unwrap();

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use scoot_bin_util::{ListenError, listen};
-use scoot_bundlestore::store::{Store, StoreError};
+use scoot_bundlestore::store::peered::peer_options;
+use scoot_bundlestore::store::{HttpStoreOptions, PeeredStore, Store, StoreError};
+use scoot_cas_services::limits::GrpcLimits;
 
 use crate::setup::{
     DEFAULT_AC_BYTES, DEFAULT_CAS_BYTES, StoreDir, cas_services, check_config_json,
@@ -22,7 +24,8 @@ pub struct Cli {
     /// Address for HTTP (/bundle/, /view/, /health).
     #[arg(long = "http_addr", default_value = "localhost:9094")]
     pub http_addr: String,
-    /// Address for gRPC: the Bazel remote cache (`--remote_cache=grpc://<addr>`).
+    /// Address for gRPC: the Bazel remote cache (`--remote_cache=grpc://<addr>`); empty: no
+    /// gRPC port.
     #[arg(long = "grpc_addr", default_value = "localhost:9098")]
     pub grpc_addr: String,
     /// Configuration as JSON text; Scoot's apiserver used `{}`.
@@ -37,6 +40,10 @@ pub struct Cli {
     /// Bytes of bundles kept in memory in front of the store directory (0 = no cache).
     #[arg(long = "cache_size", default_value_t = 2 << 30)]
     pub cache_size: u64,
+    /// The HTTP addresses (`host:port`, comma-separated) of the cluster's other apiservers,
+    /// asked for a bundle this one lacks, as Scoot's groupcache peers were.
+    #[arg(long = "peers", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Directory of the bundle files; else $BUNDLESTORE_STORE_DIR; else a temporary directory
     /// removed at exit.
     #[arg(long = "store_dir")]
@@ -51,6 +58,12 @@ pub struct Cli {
     /// `cas-1`, `cas-2`, ... there when other apiservers hold it.
     #[arg(long = "cas_dir")]
     pub cas_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub grpc_limits: scoot_cas_services::limits::GrpcLimitFlags,
+    /// Bytes of CAS request data held in memory at once (0: no bound); a call finding no room
+    /// for 10 s is refused with UNAVAILABLE.
+    #[arg(long = "cas_buffer_size", default_value_t = 0)]
+    pub cas_buffer_size: u64,
     #[command(flatten)]
     pub transport: scoot_security::TransportFlags,
     #[command(flatten)]
@@ -98,8 +111,21 @@ pub async fn run(
 
     // Kept until the server stops: a temporary directory is removed when this is dropped.
     let store_dir = StoreDir::resolve(cli.store_dir).map_err(CliError::StoreDir)?;
-    let store = file_backed_store(store_dir.path().to_path_buf(), cli.cache_size)
+    let own_store = file_backed_store(store_dir.path().to_path_buf(), cli.cache_size)
         .map_err(CliError::BundleStore)?;
+    let peers: Vec<String> = cli.peers.into_iter().filter(|p| !p.is_empty()).collect();
+    let store: Arc<dyn Store> = if peers.is_empty() {
+        Arc::clone(&own_store)
+    } else {
+        let options = HttpStoreOptions {
+            tls: cli.transport.client().map_err(CliError::Security)?.tls,
+            ..peer_options()
+        };
+        let peered = PeeredStore::new(Arc::clone(&own_store), &peers, options)
+            .map_err(CliError::BundleStore)?;
+        tracing::info!(peers = ?peered.peer_urls(), "bundles this apiserver lacks are asked of its peers");
+        Arc::new(peered)
+    };
     tracing::info!(dir = %store_dir.path().display(), cache_bytes = cli.cache_size, "bundle store");
     let view = snapshot_viewer(&store).await?;
 
@@ -120,26 +146,36 @@ pub async fn run(
         .server(&cli.access)
         .map_err(CliError::Security)?;
     let http = listen("http_addr", &cli.http_addr).await?;
-    let grpc = GrpcSide {
-        listener: listen("grpc_addr", &cli.grpc_addr).await?,
-        services,
-        tls: security.grpc_tls.clone(),
-        tokens: security.tokens.clone(),
+    let grpc = if cli.grpc_addr.is_empty() {
+        tracing::info!("no gRPC port (-grpc_addr is empty)");
+        None
+    } else {
+        Some(GrpcSide {
+            listener: listen("grpc_addr", &cli.grpc_addr).await?,
+            services,
+            tls: security.grpc_tls.clone(),
+            tokens: security.tokens.clone(),
+            limits: GrpcLimits {
+                buffer_bytes: (cli.cas_buffer_size > 0).then_some(cli.cas_buffer_size),
+                ..cli.grpc_limits.limits()
+            },
+        })
     };
     let mut ports = Vec::new();
     if let Ok(addr) = http.local_addr() {
         ports.push(("http", addr));
     }
-    if let Ok(addr) = grpc.listener.local_addr() {
+    if let Some(Ok(addr)) = grpc.as_ref().map(|g| g.listener.local_addr()) {
         ports.push(("grpc", addr));
     }
     security.warn_if_exposed(&ports);
     let config = ApiServerConfig {
         view: Some(view),
         http_tls: security.http_tls.clone(),
+        own_store,
         ..ApiServerConfig::new(store)
     };
-    crate::run_with_grpc(http, Some(grpc), config, shutdown)
+    crate::run_with_grpc(http, grpc, config, shutdown)
         .await
         .map_err(CliError::Failed)?;
     drop(store_dir);

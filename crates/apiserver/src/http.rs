@@ -23,6 +23,10 @@
 //! when the path is not a plain relative one (`..`, `.`, empty segments, a leading `/`); 404 when
 //! no viewer is configured or the snapshot or file does not exist; 500 with the error otherwise.
 //!
+//! `/groupcacheapiserver/<name>`: `GET`/`HEAD` of this apiserver's own bundles (never its
+//! peers'), for the cluster's other apiservers, which ask here when a bundle is not theirs
+//! (`-peers`; Scoot's apiservers did the same through groupcache).
+//!
 //! `/health`: 200 `ok`.
 
 use std::pin::Pin;
@@ -59,6 +63,7 @@ pub fn router(config: ApiServerConfig) -> Router {
         .route("/bundle", any(bundle_without_name))
         .route("/bundle/", any(bundle_without_name))
         .route("/bundle/{*name}", any(bundle))
+        .route("/groupcacheapiserver/{name}", get(peer_bundle))
         .route("/view", get(view_without_path))
         .route("/view/", get(view_without_path))
         .route("/view/{*rest}", get(view))
@@ -70,6 +75,23 @@ pub fn router(config: ApiServerConfig) -> Router {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// A peer asks for one of this apiserver's own bundles (GET, and HEAD through axum's `get`).
+async fn peer_bundle(State(config): State<ApiServerConfig>, Path(name): Path<String>) -> Response {
+    if !is_bundle_name(&name) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid bundle name {name:?}"),
+        );
+    }
+    match config.own_store.read(&name).await {
+        Ok(Some(data)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response()
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, format!("no bundle {name}")),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
 }
 
 /// Whether `name` matches [`BUNDLE_NAME_PATTERN`].

@@ -41,8 +41,11 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
 /// Everything an apiserver serves from.
 #[derive(Clone)]
 pub struct ApiServerConfig {
-    /// Where bundles are kept.
+    /// Where bundles are kept (and, with peers, found on the cluster's other apiservers).
     pub store: Arc<dyn Store>,
+    /// This apiserver's own bundles, served to its peers at `/groupcacheapiserver/`; the same
+    /// as `store` without peers.
+    pub own_store: Arc<dyn Store>,
     /// The reader behind `/view/`; without one `/view/` answers 404.
     pub view: Option<Arc<dyn SnapshotFiles>>,
     /// How long an uploaded bundle is kept when the upload names no expiry (180 days).
@@ -57,6 +60,7 @@ impl ApiServerConfig {
     /// A configuration over `store` with no viewer and the default limits.
     pub fn new(store: Arc<dyn Store>) -> ApiServerConfig {
         ApiServerConfig {
+            own_store: Arc::clone(&store),
             store,
             view: None,
             default_ttl: scoot_bundlestore::store::http::DEFAULT_TTL,

@@ -32,6 +32,9 @@ pub struct GrpcSide {
     pub tls: Option<ServerTls>,
     /// Tokens every call must carry; `None` serves anyone.
     pub tokens: Option<Tokens>,
+    /// Connection, rate, stream, idle and buffer limits of the port (`-max_grpc_*`,
+    /// `-cas_buffer_size`).
+    pub limits: scoot_cas_services::limits::GrpcLimits,
 }
 
 /// Serves the apiserver's HTTP routes on `http` until `shutdown` completes, then lets requests
@@ -100,15 +103,17 @@ pub async fn run_with_grpc(
             services,
             tls,
             tokens,
+            limits,
         }) = grpc
         else {
             return Ok(());
         };
-        let serving = scoot_cas_services::serve(
+        let serving = scoot_cas_services::serve_with_limits(
             listener,
             services.routes(),
             tls,
             tokens,
+            &limits,
             stopped(stop_rx.clone()),
         );
         let drained = async {
@@ -170,6 +175,7 @@ mod tests {
                 services: cas_services(stores),
                 tls: None,
                 tokens: None,
+                limits: Default::default(),
             }),
             ApiServerConfig::new(bundles),
             async {

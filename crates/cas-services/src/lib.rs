@@ -26,6 +26,7 @@ pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
 pub mod error;
+pub mod limits;
 pub mod resource;
 pub mod stats;
 pub mod stores;
@@ -45,6 +46,8 @@ use scoot_proto::reapi::v2::capabilities_server::CapabilitiesServer;
 // The services' `crate::digest`: wire digests, shared with the scheduler and workers.
 use scoot_reapi::digest;
 use scoot_security::grpc::AuthLayer;
+
+use crate::limits::{CallLimitLayer, GrpcLimits, LimitedIncoming};
 use scoot_security::session::TrackedIncoming;
 use scoot_security::{ServerTls, TlsIncoming, Tokens};
 use tokio::net::TcpListener;
@@ -270,20 +273,47 @@ pub async fn serve(
     tokens: Option<Tokens>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let mut server = server_builder().layer(AuthLayer::new(tokens));
+    serve_with_limits(
+        listener,
+        routes,
+        tls,
+        tokens,
+        &GrpcLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] under `limits` (connections, call rate, streams, idle time, buffered calls; see
+/// [`limits`]).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    routes: Routes,
+    tls: Option<ServerTls>,
+    tokens: Option<Tokens>,
+    limits: &GrpcLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let mut server = server_builder()
+        .max_concurrent_streams(limits.max_streams)
+        .layer(AuthLayer::new(tokens))
+        .layer(CallLimitLayer::new(limits));
     match tls {
         Some(tls) => {
-            let incoming = TrackedIncoming::new(
+            let incoming = TrackedIncoming::new(LimitedIncoming::new(
                 TlsIncoming::new(listener, tls).map_err(ServeError::Listener)?,
-            );
+                limits,
+            ));
             server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?
         }
         None => {
-            let incoming =
-                TrackedIncoming::new(TcpIncoming::from(listener).with_nodelay(Some(true)));
+            let incoming = TrackedIncoming::new(LimitedIncoming::new(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                limits,
+            ));
             server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, shutdown)

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Key names match case-insensitively (Go's JSON decoding did); environment variable names keep
-//! their case.
+//! their case; unknown keys are ignored, as Go's decoder ignored them.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ use serde_json::Value;
 pub struct JobDefError(String);
 
 #[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct JobFile {
     tasks: Vec<TaskFile>,
     defaulttasktimeoutms: Option<i32>,
@@ -32,7 +32,7 @@ struct JobFile {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct TaskFile {
     args: Vec<String>,
     envvars: BTreeMap<String, String>,
@@ -112,14 +112,15 @@ mod tests {
         );
     }
 
+    /// Go's JSON decoder ignores keys the struct lacks; so does this.
     #[test]
-    fn rejects_unknown_keys_and_bad_json() {
-        assert!(
-            parse(r#"{"Taskz": []}"#)
-                .unwrap_err()
-                .to_string()
-                .contains("taskz")
-        );
+    fn unknown_keys_are_ignored_and_bad_json_refused() {
+        let def = parse(
+            r#"{"Tasks": [{"Args": ["true"], "TaskID": "t", "Retries": 3}], "Owner": "me", "Tag": "x"}"#,
+        )
+        .unwrap();
+        assert_eq!(def.tasks[0].task_id.as_deref(), Some("t"));
+        assert_eq!(def.tag.as_deref(), Some("x"));
         assert!(parse("{").is_err());
         assert!(parse(r#"{"Tasks": [{"Args": "echo"}]}"#).is_err());
     }

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use scoot_security::{SecurityError, TransportFlags};
 use scoot_thrift::scoot;
-use serde_json::{Value, json};
 
 use crate::cloudscoot::{Client, ClientError};
 use crate::smoketest::{SmokeError, SmokeTest};
-use crate::{addr, jobdef};
+use crate::{addr, goformat, jobdef};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +74,9 @@ pub enum Cmd {
     SetSchedulerStatus {
         #[arg(long = "task-throttle", default_value_t = -1, allow_negative_numbers = true)]
         task_throttle: i32,
+        /// Accepted, as Scoot's scootcl accepted it; the command prints nothing either way.
+        #[arg(long)]
+        json: bool,
     },
     #[command(name = "get_scheduling_alg_params")]
     GetSchedulingAlgParams {
@@ -137,6 +139,10 @@ pub struct SmokeArgs {
     pub num_tasks: i64,
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Accepted, as Scoot's smoke test accepted it (and did not use): snapshots go to the
+    /// cluster's apiserver.
+    #[arg(long)]
+    pub bundlestore: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,19 +184,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::ReinstateWorker { node_id } => client.reinstate_worker(&node_id, &requestor())?,
         Cmd::GetSchedulerStatus { json } => {
             let status = client.get_scheduler_status()?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"currentTasks": status.current_tasks, "maxTasks": status.max_tasks})
-                );
-            } else {
-                println!(
-                    "current tasks: {}\nmax tasks: {}",
-                    status.current_tasks, status.max_tasks
-                );
-            }
+            println!("{}", goformat::scheduler_status(&status, json));
         }
-        Cmd::SetSchedulerStatus { task_throttle } => {
+        Cmd::SetSchedulerStatus { task_throttle, .. } => {
             if task_throttle < -1 {
                 return Err(CliError::Usage(format!(
                     "--task-throttle {task_throttle}: must be -1 (unlimited), 0 or more"
@@ -199,16 +195,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             client.set_scheduler_status(task_throttle)?;
         }
         Cmd::GetSchedulingAlgParams { json } => {
-            let params = json!({
-                "classLoadPercents": client.get_class_load_percents()?,
-                "requestorToClassMap": client.get_requestor_to_class_map()?,
-                "rebalanceMinimumDurationMinutes": client.get_rebalance_minimum_duration()?,
-                "rebalanceThreshold": client.get_rebalance_threshold()?,
-            });
+            let params = goformat::AlgParams {
+                class_load_percents: client.get_class_load_percents()?,
+                requestor_map: client.get_requestor_to_class_map()?,
+                rebalance_minimum_duration: client.get_rebalance_minimum_duration()?,
+                rebalance_threshold: client.get_rebalance_threshold()?,
+            };
             if json {
-                println!("{params}");
+                println!("{}", params.json());
             } else {
-                print_alg_params(&params);
+                print!("{}", params.text());
             }
         }
         Cmd::SetSchedulingAlgParams(args) => set_alg_params(&mut client, args)?,
@@ -270,95 +266,11 @@ fn job_definition(args: RunJobArgs) -> Result<scoot::JobDefinition, CliError> {
     Ok(def)
 }
 
-fn state_name(status: scoot::Status) -> String {
-    match status {
-        scoot::Status::NOT_STARTED => "NOT_STARTED".into(),
-        scoot::Status::IN_PROGRESS => "IN_PROGRESS".into(),
-        scoot::Status::COMPLETED => "COMPLETED".into(),
-        scoot::Status::ROLLING_BACK => "ROLLING_BACK".into(),
-        scoot::Status::ROLLED_BACK => "ROLLED_BACK".into(),
-        other => format!("{}", other.0),
-    }
-}
-
-fn run_state_name(state: scoot::RunStatusState) -> String {
-    const NAMES: [&str; 7] = [
-        "UNKNOWN", "PENDING", "RUNNING", "COMPLETE", "FAILED", "ABORTED", "TIMEDOUT",
-    ];
-    usize::try_from(state.0)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| state.0.to_string())
-}
-
-/// The JSON form Scoot's scootcl printed: IDL field names, enums as numbers, unset fields omitted.
-pub fn status_json(status: &scoot::JobStatus) -> Value {
-    let task_data: BTreeMap<&String, Value> = status
-        .task_data
-        .iter()
-        .flatten()
-        .map(|(task, r)| {
-            let mut run = json!({"status": r.status.0, "runId": r.run_id});
-            let optional = [
-                ("outUri", r.out_uri.clone().map(Value::from)),
-                ("errUri", r.err_uri.clone().map(Value::from)),
-                ("error", r.error.clone().map(Value::from)),
-                ("exitCode", r.exit_code.map(Value::from)),
-                ("snapshotId", r.snapshot_id.clone().map(Value::from)),
-                ("jobId", r.job_id.clone().map(Value::from)),
-                ("taskId", r.task_id.clone().map(Value::from)),
-                ("tag", r.tag.clone().map(Value::from)),
-            ];
-            if let Some(obj) = run.as_object_mut() {
-                obj.extend(
-                    optional
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((k.to_string(), v?))),
-                );
-            }
-            (task, run)
-        })
-        .collect();
-    let task_status: BTreeMap<&String, i32> = status
-        .task_status
-        .iter()
-        .flatten()
-        .map(|(t, s)| (t, s.0))
-        .collect();
-    json!({"id": status.id, "status": status.status.0, "taskStatus": task_status, "taskData": task_data})
-}
-
 fn print_status(status: &scoot::JobStatus, as_json: bool) {
     if as_json {
-        println!("{}", status_json(status));
-        return;
-    }
-    println!("Job {}: {}", status.id, state_name(status.status));
-    let data = status.task_data.clone().unwrap_or_default();
-    for (task, state) in status.task_status.iter().flatten() {
-        match data.get(task) {
-            Some(r) => {
-                println!(
-                    "  {task}: {} run {} {} exit {}{}",
-                    state_name(*state),
-                    r.run_id,
-                    run_state_name(r.status),
-                    r.exit_code.unwrap_or_default(),
-                    r.error
-                        .as_ref()
-                        .map(|e| format!(" error {e:?}"))
-                        .unwrap_or_default()
-                );
-                if let Some(out) = &r.out_uri {
-                    println!("    stdout {out}");
-                }
-                if let Some(err) = &r.err_uri {
-                    println!("    stderr {err}");
-                }
-            }
-            None => println!("  {task}: {}", state_name(*state)),
-        }
+        println!("{}", goformat::job_status_json(status));
+    } else {
+        println!("{}", goformat::job_status_text(status));
     }
 }
 
@@ -377,7 +289,7 @@ fn watch(client: &mut Client, job_id: &str, timeout: Duration) -> Result<(), Cli
         let count = |s: scoot::Status| states.iter().filter(|x| **x == s).count();
         let line = format!(
             "{}: {} done, {} running, {} waiting of {} tasks",
-            state_name(status.status),
+            goformat::status_name(status.status),
             count(scoot::Status::COMPLETED),
             count(scoot::Status::IN_PROGRESS),
             count(scoot::Status::NOT_STARTED),
@@ -408,30 +320,6 @@ fn watch(client: &mut Client, job_id: &str, timeout: Duration) -> Result<(), Cli
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn print_alg_params(params: &Value) {
-    println!("class load percents:");
-    for (class, pct) in params["classLoadPercents"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        println!("  {class}: {pct}");
-    }
-    println!("requestor (regex) to class:");
-    for (regex, class) in params["requestorToClassMap"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        println!("  {regex}: {}", class.as_str().unwrap_or_default());
-    }
-    println!(
-        "rebalance minimum duration: {} minutes",
-        params["rebalanceMinimumDurationMinutes"]
-    );
-    println!("rebalance threshold: {}", params["rebalanceThreshold"]);
 }
 
 fn read_json_map<T: serde::de::DeserializeOwned>(
@@ -504,7 +392,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["set_scheduler_status", "--task-throttle", "-1"]).command,
-            Cmd::SetSchedulerStatus { task_throttle: -1 }
+            Cmd::SetSchedulerStatus {
+                task_throttle: -1,
+                json: false
+            }
         ));
     }
 
@@ -539,29 +430,20 @@ mod tests {
     }
 
     #[test]
-    fn status_json_uses_idl_names_and_numbers() {
-        let run = scoot::RunStatus::new(
-            scoot::RunStatusState::COMPLETE,
-            "4".into(),
-            Some("out".to_string()),
-            None,
-            None,
-            Some(0),
-            None,
-            None,
-            None,
-            None,
-        );
-        let status = scoot::JobStatus::new(
-            "j".into(),
-            scoot::Status::COMPLETED,
-            Some([("t".to_string(), scoot::Status::COMPLETED)].into()),
-            Some([("t".to_string(), run)].into()),
-        );
-        assert_eq!(
-            status_json(&status),
-            json!({"id": "j", "status": 3, "taskStatus": {"t": 3},
-                   "taskData": {"t": {"status": 3, "runId": "4", "outUri": "out", "exitCode": 0}}})
-        );
+    fn scoots_extra_flags_are_accepted() {
+        assert!(matches!(
+            parse(&["set_scheduler_status", "--task-throttle", "5", "--json"]).command,
+            Cmd::SetSchedulerStatus {
+                task_throttle: 5,
+                json: true
+            }
+        ));
+        assert!(matches!(
+            parse(&["smoketest", "--bundlestore", "localhost:9094"]).command,
+            Cmd::Smoketest(SmokeArgs {
+                bundlestore: Some(_),
+                ..
+            })
+        ));
     }
 }

@@ -144,11 +144,12 @@ fn wait_completed(
         let status: Value = serde_json::from_str(&text).map_err(|e| {
             HarnessError::Failed(format!("bad get_job_status output {text:?}: {e}"))
         })?;
-        if status["status"] == 3 {
+        // Enums by name, as Scoot's scootcl printed them.
+        if status["status"] == "COMPLETED" {
             let data = status["taskData"].as_object().cloned().unwrap_or_default();
             if let Some((task, run)) = data
                 .iter()
-                .find(|(_, r)| r["status"] != 3 || r["exitCode"] != 0)
+                .find(|(_, r)| r["status"] != "COMPLETE" || r["exitCode"] != 0)
             {
                 return Err(HarnessError::Failed(format!(
                     "job {job_id} task {task} did not succeed: {run}"

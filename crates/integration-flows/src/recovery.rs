@@ -1,6 +1,7 @@
-//! Scoot's recoverytest: start a `local.local` cluster, submit 20 generated jobs, tear the
-//! cluster down while they run, start a new cluster in the same directory and require every
-//! job to finish successfully (within [`HarnessOptions::timeout`]).
+//! Scoot's recoverytest: start a `local.local` cluster, submit 20 generated jobs, kill the
+//! cluster with SIGKILL while they run (as a crash would; a graceful stop tests less), start a
+//! new cluster in the same directory and require every job to finish successfully (within
+//! [`HarnessOptions::timeout`]).
 
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,13 @@ pub async fn run(options: &HarnessOptions) -> Result<(), HarnessError> {
     .await?;
     tracing::info!(
         jobs = jobs.len(),
-        "jobs submitted; tearing the cluster down while they run"
+        "jobs submitted; killing the cluster (SIGKILL) while they run"
     );
     // Part of the scenario, not synchronisation: let some tasks be in flight.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.shutdown().await;
+    for (name, status) in cluster.kill().await {
+        tracing::info!("{name} {status}");
+    }
 
     tracing::info!("starting a new cluster on the same saga log");
     let cluster = Cluster::start(spec).await?;

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::child::{ChildExit, Launch, Role, Supervised, port_open};
+use crate::child::{ChildExit, ChildStatus, Launch, Role, Supervised, port_open};
 use crate::error::ClusterError;
 use crate::procs::Tracker;
 use crate::spec::{self, ClusterSpec, PortLayout};
@@ -145,7 +145,7 @@ impl Cluster {
                 Ok(cluster)
             }
             Err(err) => {
-                cluster.teardown().await;
+                cluster.teardown(true).await;
                 Err(err)
             }
         }
@@ -390,10 +390,27 @@ impl Cluster {
     /// left, including processes the children started (workers' tasks). Removes the state
     /// directory unless the spec says to keep it.
     pub async fn shutdown(mut self) {
-        self.teardown().await;
+        self.teardown(true).await;
     }
 
-    async fn teardown(&mut self) {
+    /// Kills the cluster as a crash would: SIGKILL to every child's process group at once, with
+    /// no SIGTERM first, so nothing gets to finish what it was writing (Scoot's recoverytest
+    /// kills its cluster this way). Leftovers and the state directory are handled as by
+    /// [`Cluster::shutdown`]. Returns how each child ended, by name.
+    pub async fn kill(mut self) -> Vec<(String, ChildStatus)> {
+        self.teardown(false).await;
+        self.children
+            .iter()
+            .map(|c| {
+                let status = c
+                    .status()
+                    .unwrap_or_else(|| ChildStatus::Unknown("still running".into()));
+                (c.name.clone(), status)
+            })
+            .collect()
+    }
+
+    async fn teardown(&mut self, graceful: bool) {
         if self.stopped {
             return;
         }
@@ -405,22 +422,23 @@ impl Cluster {
         // Note what runs now (e.g. workers' tasks) before anything starts dying.
         self.scan().await;
 
-        for role in [Role::Scheduler, Role::Worker, Role::ApiServer] {
-            for child in self.children.iter().filter(|c| c.role == role) {
-                child.signal_group(Signal::SIGTERM);
+        if graceful {
+            for role in [Role::Scheduler, Role::Worker, Role::ApiServer] {
+                for child in self.children.iter().filter(|c| c.role == role) {
+                    child.signal_group(Signal::SIGTERM);
+                }
             }
-        }
-        let deadline = tokio::time::Instant::now() + self.spec.stop_grace;
-        for child in &self.children {
-            if tokio::time::timeout_at(deadline, child.ended())
-                .await
-                .is_err()
-            {
-                tracing::warn!(name = %child.name, pid = child.pid, "did not stop in time after SIGTERM; killing it");
+            let deadline = tokio::time::Instant::now() + self.spec.stop_grace;
+            for child in &self.children {
+                if tokio::time::timeout_at(deadline, child.ended())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(name = %child.name, pid = child.pid, "did not stop in time after SIGTERM; killing it");
+                }
             }
+            self.scan().await;
         }
-
-        self.scan().await;
         for child in &self.children {
             child.signal_group(Signal::SIGKILL);
         }

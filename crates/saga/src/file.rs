@@ -69,6 +69,14 @@
 //! forgotten). A second Start Saga in an undamaged file answers [`SagaLogError::Corrupt`]. Other
 //! sagas are unaffected.
 //!
+//! # Taking over from Go Scoot
+//!
+//! A subdirectory holding a `log` file is a saga of Go Scoot's file saga log (the scheduler was
+//! pointed at Scoot's directory). At open its messages are read
+//! ([`scoot_dir`](crate::scoot_dir)) and written as this log's file of the saga, and the
+//! directory is moved into `<dir>/scoot-imported/`, out of the way of both logs. Scoot's task
+//! statuses (Thrift JSON) are kept as they were; the scheduler reads both encodings.
+//!
 //! # Concurrency
 //!
 //! An in-memory index maps each saga to its state (valid length, end time). Each saga has its own
@@ -90,6 +98,7 @@ use scoot_local_storage::{DirLock, LOCK_FILE};
 use crate::error::SagaLogError;
 use crate::log::{SagaLog, expired};
 use crate::message::{MessageKind, SagaMessage};
+use crate::scoot_dir::{is_scoot_saga_dir, read_scoot_saga};
 use crate::state::SagaState;
 
 /// The longest saga id, in bytes, that the file log accepts.
@@ -101,6 +110,8 @@ const HEADER_LEN: usize = 12;
 const SAGA_SUFFIX: &str = ".saga";
 const TMP_SUFFIX: &str = ".tmp";
 const DAMAGED_SUFFIX: &str = ".damaged";
+/// Where the saga directories of Go Scoot's file log go once imported.
+pub const SCOOT_IMPORTED_DIR: &str = "scoot-imported";
 
 /// What the index knows about one saga file.
 enum Status {
@@ -528,12 +539,20 @@ impl FileSagaLog {
         let listing = fs::read_dir(&dir)
             .and_then(|items| items.collect::<Result<Vec<_>, _>>())
             .map_err(|e| internal("list", &dir, e))?;
+        let mut scoot_sagas = Vec::new();
         for item in listing {
             let path = item.path();
             let Some(name) = item.file_name().to_str().map(str::to_owned) else {
                 tracing::warn!(path = %path.display(), "ignoring unexpected file in saga log");
                 continue;
             };
+            if name == SCOOT_IMPORTED_DIR {
+                continue;
+            }
+            if is_scoot_saga_dir(&path) {
+                scoot_sagas.push((name, path));
+                continue;
+            }
             if name.ends_with(DAMAGED_SUFFIX) {
                 tracing::info!(path = %path.display(), "a damaged saga file kept for inspection");
                 continue;
@@ -566,13 +585,68 @@ impl FileSagaLog {
         if removed_tmp {
             sync_dir(&dir)?;
         }
-        Ok(FileSagaLog {
+        let log = FileSagaLog {
             dir,
             retention,
             sagas: Mutex::new(sagas),
             tmp_counter: AtomicU64::new(0),
             _lock: lock,
-        })
+        };
+        for (saga_id, path) in scoot_sagas {
+            log.import_scoot_saga(&saga_id, &path)?;
+        }
+        Ok(log)
+    }
+
+    /// Takes over a saga Go Scoot's file log left in this directory (see
+    /// [`scoot_dir`](crate::scoot_dir)): its messages become this log's file of the saga, then
+    /// Scoot's directory moves into [`SCOOT_IMPORTED_DIR`], where neither this log nor Scoot's
+    /// recovery reads it again. A saga this log already holds (an import whose move failed) is
+    /// not imported twice. A saga that cannot be read stays where it is and answers its error,
+    /// like a damaged saga file.
+    fn import_scoot_saga(&self, saga_id: &str, path: &Path) -> Result<(), SagaLogError> {
+        if self.entry(saga_id).is_none() {
+            let saga = match check_saga_id(saga_id).and_then(|()| read_scoot_saga(path, saga_id)) {
+                Ok(saga) => saga,
+                Err(err) => {
+                    tracing::error!(saga_id, path = %path.display(), error = %err, "a saga of Go Scoot's log cannot be imported");
+                    let status = Status::Damaged(match err {
+                        err @ (SagaLogError::Unreadable(_) | SagaLogError::Corrupt(_)) => err,
+                        other => SagaLogError::Unreadable(other.to_string()),
+                    });
+                    lock(&self.sagas).insert(
+                        saga_id.to_owned(),
+                        Arc::new(Mutex::new(Entry {
+                            removed: false,
+                            status,
+                        })),
+                    );
+                    return Ok(());
+                }
+            };
+            let messages: Vec<&SagaMessage> = saga.messages.iter().collect();
+            self.create(saga_id, &messages)?;
+            tracing::info!(
+                saga_id,
+                path = %path.display(),
+                messages = messages.len(),
+                torn_record = saga.torn.as_deref().unwrap_or(""),
+                refused = ?saga.refused,
+                "imported a saga from Go Scoot's file saga log"
+            );
+        }
+        let imported = self.dir.join(SCOOT_IMPORTED_DIR);
+        fs::create_dir_all(&imported).map_err(|e| internal("create", &imported, e))?;
+        // A same-named saga imported before (started again under Scoot since) is kept too.
+        let target = (0..)
+            .map(|n| match n {
+                0 => imported.join(saga_id),
+                n => imported.join(format!("{saga_id}.{n}")),
+            })
+            .find(|p| !p.exists())
+            .unwrap_or_else(|| imported.join(saga_id));
+        fs::rename(path, &target).map_err(|e| internal("move", path, e))?;
+        sync_dir(&self.dir)
     }
 
     /// Reads one saga file at open, cutting off a torn tail and salvaging damage.
@@ -1331,6 +1405,64 @@ mod tests {
         assert!(!tmp.exists());
         assert!(log.active_sagas().unwrap().is_empty());
         assert_eq!(log.get_messages("s").unwrap(), None);
+    }
+
+    #[test]
+    fn sagas_of_go_scoots_file_log_are_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let scoot = |id: &str, log: &str, files: &[(&str, &[u8])]| {
+            let saga = dir.path().join(id);
+            fs::create_dir(&saga).unwrap();
+            for (name, data) in files {
+                fs::write(saga.join(name), data).unwrap();
+            }
+            fs::write(saga.join("log"), log).unwrap();
+        };
+        scoot(
+            "job-1",
+            "Start Saga\nsagas/job-1/StartSagaData_Dec  5 12:00:00.000000001\n\
+             Start Task\nt1\nsagas/job-1/Start Task_t1_data_Dec  5 12:00:00.001\n\
+             End Task\nt1\nsagas/job-1/End Task_t1_data_Dec  5 12:00:00.002\nStart Ta",
+            &[
+                ("StartSagaData_Dec  5 12:00:00.000000001", b"job"),
+                ("Start Task_t1_data_Dec  5 12:00:00.001", b""),
+                ("End Task_t1_data_Dec  5 12:00:00.002", b"{}"),
+            ],
+        );
+        scoot("job-2", "Start Saga\nsagas/job-2/missing\n", &[]);
+        let log = open(dir.path());
+        assert_eq!(
+            log.get_messages("job-1").unwrap().unwrap(),
+            [
+                SagaMessage::start_saga("job-1", b"job".to_vec()),
+                SagaMessage::start_task("job-1", "t1", Vec::new()),
+                SagaMessage::end_task("job-1", "t1", b"{}".to_vec()),
+            ]
+        );
+        assert!(matches!(
+            log.get_messages("job-2"),
+            Err(SagaLogError::Unreadable(_))
+        ));
+        assert_eq!(log.active_sagas().unwrap(), ["job-1", "job-2"]);
+        assert!(!dir.path().join("job-1").exists());
+        assert!(
+            dir.path()
+                .join(SCOOT_IMPORTED_DIR)
+                .join("job-1")
+                .join("log")
+                .exists()
+        );
+        assert!(
+            dir.path().join("job-2").exists(),
+            "an unreadable saga stays in place"
+        );
+
+        // The imported saga lives on as this log's own; writes append to it.
+        log.log_messages(&[SagaMessage::end_saga("job-1")]).unwrap();
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(log.get_messages("job-1").unwrap().unwrap().len(), 4);
+        assert_eq!(log.active_sagas().unwrap(), ["job-2"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`log`]: the [`SagaLog`] storage trait (blocking) and [`spawn_gc`].
 //! - [`memory`]: [`MemorySagaLog`], in memory.
 //! - [`file`](mod@file): [`FileSagaLog`], crash-safe files (format and recovery documented there).
+//! - [`scoot_dir`]: reading a saga Go Scoot's file log wrote (imported by [`FileSagaLog`]).
 //! - [`saga`]: [`SagaCoordinator`] and [`Saga`], live sagas with validated, ordered,
 //!   group-committed writes.
 //! - [`error`]: [`SagaError`] and [`SagaLogError`].
@@ -17,6 +18,7 @@ pub mod log;
 pub mod memory;
 pub mod message;
 pub mod saga;
+pub mod scoot_dir;
 pub mod state;
 
 pub use error::{SagaError, SagaLogError};

@@ -69,6 +69,12 @@ pub struct Cli {
     /// it).
     #[arg(long = "unmatched_platform_timeout", default_value = "5m", value_parser = humantime::parse_duration)]
     pub unmatched_platform_timeout: Duration,
+    /// A worker no longer listed, or reporting itself unhealthy (marked flaky), is forgotten
+    /// after this long (Scoot's minute); its task goes to another worker.
+    #[arg(long = "lost_worker_timeout", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub lost_worker_timeout: Duration,
+    #[command(flatten)]
+    pub grpc_limits: scoot_cas_services::limits::GrpcLimitFlags,
     #[command(flatten)]
     pub transport: TransportFlags,
     #[command(flatten)]
@@ -123,6 +129,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
     )
     .map_err(CliError::ThriftLimits)?;
     config.unmatched_platform_timeout = cli.unmatched_platform_timeout;
+    config.lost_worker_timeout = cli.lost_worker_timeout;
     let server = cli
         .transport
         .server(&cli.access)
@@ -187,6 +194,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
             tls: server.grpc_tls.clone(),
             tokens: server.tokens.clone(),
             client,
+            limits: cli.grpc_limits.limits(),
         })
     };
     let mut ports = vec![

@@ -83,11 +83,17 @@ pub struct SchedulerConfig {
     /// How long a task may wait while no ready worker can run it before it is ended
     /// (FAILED_PRECONDITION); not part of Scoot's JSON (`-unmatched_platform_timeout`).
     pub unmatched_platform_timeout: Duration,
+    /// How long a worker that is no longer listed, or that reports itself unhealthy (marked
+    /// flaky), is kept before it is forgotten; Scoot's minute by default (`-lost_worker_timeout`).
+    pub lost_worker_timeout: Duration,
 }
 
 /// The default of [`SchedulerConfig::unmatched_platform_timeout`]: long enough for a worker to
 /// restart, short enough that a build asking for a platform the cluster lacks fails clearly.
 pub const DEFAULT_UNMATCHED_PLATFORM_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The default of [`SchedulerConfig::lost_worker_timeout`], Scoot's `maxLostDuration`.
+pub const DEFAULT_LOST_WORKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize, Default, Debug)]
 #[serde(rename_all = "PascalCase", default)]
@@ -279,6 +285,7 @@ impl SchedulerConfig {
             saga_log,
             thrift: ServeOptions::default(),
             unmatched_platform_timeout: DEFAULT_UNMATCHED_PLATFORM_TIMEOUT,
+            lost_worker_timeout: DEFAULT_LOST_WORKER_TIMEOUT,
         })
     }
 }

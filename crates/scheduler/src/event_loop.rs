@@ -40,8 +40,6 @@ use crate::task_runner::{self, AttemptFinished, AttemptResult, DEAD_LETTER_SUFFI
 use crate::wire;
 use crate::worker_client::{Connect, thrift_workers};
 
-/// Lost workers are forgotten after this long.
-const MAX_LOST: Duration = Duration::from_secs(60);
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 /// Tags remembered per (requestor, basis) for expired-tag checks.
 const TAG_HISTORY: usize = 100;
@@ -98,6 +96,9 @@ enum Event {
     NodeReady(String, Vec<PlatformProperty>),
     /// The worker's readiness check has not passed, for this reason (sent when it changes).
     NodeNotReady(String, String),
+    /// The worker is initialised but reports itself unhealthy, for this reason: its own health
+    /// rules (memory, repeated checkout failures) hold for the rest of its life.
+    NodeUnhealthy(String, String),
     /// A task's run is RUNNING on its worker, with these output URIs.
     TaskRunning {
         job_id: String,
@@ -393,8 +394,26 @@ impl Loop {
         Ok(())
     }
 
-    async fn add_job(&mut self, job: Job, saga: Saga) {
+    async fn add_job(&mut self, mut job: Job, saga: Saga) {
         let job_id = job.id.clone();
+        // Scoot's tag grouping: a job joining a tag its requestor already has in flight (under
+        // another basis) takes that job's priority, so a tag's jobs share one priority.
+        let inherited = self
+            .order
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| {
+                j.job.def.requestor == job.def.requestor
+                    && j.job.def.tag == job.def.tag
+                    && j.job.def.basis != job.def.basis
+            })
+            .map(|j| j.job.def.priority)
+            .next();
+        if let Some(priority) = inherited.filter(|p| *p != job.def.priority) {
+            tracing::info!(job_id = %job_id, tag = %job.def.tag, asked = job.def.priority, priority,
+                "job takes the priority of its tag's earlier job");
+            job.def.priority = priority;
+        }
         // The only line that names the job's tag, basis, requestor and type: task lines carry
         // the job id, so these (up to a KiB each) are not repeated for every task.
         tracing::info!(job_id = %job_id, tag = %job.def.tag, basis = %job.def.basis,
@@ -526,6 +545,19 @@ impl Loop {
                 if let Some(node) = self.nodes.get_mut(&id)
                     && node.health == NodeHealth::Checking
                 {
+                    node.problem = Some(overview::bounded(&reason));
+                }
+            }
+            Event::NodeUnhealthy(id, reason) => {
+                if let Some(node) = self.nodes.get_mut(&id)
+                    && node.health == NodeHealth::Checking
+                {
+                    // Scoot's rule: an unhealthy worker is suspended and dropped after the lost
+                    // timeout rather than polled for ever; it comes back only when listed anew.
+                    tracing::warn!(node = %id, %reason, timeout = ?self.config.lost_worker_timeout,
+                        "worker unhealthy: marked flaky, to be forgotten after the lost-worker timeout");
+                    node.health = NodeHealth::Lost(Instant::now());
+                    node.check = None;
                     node.problem = Some(overview::bounded(&reason));
                 }
             }
@@ -720,12 +752,19 @@ impl Loop {
                         let _ = events.send(Event::NodeReady(id, service.platform));
                         return;
                     }
+                    Ok((_, service)) if service.initialized => {
+                        let reason = match service.error.as_str() {
+                            "" => "unhealthy".to_string(),
+                            error => error.to_string(),
+                        };
+                        let _ = events.send(Event::NodeUnhealthy(id.clone(), reason));
+                        return;
+                    }
                     Ok((_, service)) => {
                         tracing::debug!(node = %id, error = %service.error, "worker not ready");
-                        tell(match (service.initialized, service.error.as_str()) {
-                            (false, "") => "initialising".to_string(),
-                            (true, "") => "unhealthy".to_string(),
-                            (_, error) => error.to_string(),
+                        tell(match service.error.as_str() {
+                            "" => "initialising".to_string(),
+                            error => error.to_string(),
                         });
                     }
                     Err(err) => {
@@ -839,7 +878,8 @@ impl Loop {
         let now = Instant::now();
         self.nodes.retain(|id, node| match node.health {
             NodeHealth::Lost(since)
-                if now.duration_since(since) > MAX_LOST && node.busy.is_none() =>
+                if now.duration_since(since) > self.config.lost_worker_timeout
+                    && node.busy.is_none() =>
             {
                 tracing::info!(node = %id, "forgetting lost worker");
                 false
@@ -1324,6 +1364,29 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    /// Scoot's tag grouping: a later job of a tag takes the priority of the tag's first job.
+    #[tokio::test]
+    async fn jobs_of_one_tag_share_the_first_jobs_priority() {
+        let worker = FakeWorker::new("w");
+        worker.script(Script::Hang);
+        worker.script(Script::Hang);
+        let sched = TestScheduler::start(std::slice::from_ref(&worker), 0).await;
+        let with = |priority: i32, tag: &str, basis: &str| {
+            let mut def = job(&["t"]);
+            (def.priority, def.tag, def.basis) = (priority, tag.into(), basis.into());
+            def
+        };
+        let first = sched.api.run_job(with(2, "build", "b1")).await.unwrap();
+        let second = sched.api.run_job(with(0, "build", "b2")).await.unwrap();
+        let other = sched.api.run_job(with(1, "other", "b3")).await.unwrap();
+        let overview = sched.api.overview().await.unwrap();
+        let priority = |id: &str| overview.jobs.iter().find(|j| j.id == id).unwrap().priority;
+        assert_eq!(
+            (priority(&first), priority(&second), priority(&other)),
+            (2, 2, 1)
         );
     }
 

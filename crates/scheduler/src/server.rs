@@ -62,6 +62,8 @@ pub struct ReapiEndpoint {
     pub tokens: Option<Tokens>,
     /// TLS and token for the fallback CAS or the shards.
     pub client: ClientSecurity,
+    /// Connection, rate, stream and idle limits of the port (`-max_grpc_*`).
+    pub limits: scoot_cas_services::limits::GrpcLimits,
 }
 
 /// Where the blobs and action results of the Remote Execution API are kept.
@@ -207,13 +209,19 @@ pub async fn run(
                     ..CasConfig::default()
                 },
             );
-            Some(tokio::spawn(scoot_cas_services::serve(
-                endpoint.listener,
-                reapi::routes(cas, tracker),
-                endpoint.tls,
-                endpoint.tokens,
-                stop.clone().cancelled_owned(),
-            )))
+            let limits = endpoint.limits;
+            let stopped = stop.clone().cancelled_owned();
+            Some(tokio::spawn(async move {
+                scoot_cas_services::serve_with_limits(
+                    endpoint.listener,
+                    reapi::routes(cas, tracker),
+                    endpoint.tls,
+                    endpoint.tokens,
+                    &limits,
+                    stopped,
+                )
+                .await
+            }))
         }
         None => None,
     };

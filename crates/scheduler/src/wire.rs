@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use scoot_core::{Command, LogTags, PlatformProperty, RunStatus};
-use scoot_thrift::{codec, convert, sched, scoot, worker};
+use scoot_thrift::{codec, convert, sched, scoot, tjson, worker};
 
 use crate::api::{JobState, JobStatus};
 use crate::job::{Job, JobDefinition, TaskDefinition};
@@ -157,13 +157,16 @@ pub fn run_status_to_saga(status: &RunStatus) -> Vec<u8> {
 /// The run status in a StartTask or EndTask payload. `None` when there is none: the first
 /// StartTask of an attempt is written empty, and a payload that does not decode tells nothing
 /// a client could use.
+///
+/// Go Scoot stored these payloads as Thrift JSON; sagas it wrote (imported from its file log)
+/// keep them. A binary struct never begins with `{` (no Thrift type has that code), so the first
+/// byte tells the two apart.
 pub fn run_status_from_saga(data: &[u8]) -> Option<RunStatus> {
-    if data.is_empty() {
-        return None;
+    match data.first()? {
+        b'{' => tjson::from_tjson::<worker::RunStatus>(data).ok(),
+        _ => codec::from_bytes::<worker::RunStatus>(data).ok(),
     }
-    codec::from_bytes::<worker::RunStatus>(data)
-        .ok()
-        .map(convert::status_from_wire)
+    .map(convert::status_from_wire)
 }
 
 fn job_state_to_wire(state: JobState) -> scoot::Status {
@@ -331,6 +334,19 @@ mod tests {
         );
         assert_eq!(run_status_from_saga(b""), None);
         assert_eq!(run_status_from_saga(b"\xff\xff garbage"), None);
+        assert_eq!(run_status_from_saga(b"{not json"), None);
+    }
+
+    /// Go Scoot's EndTask payload: a worker RunStatus in Thrift JSON.
+    #[test]
+    fn scoot_json_payloads_are_read() {
+        let stored = br#"{"1":{"i32":3},"2":{"str":"4"},"3":{"str":"http://w/output/stdout_4"},"4":{"str":""},"5":{"str":""},"6":{"i32":1}}"#;
+        let status = run_status_from_saga(stored).unwrap();
+        assert_eq!(status.state, RunState::Complete);
+        assert_eq!(status.run_id, RunId("4".into()));
+        assert_eq!(status.exit_code, 1);
+        assert_eq!(status.stdout_ref, "http://w/output/stdout_4");
+        assert_eq!(status.error, "");
     }
 
     #[test]

@@ -2,17 +2,20 @@
 //!
 //! Implementations: `file` (a directory; atomic writes, so several apiservers can share one),
 //! `http` (a remote apiserver's `/bundle/` endpoint), `caching` (a bounded memory cache in front
-//! of another store). Names never contain `/`.
+//! of another store), `peered` (a local store that asks the cluster's other apiservers on a
+//! miss). Names never contain `/`.
 
 use std::time::SystemTime;
 
 pub mod caching;
 pub mod file;
 pub mod http;
+pub mod peered;
 
 pub use caching::CachingStore;
 pub use file::FileStore;
 pub use http::{HttpStore, HttpStoreOptions};
+pub use peered::PeeredStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
