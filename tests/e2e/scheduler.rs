@@ -321,8 +321,16 @@ fn a_worker_dying_mid_task_is_retried_elsewhere_with_retries() {
 
 #[test]
 fn a_restarted_scheduler_finishes_every_accepted_job() {
+    every_accepted_job_finishes_after_a_kill(|workers| Scheduler::start(workers, json!({})));
+}
+
+/// Four jobs of three tasks on two workers; the scheduler `start` made is SIGKILLed while
+/// tasks run and restarted on the same saga log: every task completes with its job's exit code.
+pub(crate) fn every_accepted_job_finishes_after_a_kill(
+    start: impl FnOnce(&[&Worker]) -> Scheduler,
+) {
     let (w1, w2) = (Worker::start(&[]), Worker::start(&[]));
-    let sched = Scheduler::start(&[&w1, &w2], json!({}));
+    let sched = start(&[&w1, &w2]);
     let mut client = sched.client();
     let ids: Vec<String> = (0..4)
         .map(|j| {

@@ -61,7 +61,17 @@ pub enum SagaLogKind {
         retention: Option<Duration>,
         gc_interval: Duration,
     },
+    /// Our addition: a PostgreSQL database (`scoot_saga_postgres`).
+    Postgres {
+        url: String,
+        retention: Option<Duration>,
+        gc_interval: Duration,
+        pool_size: usize,
+    },
 }
+
+/// Connections a PostgreSQL saga log keeps at most unless `SagaLog.PoolSize` says otherwise.
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -137,6 +147,8 @@ struct JsonSagaLog {
     #[serde(rename = "Type")]
     kind: String,
     directory: Option<PathBuf>,
+    url: Option<String>,
+    pool_size: i64,
     expiration_sec: i64,
     #[serde(rename = "GCIntervalSec")]
     gc_interval_sec: i64,
@@ -261,6 +273,23 @@ impl SchedulerConfig {
                     .or(Some(Duration::from_secs(7 * 24 * 3600))),
                 gc_interval,
             },
+            "postgres" => SagaLogKind::Postgres {
+                url: saga.url.filter(|u| !u.is_empty()).ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "SagaLog.Type \"postgres\" needs SagaLog.Url (postgresql://user@host:port/database)"
+                            .into(),
+                    )
+                })?,
+                // As the file log: a week, since the database is shared and outlives schedulers.
+                retention: seconds(saga.expiration_sec)
+                    .or(Some(Duration::from_secs(7 * 24 * 3600))),
+                gc_interval,
+                pool_size: if saga.pool_size > 0 {
+                    saga.pool_size as usize
+                } else {
+                    DEFAULT_POSTGRES_POOL_SIZE
+                },
+            },
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "unknown SagaLog.Type {other:?}"
@@ -364,6 +393,24 @@ mod tests {
     }
 
     #[test]
+    fn postgres_saga_log() {
+        let cfg = SchedulerConfig::from_json(
+            r#"{"SagaLog": {"Type": "postgres", "Url": "postgresql://scoot@db:5432/scoot",
+                "ExpirationSec": 3600, "GCIntervalSec": 30}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.saga_log,
+            SagaLogKind::Postgres {
+                url: "postgresql://scoot@db:5432/scoot".into(),
+                retention: Some(Duration::from_secs(3600)),
+                gc_interval: Duration::from_secs(30),
+                pool_size: DEFAULT_POSTGRES_POOL_SIZE,
+            }
+        );
+    }
+
+    #[test]
     fn dns_discovery() {
         let config = SchedulerConfig::from_json(
             r#"{"Cluster": {"Type": "dns", "Name": "scoot-workers.scoot.svc", "Port": 9092,
@@ -402,6 +449,7 @@ mod tests {
                 r#"{"SagaLog": {"Type": "file"}}"#,
                 "needs SagaLog.Directory",
             ),
+            (r#"{"SagaLog": {"Type": "postgres"}}"#, "needs SagaLog.Url"),
             (
                 r#"{"SchedulerConfig": {"Type": "stateful", "DefaultTaskTimeout": "soon"}}"#,
                 "invalid duration",

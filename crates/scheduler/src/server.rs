@@ -9,6 +9,7 @@ use scoot_cas_client::{CasClient, RemoteBlobSource};
 use scoot_cas_services::CasConfig;
 use scoot_cas_services::stores::CasStores;
 use scoot_saga::{FileSagaLog, MemorySagaLog, SagaCoordinator, SagaError, SagaLog, SagaLogError};
+use scoot_saga_postgres::{PostgresOptions, PostgresSagaLog};
 use scoot_security::{ClientSecurity, ServerTls, Tokens};
 use scoot_thrift::scoot::CloudScootSyncProcessor;
 use tokio::net::TcpListener;
@@ -67,7 +68,7 @@ pub struct ReapiEndpoint {
     pub client: ClientSecurity,
 }
 
-fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
+async fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), SchedulerError> {
     Ok(match kind {
         SagaLogKind::Memory {
             retention,
@@ -80,6 +81,24 @@ fn open_saga_log(kind: &SagaLogKind) -> Result<(Arc<dyn SagaLog>, Duration), Sch
         } => {
             let log = FileSagaLog::open(directory.clone(), *retention)
                 .map_err(|e| SchedulerError::SagaLog(format!("{}: {e}", directory.display())))?;
+            (Arc::new(log), *gc_interval)
+        }
+        SagaLogKind::Postgres {
+            url,
+            retention,
+            gc_interval,
+            pool_size,
+        } => {
+            let options = PostgresOptions {
+                url: url.clone(),
+                retention: *retention,
+                pool_size: *pool_size,
+            };
+            // Opening connects and migrates, blocking until the database answers.
+            let log = tokio::task::spawn_blocking(move || PostgresSagaLog::open(&options))
+                .await
+                .map_err(|e| SchedulerError::SagaLog(e.to_string()))?
+                .map_err(|e| SchedulerError::SagaLog(e.to_string()))?;
             (Arc::new(log), *gc_interval)
         }
     })
@@ -101,7 +120,7 @@ pub async fn run(
     scoot_saga::register_metrics();
     // Before anything starts: templates that do not compile are a bug to report at once.
     let pages = Arc::new(crate::ui::pages::Pages::new()?);
-    let (log, gc_interval) = open_saga_log(&config.saga_log)?;
+    let (log, gc_interval) = open_saga_log(&config.saga_log).await?;
     let gc = scoot_saga::spawn_gc(log.clone(), gc_interval);
     let sagas = SagaCoordinator::new(log);
 
