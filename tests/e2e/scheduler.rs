@@ -19,7 +19,7 @@ fn app_error(err: thrift::Error) -> String {
     }
 }
 
-fn task_data(status: &scoot::JobStatus, task: &str) -> scoot::RunStatus {
+pub(crate) fn task_data(status: &scoot::JobStatus, task: &str) -> scoot::RunStatus {
     status
         .task_data
         .as_ref()
@@ -247,7 +247,7 @@ fn offlined_workers_get_no_work_until_reinstated() {
     assert!(err.contains("can't be reinstated"), "{err}");
 }
 
-fn running_worker_port(client: &mut CloudScoot, id: &str, task: &str) -> u16 {
+pub(crate) fn running_worker_port(client: &mut CloudScoot, id: &str, task: &str) -> u16 {
     poll("the task to run", || {
         let status = client.0.get_status(id.to_string()).unwrap();
         let data = status.task_data?.get(task)?.clone();
@@ -348,7 +348,8 @@ pub(crate) fn every_accepted_job_finishes_after_a_kill(
     // Let some tasks start, then kill the scheduler hard.
     running_worker_port(&mut client, &ids[0], "t0");
     drop(client);
-    let sched = sched.kill_and_restart(json!({}));
+    let mut sched = sched.kill_and_restart(json!({}));
+    sched.wait_leading();
     let mut client = sched.client();
     for (j, id) in ids.iter().enumerate() {
         let status = wait_job(&mut client, id);

@@ -575,6 +575,22 @@ impl Scheduler {
     pub fn client(&self) -> CloudScoot {
         CloudScoot::connect(self.thrift_port)
     }
+
+    /// Waits until this scheduler leads: its `/health` answers 200 (a standby's, 503).
+    pub fn wait_leading(&mut self) {
+        poll("the scheduler to lead", || {
+            self.proc.assert_running();
+            (http_get(self.http_port, "/health", &[]).status == 200).then_some(())
+        });
+    }
+
+    /// Where this scheduler's stderr goes (target/e2e-logs).
+    pub fn log_path(&self) -> PathBuf {
+        repo_root().join(format!(
+            "target/e2e-logs/scheduler-{}.log",
+            self.thrift_port
+        ))
+    }
 }
 
 /// A scheduler config over a static worker list and the saga log `saga_log`, with recovery on

@@ -11,6 +11,10 @@
 //!   (see the `url` module), every call bounded by [`CALL_TIMEOUT`].
 //! - Garbage collection: `gc` deletes sagas that ended more than the retention ago, a thousand
 //!   per transaction.
+//! - Leadership: schedulers sharing the log take turns by a lease ([`lease`](mod@lease)); once
+//!   [`PostgresSagaLog::fence`] gave it the lease's fencing token, every write checks in its
+//!   own transaction that the token is still the lease's, and is refused
+//!   ([`SagaLogError::Fenced`]) once another scheduler took the lease.
 //!
 //! The trait is blocking and its callers run it on tokio's blocking pool; the driver is async.
 //! The log owns a small runtime of its own (one worker thread, which drives the connections)
@@ -18,10 +22,14 @@
 //! caller's runtime, and the log can be used from any thread that is not itself running async
 //! tasks (calling it from inside a runtime's worker would panic; use `spawn_blocking`).
 
+mod lease;
 pub mod schema;
 mod url;
 
+pub use lease::{Candidate, Holder};
+
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -85,6 +93,10 @@ pub struct PostgresSagaLog {
     retention: Option<Duration>,
     /// Where the database is, without the password.
     target: String,
+    /// The fencing token every write checks; 0: none (a log no lease guards).
+    fence: AtomicI64,
+    /// Set once a write was refused for its fencing token.
+    fenced: tokio::sync::watch::Sender<bool>,
 }
 
 impl PostgresSagaLog {
@@ -140,34 +152,63 @@ impl PostgresSagaLog {
             pool,
             retention: options.retention,
             target: described,
+            fence: AtomicI64::new(0),
+            fenced: tokio::sync::watch::Sender::new(false),
         })
     }
 
-    /// Runs `op` on a pooled connection, within [`CALL_TIMEOUT`]. A connection whose call timed
-    /// out is closed rather than reused, since it may be in the middle of a transaction.
+    /// From now on every write checks, in its transaction, that `token` is still the leader
+    /// lease's fencing token.
+    pub fn fence(&self, token: i64) {
+        self.fence.store(token, Ordering::SeqCst);
+    }
+
+    /// Becomes `true` when a write was refused because another scheduler took the lease.
+    pub fn fenced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.fenced.subscribe()
+    }
+
+    /// Runs `op` on a pooled connection, within [`CALL_TIMEOUT`].
     fn call<T>(
         &self,
+        op: impl AsyncFnOnce(&mut Object) -> Result<T, SagaLogError>,
+    ) -> Result<T, SagaLogError> {
+        self.call_within(CALL_TIMEOUT, op)
+    }
+
+    /// Runs `op` on a pooled connection within `limit`. A connection whose call timed out is
+    /// closed rather than reused, since it may be in the middle of a transaction.
+    fn call_within<T>(
+        &self,
+        limit: Duration,
         op: impl AsyncFnOnce(&mut Object) -> Result<T, SagaLogError>,
     ) -> Result<T, SagaLogError> {
         let Some(runtime) = &self.runtime else {
             return Err(SagaLogError::Internal("the saga log is closed".into()));
         };
+        let late = || {
+            SagaLogError::Internal(format!(
+                "PostgreSQL at {} did not answer within {limit:?}",
+                self.target
+            ))
+        };
         runtime.handle().block_on(async {
-            let mut client = self.pool.get().await.map_err(|e| {
-                SagaLogError::Internal(format!(
-                    "no connection to PostgreSQL at {}: {}",
-                    self.target,
-                    error_chain(&e)
-                ))
-            })?;
-            match tokio::time::timeout(CALL_TIMEOUT, op(&mut client)).await {
+            let started = tokio::time::Instant::now();
+            let mut client = tokio::time::timeout(limit, self.pool.get())
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| {
+                    SagaLogError::Internal(format!(
+                        "no connection to PostgreSQL at {}: {}",
+                        self.target,
+                        error_chain(&e)
+                    ))
+                })?;
+            match tokio::time::timeout_at(started + limit, op(&mut client)).await {
                 Ok(result) => result,
                 Err(_) => {
                     drop(Object::take(client));
-                    Err(SagaLogError::Internal(format!(
-                        "PostgreSQL at {} did not answer within {CALL_TIMEOUT:?}",
-                        self.target
-                    )))
+                    Err(late())
                 }
             }
         })
@@ -259,9 +300,25 @@ impl SagaLog for PostgresSagaLog {
         let kinds: Vec<i16> = plan.kept.iter().map(|m| i16::from(m.kind.code())).collect();
         let task_ids: Vec<&[u8]> = plan.kept.iter().map(|m| m.task_id.as_bytes()).collect();
         let data: Vec<&[u8]> = plan.kept.iter().map(|m| m.data.as_slice()).collect();
-        self.call(async |client| {
+        let fence = self.fence.load(Ordering::SeqCst);
+        let written = self.call(async |client| {
             let failed = db_failed("saga log write");
             let tx = client.transaction().await.map_err(&failed)?;
+            if fence != 0 {
+                // A share lock: a takeover (which updates the row) waits for this write to
+                // commit, and every write after the takeover sees the new token.
+                let check = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM scoot_leader WHERE id = 1 AND token = $1 FOR SHARE",
+                    )
+                    .await
+                    .map_err(&failed)?;
+                if tx.query_opt(&check, &[&fence]).await.map_err(&failed)?.is_none() {
+                    return Err(SagaLogError::Fenced(format!(
+                        "fencing token {fence} is no longer the leader lease's: another scheduler leads"
+                    )));
+                }
+            }
             if !plan.must_exist.is_empty() {
                 // Locks the rows too: gc cannot delete them, nor another write to the same saga
                 // draw its write number, until this one commits.
@@ -325,7 +382,12 @@ impl SagaLog for PostgresSagaLog {
                 .await
                 .map_err(&failed)?;
             tx.commit().await.map_err(&failed)
-        })
+        });
+        if let Err(SagaLogError::Fenced(reason)) = &written {
+            tracing::error!(%reason, "saga write refused");
+            self.fenced.send_replace(true);
+        }
+        written
     }
 
     fn get_messages(&self, saga_id: &str) -> Result<Option<Vec<SagaMessage>>, SagaLogError> {

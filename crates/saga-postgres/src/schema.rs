@@ -36,6 +36,17 @@ const MIGRATIONS: &[&str] = &[
         data bytea NOT NULL,
         PRIMARY KEY (saga_id, write_id, idx)
     );",
+    // 2: the leader lease of schedulers sharing the log. One row; `token`, the fencing token,
+    // grows by one at every change of holder, and every saga write of a leader checks it.
+    "CREATE TABLE scoot_leader (
+        id integer PRIMARY KEY CHECK (id = 1),
+        holder text NOT NULL,
+        thrift_addr text NOT NULL,
+        grpc_addr text NOT NULL,
+        token bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    INSERT INTO scoot_leader VALUES (1, '', '', '', 0, '-infinity');",
 ];
 
 /// The version this build writes.

@@ -9,7 +9,7 @@ use scoot_saga::contract;
 
 use super::*;
 
-fn options(url: String) -> PostgresOptions {
+pub(crate) fn options(url: String) -> PostgresOptions {
     PostgresOptions {
         url,
         retention: None,
@@ -18,7 +18,7 @@ fn options(url: String) -> PostgresOptions {
 }
 
 /// A fresh database in `cluster`.
-fn database(cluster: &PrivateCluster) -> String {
+pub(crate) fn database(cluster: &PrivateCluster) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!("saga{}", NEXT.fetch_add(1, Ordering::Relaxed));
     cluster.create_database(&name).unwrap();
@@ -31,6 +31,21 @@ fn psql(cluster: &PrivateCluster, url: &str, sql: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "psql {sql}");
+}
+
+/// Polls `probe` every 10 ms until it returns `Some`, failing after 30 s.
+pub(crate) fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

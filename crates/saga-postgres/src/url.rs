@@ -18,6 +18,10 @@ use crate::OpenError;
 /// How long a connection attempt may take when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a session may sit inside a transaction without sending anything. Ours send their
+/// statements back to back, so only a stalled client reaches it.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(3);
+
 /// A parsed URL: the driver's settings and the TLS client configuration.
 pub(crate) struct Target {
     pub config: tokio_postgres::Config,
@@ -88,6 +92,14 @@ pub(crate) fn parse(url: &str) -> Result<Target, OpenError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A transaction whose client stalls (a stopped process) would hold its locks, the lease
+    // row's among them, for as long as its connection lives: the server ends it instead.
+    let options = format!(
+        "{} -c idle_in_transaction_session_timeout={}",
+        config.get_options().unwrap_or(""),
+        IDLE_IN_TRANSACTION.as_millis()
+    );
+    config.options(options.trim_start());
     if config.get_hosts().is_empty() {
         return Err(bad("it names no host"));
     }

@@ -67,8 +67,16 @@ pub enum SagaLogKind {
         retention: Option<Duration>,
         gc_interval: Duration,
         pool_size: usize,
+        /// The leader lease's length (`LeaseSec`): a standby takes over within about this
+        /// and a sixth of it after the leader's last renewal.
+        lease: Duration,
     },
 }
+
+/// The leader lease unless `SagaLog.LeaseSec` says otherwise: a standby takes over within
+/// 7 s of the leader's death, under the 10 s promised, while a leader survives a stall of
+/// 4 s between renewals.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 
 /// Connections a PostgreSQL saga log keeps at most unless `SagaLog.PoolSize` says otherwise.
 pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 16;
@@ -93,6 +101,9 @@ pub struct SchedulerConfig {
     /// How long a task may wait while no ready worker can run it before it is ended
     /// (FAILED_PRECONDITION); not part of Scoot's JSON (`-unmatched_platform_timeout`).
     pub unmatched_platform_timeout: Duration,
+    /// The host name other machines reach this scheduler at, for the addresses a leader
+    /// publishes in its lease; not part of Scoot's JSON (`-advertise_host`).
+    pub advertise_host: Option<String>,
 }
 
 /// The default of [`SchedulerConfig::unmatched_platform_timeout`]: long enough for a worker to
@@ -149,6 +160,7 @@ struct JsonSagaLog {
     directory: Option<PathBuf>,
     url: Option<String>,
     pool_size: i64,
+    lease_sec: Option<f64>,
     expiration_sec: i64,
     #[serde(rename = "GCIntervalSec")]
     gc_interval_sec: i64,
@@ -289,6 +301,17 @@ impl SchedulerConfig {
                 } else {
                     DEFAULT_POSTGRES_POOL_SIZE
                 },
+                lease: match saga.lease_sec {
+                    None => DEFAULT_LEASE,
+                    Some(s) if s.is_finite() && (0.3..=3600.0).contains(&s) => {
+                        Duration::from_secs_f64(s)
+                    }
+                    Some(s) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "SagaLog.LeaseSec {s} is out of range (0.3 to 3600 seconds)"
+                        )));
+                    }
+                },
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
@@ -308,6 +331,7 @@ impl SchedulerConfig {
             saga_log,
             thrift: ServeOptions::default(),
             unmatched_platform_timeout: DEFAULT_UNMATCHED_PLATFORM_TIMEOUT,
+            advertise_host: None,
         })
     }
 }
@@ -406,6 +430,7 @@ mod tests {
                 retention: Some(Duration::from_secs(3600)),
                 gc_interval: Duration::from_secs(30),
                 pool_size: DEFAULT_POSTGRES_POOL_SIZE,
+                lease: DEFAULT_LEASE,
             }
         );
     }
@@ -450,6 +475,10 @@ mod tests {
                 "needs SagaLog.Directory",
             ),
             (r#"{"SagaLog": {"Type": "postgres"}}"#, "needs SagaLog.Url"),
+            (
+                r#"{"SagaLog": {"Type": "postgres", "Url": "postgresql://h/d", "LeaseSec": 0}}"#,
+                "LeaseSec 0 is out of range",
+            ),
             (
                 r#"{"SchedulerConfig": {"Type": "stateful", "DefaultTaskTimeout": "soon"}}"#,
                 "invalid duration",

@@ -15,6 +15,7 @@ pub mod client;
 pub mod codec;
 pub mod convert;
 mod framing;
+pub mod gate;
 pub mod server;
 
 #[path = "gen/sched.rs"]
