@@ -4,6 +4,8 @@
 #   - a venv at target/pyenv with Apache's `thrift` package from PyPI
 #   - iproute2's `ip` (the network-namespace test harness, scoot_local_cluster::netns)
 #   - Debian's chromium (the scheduler's web pages in a headless browser, tests/e2e/ui.rs)
+#   - Debian's postgresql-15 (the PostgreSQL saga log: tests start private servers from its
+#     binaries, scoot_local_cluster::postgres)
 # With the argument `thrift`, only the compiler is ensured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,11 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing chromium (Debian)"
   apt_install chromium
+fi
+
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  echo "installing postgresql-15 (Debian)"
+  apt_install postgresql-15
 fi
 
 PYTHON_THRIFT_VERSION=0.25.0

@@ -10,6 +10,7 @@ mod bzutil;
 mod cluster;
 mod metrics;
 mod multihost;
+mod postgres;
 mod reapi;
 mod sandbox;
 mod scheduler;

@@ -19,7 +19,7 @@ fn app_error(err: thrift::Error) -> String {
     }
 }
 
-fn task_data(status: &scoot::JobStatus, task: &str) -> scoot::RunStatus {
+pub(crate) fn task_data(status: &scoot::JobStatus, task: &str) -> scoot::RunStatus {
     status
         .task_data
         .as_ref()
@@ -247,7 +247,7 @@ fn offlined_workers_get_no_work_until_reinstated() {
     assert!(err.contains("can't be reinstated"), "{err}");
 }
 
-fn running_worker_port(client: &mut CloudScoot, id: &str, task: &str) -> u16 {
+pub(crate) fn running_worker_port(client: &mut CloudScoot, id: &str, task: &str) -> u16 {
     poll("the task to run", || {
         let status = client.0.get_status(id.to_string()).unwrap();
         let data = status.task_data?.get(task)?.clone();
@@ -321,8 +321,16 @@ fn a_worker_dying_mid_task_is_retried_elsewhere_with_retries() {
 
 #[test]
 fn a_restarted_scheduler_finishes_every_accepted_job() {
+    every_accepted_job_finishes_after_a_kill(|workers| Scheduler::start(workers, json!({})));
+}
+
+/// Four jobs of three tasks on two workers; the scheduler `start` made is SIGKILLed while
+/// tasks run and restarted on the same saga log: every task completes with its job's exit code.
+pub(crate) fn every_accepted_job_finishes_after_a_kill(
+    start: impl FnOnce(&[&Worker]) -> Scheduler,
+) {
     let (w1, w2) = (Worker::start(&[]), Worker::start(&[]));
-    let sched = Scheduler::start(&[&w1, &w2], json!({}));
+    let sched = start(&[&w1, &w2]);
     let mut client = sched.client();
     let ids: Vec<String> = (0..4)
         .map(|j| {
@@ -340,7 +348,8 @@ fn a_restarted_scheduler_finishes_every_accepted_job() {
     // Let some tasks start, then kill the scheduler hard.
     running_worker_port(&mut client, &ids[0], "t0");
     drop(client);
-    let sched = sched.kill_and_restart(json!({}));
+    let mut sched = sched.kill_and_restart(json!({}));
+    sched.wait_leading();
     let mut client = sched.client();
     for (j, id) in ids.iter().enumerate() {
         let status = wait_job(&mut client, id);

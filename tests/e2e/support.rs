@@ -461,6 +461,8 @@ pub struct Scheduler {
     pub grpc_port: u16,
     pub workers_file: PathBuf,
     pub saga_dir: PathBuf,
+    /// The config's SagaLog section, kept across restarts.
+    saga_log: Value,
     _dir: tempfile::TempDir,
 }
 
@@ -478,13 +480,33 @@ impl Scheduler {
         flags: &[&str],
     ) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
-        let workers_file = dir.path().join("workers");
         let saga_dir = dir.path().join("sagas");
+        let saga_log = serde_json::json!({"Type": "file", "Directory": saga_dir});
+        Scheduler::start_in(dir, workers, saga_log, scheduler_config, flags)
+    }
+
+    /// Like [`Scheduler::start`] with its saga log in the PostgreSQL database at `url`.
+    pub fn start_on_postgres(workers: &[&Worker], url: &str, scheduler_config: Value) -> Scheduler {
+        let saga_log = serde_json::json!({"Type": "postgres", "Url": url});
+        let dir = tempfile::tempdir().unwrap();
+        Scheduler::start_in(dir, workers, saga_log, scheduler_config, &[])
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        workers: &[&Worker],
+        saga_log: Value,
+        scheduler_config: Value,
+        flags: &[&str],
+    ) -> Scheduler {
+        let workers_file = dir.path().join("workers");
         write_workers(&workers_file, workers);
-        let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
+        let saga_dir = dir.path().join("sagas");
+        let config = static_config(&workers_file, &saga_log, scheduler_config);
         Scheduler::start_with(dir, workers_file, saga_dir, config, flags)
     }
 
+    /// Starts a scheduler with the whole `config`; restarts keep its SagaLog section.
     pub fn start_with(
         dir: tempfile::TempDir,
         workers_file: PathBuf,
@@ -492,6 +514,7 @@ impl Scheduler {
         config: Value,
         flags: &[&str],
     ) -> Scheduler {
+        let saga_log = config["SagaLog"].clone();
         let cas_dir = dir.path().join("cas");
         let (proc, ports) = spawn_listening("scheduler", 3, |ports| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_scheduler"));
@@ -521,6 +544,7 @@ impl Scheduler {
             grpc_port,
             workers_file,
             saga_dir,
+            saga_log,
             _dir: dir,
         }
     }
@@ -541,24 +565,41 @@ impl Scheduler {
             mut proc,
             workers_file,
             saga_dir,
+            saga_log,
             _dir,
             ..
         } = self;
         let _ = killpg(proc.pid(), Signal::SIGKILL);
         let _ = proc.child.wait();
         meanwhile(&saga_dir);
-        let config = file_log_config(&workers_file, &saga_dir, scheduler_config);
+        let config = static_config(&workers_file, &saga_log, scheduler_config);
         Scheduler::start_with(_dir, workers_file, saga_dir, config, &[])
     }
 
     pub fn client(&self) -> CloudScoot {
         CloudScoot::connect(self.thrift_port)
     }
+
+    /// Waits until this scheduler leads: its `/health` answers 200 (a standby's, 503).
+    pub fn wait_leading(&mut self) {
+        poll("the scheduler to lead", || {
+            self.proc.assert_running();
+            (http_get(self.http_port, "/health", &[]).status == 200).then_some(())
+        });
+    }
+
+    /// Where this scheduler's stderr goes (target/e2e-logs).
+    pub fn log_path(&self) -> PathBuf {
+        repo_root().join(format!(
+            "target/e2e-logs/scheduler-{}.log",
+            self.thrift_port
+        ))
+    }
 }
 
-/// A scheduler config over a static worker list and a file saga log, with recovery on and
-/// `scheduler_config` merged into SchedulerConfig.
-fn file_log_config(workers_file: &Path, saga_dir: &Path, scheduler_config: Value) -> Value {
+/// A scheduler config over a static worker list and the saga log `saga_log`, with recovery on
+/// and `scheduler_config` merged into SchedulerConfig.
+fn static_config(workers_file: &Path, saga_log: &Value, scheduler_config: Value) -> Value {
     let mut sched = serde_json::json!({"Type": "stateful", "RecoverJobsOnStartup": true});
     if let (Some(base), Some(extra)) = (sched.as_object_mut(), scheduler_config.as_object()) {
         base.extend(extra.clone());
@@ -566,7 +607,7 @@ fn file_log_config(workers_file: &Path, saga_dir: &Path, scheduler_config: Value
     serde_json::json!({
         "Cluster": {"Type": "static", "File": workers_file},
         "SchedulerConfig": sched,
-        "SagaLog": {"Type": "file", "Directory": saga_dir},
+        "SagaLog": saga_log,
     })
 }
 

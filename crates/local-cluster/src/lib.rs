@@ -14,13 +14,15 @@
 //! or runs one command against it.
 //!
 //! [`netns`] builds networks of hosts out of Linux network namespaces for multi-host
-//! end-to-end tests.
+//! end-to-end tests, and [`postgres`] a private PostgreSQL server for tests and local
+//! highly-available clusters.
 
 mod child;
 pub mod cli;
 mod cluster;
 mod error;
 pub mod netns;
+pub mod postgres;
 mod procs;
 pub mod spec;
 

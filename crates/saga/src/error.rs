@@ -24,6 +24,10 @@ pub enum SagaLogError {
     /// replayed nor continued, whatever else of it survived.
     #[error("saga log damaged: job definition unreadable ({0})")]
     Unreadable(String),
+    /// The writer is no longer the one the log takes writes from (another scheduler leads):
+    /// nothing was written, and nothing this writer sends will be. It must stop.
+    #[error("saga log write refused: {0}")]
+    Fenced(String),
 }
 
 impl SagaLogError {

@@ -996,7 +996,7 @@ impl SagaLog for FileSagaLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::tests_support::*;
+    use crate::contract::*;
 
     fn open(dir: &Path) -> FileSagaLog {
         FileSagaLog::open(dir.to_path_buf(), None).unwrap()
@@ -1048,27 +1048,13 @@ mod tests {
 
     #[test]
     fn shared_log_behaviour() {
-        let hour = Duration::from_secs(3600);
-        type Check = fn(&dyn SagaLog);
-        let cases: [(&str, Check); 5] = [
-            ("round trip", check_round_trip),
-            ("unknown saga", check_unknown_saga_refused),
-            ("replace", check_start_saga_replaces),
-            ("odd ids", check_odd_saga_ids),
-            ("active", check_active_sagas),
-        ];
-        for (name, check) in cases {
+        let mut dirs = Vec::new();
+        check_every(&mut |retention| {
             let dir = tempfile::tempdir().unwrap();
-            eprintln!("case {name}");
-            check(&open(dir.path()));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        check_gc(
-            &FileSagaLog::open(dir.path().into(), Some(hour)).unwrap(),
-            hour,
-        );
-        let dir = tempfile::tempdir().unwrap();
-        check_gc_without_retention(&open(dir.path()));
+            let log = FileSagaLog::open(dir.path().into(), retention).unwrap();
+            dirs.push(dir);
+            Box::new(log)
+        });
     }
 
     #[test]

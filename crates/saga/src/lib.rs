@@ -11,7 +11,10 @@
 //! - [`saga`]: [`SagaCoordinator`] and [`Saga`], live sagas with validated, ordered,
 //!   group-committed writes.
 //! - [`error`]: [`SagaError`] and [`SagaLogError`].
+//! - `contract` (tests, and the `testing` feature): checks every [`SagaLog`] must pass.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 pub mod error;
 pub mod file;
 pub mod log;

@@ -122,7 +122,7 @@ impl SagaLog for MemorySagaLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::tests_support::*;
+    use crate::contract::*;
 
     #[test]
     fn round_trip() {

@@ -33,8 +33,9 @@ impl MessageKind {
         MessageKind::EndCompTask,
     ];
 
-    /// The stable byte the file log stores for this kind (1..=7).
-    pub(crate) fn code(self) -> u8 {
+    /// The stable number logs store for this kind (1..=7): the file log's byte, the PostgreSQL
+    /// log's `kind` column.
+    pub fn code(self) -> u8 {
         match self {
             MessageKind::StartSaga => 1,
             MessageKind::EndSaga => 2,
@@ -47,7 +48,7 @@ impl MessageKind {
     }
 
     /// The kind stored as `code`, if any.
-    pub(crate) fn from_code(code: u8) -> Option<MessageKind> {
+    pub fn from_code(code: u8) -> Option<MessageKind> {
         MessageKind::ALL.into_iter().find(|k| k.code() == code)
     }
 

@@ -75,6 +75,11 @@ pub struct Cli {
     pub lost_worker_timeout: Duration,
     #[command(flatten)]
     pub grpc_limits: scoot_cas_services::limits::GrpcLimitFlags,
+    /// With a PostgreSQL saga log: the host name or address other machines reach this
+    /// scheduler at; the leader publishes its ports under it, and standbys name them to
+    /// clients. Needed when -thrift_addr listens on every interface.
+    #[arg(long = "advertise_host")]
+    pub advertise_host: Option<String>,
     #[command(flatten)]
     pub transport: TransportFlags,
     #[command(flatten)]
@@ -130,6 +135,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Cli
     .map_err(CliError::ThriftLimits)?;
     config.unmatched_platform_timeout = cli.unmatched_platform_timeout;
     config.lost_worker_timeout = cli.lost_worker_timeout;
+    config.advertise_host = cli.advertise_host;
     let server = cli
         .transport
         .server(&cli.access)

@@ -61,7 +61,25 @@ pub enum SagaLogKind {
         retention: Option<Duration>,
         gc_interval: Duration,
     },
+    /// Our addition: a PostgreSQL database (`scoot_saga_postgres`).
+    Postgres {
+        url: String,
+        retention: Option<Duration>,
+        gc_interval: Duration,
+        pool_size: usize,
+        /// The leader lease's length (`LeaseSec`): a standby takes over within about this
+        /// and a sixth of it after the leader's last renewal.
+        lease: Duration,
+    },
 }
+
+/// The leader lease unless `SagaLog.LeaseSec` says otherwise: a standby takes over within
+/// 7 s of the leader's death, under the 10 s promised, while a leader survives a stall of
+/// 4 s between renewals.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+
+/// Connections a PostgreSQL saga log keeps at most unless `SagaLog.PoolSize` says otherwise.
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -86,6 +104,9 @@ pub struct SchedulerConfig {
     /// How long a worker that is no longer listed, or that reports itself unhealthy (marked
     /// flaky), is kept before it is forgotten; Scoot's minute by default (`-lost_worker_timeout`).
     pub lost_worker_timeout: Duration,
+    /// The host name other machines reach this scheduler at, for the addresses a leader
+    /// publishes in its lease; not part of Scoot's JSON (`-advertise_host`).
+    pub advertise_host: Option<String>,
 }
 
 /// The default of [`SchedulerConfig::unmatched_platform_timeout`]: long enough for a worker to
@@ -143,6 +164,9 @@ struct JsonSagaLog {
     #[serde(rename = "Type")]
     kind: String,
     directory: Option<PathBuf>,
+    url: Option<String>,
+    pool_size: i64,
+    lease_sec: Option<f64>,
     expiration_sec: i64,
     #[serde(rename = "GCIntervalSec")]
     gc_interval_sec: i64,
@@ -267,6 +291,34 @@ impl SchedulerConfig {
                     .or(Some(Duration::from_secs(7 * 24 * 3600))),
                 gc_interval,
             },
+            "postgres" => SagaLogKind::Postgres {
+                url: saga.url.filter(|u| !u.is_empty()).ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "SagaLog.Type \"postgres\" needs SagaLog.Url (postgresql://user@host:port/database)"
+                            .into(),
+                    )
+                })?,
+                // As the file log: a week, since the database is shared and outlives schedulers.
+                retention: seconds(saga.expiration_sec)
+                    .or(Some(Duration::from_secs(7 * 24 * 3600))),
+                gc_interval,
+                pool_size: if saga.pool_size > 0 {
+                    saga.pool_size as usize
+                } else {
+                    DEFAULT_POSTGRES_POOL_SIZE
+                },
+                lease: match saga.lease_sec {
+                    None => DEFAULT_LEASE,
+                    Some(s) if s.is_finite() && (0.3..=3600.0).contains(&s) => {
+                        Duration::from_secs_f64(s)
+                    }
+                    Some(s) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "SagaLog.LeaseSec {s} is out of range (0.3 to 3600 seconds)"
+                        )));
+                    }
+                },
+            },
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "unknown SagaLog.Type {other:?}"
@@ -286,6 +338,7 @@ impl SchedulerConfig {
             thrift: ServeOptions::default(),
             unmatched_platform_timeout: DEFAULT_UNMATCHED_PLATFORM_TIMEOUT,
             lost_worker_timeout: DEFAULT_LOST_WORKER_TIMEOUT,
+            advertise_host: None,
         })
     }
 }
@@ -371,6 +424,25 @@ mod tests {
     }
 
     #[test]
+    fn postgres_saga_log() {
+        let cfg = SchedulerConfig::from_json(
+            r#"{"SagaLog": {"Type": "postgres", "Url": "postgresql://scoot@db:5432/scoot",
+                "ExpirationSec": 3600, "GCIntervalSec": 30}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.saga_log,
+            SagaLogKind::Postgres {
+                url: "postgresql://scoot@db:5432/scoot".into(),
+                retention: Some(Duration::from_secs(3600)),
+                gc_interval: Duration::from_secs(30),
+                pool_size: DEFAULT_POSTGRES_POOL_SIZE,
+                lease: DEFAULT_LEASE,
+            }
+        );
+    }
+
+    #[test]
     fn dns_discovery() {
         let config = SchedulerConfig::from_json(
             r#"{"Cluster": {"Type": "dns", "Name": "scoot-workers.scoot.svc", "Port": 9092,
@@ -408,6 +480,11 @@ mod tests {
             (
                 r#"{"SagaLog": {"Type": "file"}}"#,
                 "needs SagaLog.Directory",
+            ),
+            (r#"{"SagaLog": {"Type": "postgres"}}"#, "needs SagaLog.Url"),
+            (
+                r#"{"SagaLog": {"Type": "postgres", "Url": "postgresql://h/d", "LeaseSec": 0}}"#,
+                "LeaseSec 0 is out of range",
             ),
             (
                 r#"{"SchedulerConfig": {"Type": "stateful", "DefaultTaskTimeout": "soon"}}"#,

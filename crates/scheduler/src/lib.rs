@@ -9,6 +9,8 @@
 //! * [`job`]: jobs and the rules they must meet; [`config`]: `-config` parsing.
 //! * [`wire`]: the one Thrift boundary: CloudScoot requests and replies, saga payloads.
 //! * [`reapi`]: the Bazel Remote Execution API (Execution, Operations and the CAS services).
+//! * [`leader`]: which of several schedulers on one PostgreSQL saga log leads, and what the
+//!   standbys answer.
 //! * [`discovery`]: finding workers; [`worker_client`]: talking to them ([`worker_client::WorkerApi`]).
 //! * [`admin`] and [`ui`]: the HTTP port: health, admin actions, and the web pages of the
 //!   cluster, fed by the loop's [`overview`] snapshots.
@@ -23,6 +25,7 @@ pub mod event_loop;
 mod fake_worker;
 pub mod handler;
 pub mod job;
+pub mod leader;
 pub mod overview;
 pub mod reapi;
 pub mod server;

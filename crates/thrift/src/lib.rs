@@ -16,6 +16,7 @@ pub mod client;
 pub mod codec;
 pub mod convert;
 mod framing;
+pub mod gate;
 pub mod server;
 pub mod tjson;
 
