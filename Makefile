@@ -4,6 +4,8 @@
 #                    generated-code drift check); installs what it needs first
 #   make smoketest   builds everything and runs the smoke test on a local cluster
 #   make bench       measures (release build) and rewrites docs/benchmarks.md; not part of test
+#   make bench-scale how cost grows: a simulated fleet of 100-1,000 workers, many clients, big
+#                    blobs, a generated 1,000-action Bazel build (about 20 minutes)
 #   make thrift      regenerates crates/thrift/src/gen from thrift/*.thrift
 #   make deploy-check validates deploy/ offline (Kubernetes schemas, systemd-analyze); part of test
 #   make lint        rustfmt and clippy, as CI runs them
@@ -12,7 +14,7 @@ CARGO ?= cargo
 THRIFT_IDLS := scoot worker sched
 THRIFT_GEN := crates/thrift/src/gen
 
-.PHONY: all build test test-deps thrift thrift-check deploy-check lint smoketest bench clean
+.PHONY: all build test test-deps thrift thrift-check deploy-check lint smoketest bench bench-scale clean
 
 all: build
 
@@ -61,6 +63,13 @@ bench: test-deps
 	# Last: its gigabyte of fsynced uploads leaves the disk busy writing back for a while,
 	# which would slow the saga log of the benchmarks above.
 	$(CARGO) bench --bench cas
+
+bench-scale: test-deps
+	$(CARGO) bench --bench fleet
+	$(CARGO) bench --bench clients
+	$(CARGO) bench --bench bazel_scale
+	# Last, as in bench: gigabytes of fsynced uploads leave the disk busy for a while.
+	$(CARGO) bench --bench big_blobs
 
 clean:
 	$(CARGO) clean

@@ -3,8 +3,8 @@
 //! and to COMPLETED. Run by `make bench` (`cargo bench --bench scheduling`); under `cargo test`
 //! it only proves it still compiles and starts.
 //!
-//! The goal (../shared/DESIGN.md §6) is < 10 ms p50 from RunJob to COMPLETE; Scoot's 250 ms loop
-//! tick and 250 ms worker polling put it at 250 ms or more.
+//! The goal is ≤ 2.5 ms p50 from RunJob to COMPLETE (issue #13; ../shared/DESIGN.md §6 asked
+//! < 10 ms); Scoot's 250 ms loop tick and 250 ms worker polling put it at 250 ms or more.
 
 // A benchmark reports an unexpected failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -102,11 +102,11 @@ fn main() {
             String::new()
         };
         let row = format!(
-            "| RunJob → COMPLETE, `true`, {saga_log} saga log{held} | {} | {} | {} | < 10 ms p50 | {} |",
+            "| RunJob → COMPLETE, `true`, {saga_log} saga log{held} | {} | {} | {} | ≤ 2.5 ms p50 | {} |",
             ms(p50),
             ms(percentile(&mut lat.complete, 0.99)),
             ms(percentile(&mut lat.running, 0.5)),
-            if p50 < Duration::from_millis(10) {
+            if p50 <= Duration::from_micros(2500) {
                 "met"
             } else {
                 "not met"

@@ -1,9 +1,9 @@
 //! Scheduler throughput and memory against real binaries (release build):
 //! * smoke-test-style jobs of simulated 100 ms tasks over 5 workers: tasks/s and the fraction of
-//!   worker time spent busy (goal ≥ 95 %, ../shared/DESIGN.md §6);
+//!   worker time spent busy (goal ≥ 98 %, issue #13; DESIGN.md §6 asked ≥ 95 %);
 //! * jobs of real `true` processes over 5 workers, against the machine's raw fork/exec rate of
-//!   `true` measured in the same run (the physical limit);
-//! * scheduler RSS with 100,000 queued tasks and no workers (goal < 500 MB).
+//!   `true` on both cores measured in the same run (the physical limit; goal ≥ 60 % of it);
+//! * scheduler RSS with 1,000,000 queued tasks and no workers (goal ≤ 1 GB).
 //!
 //! Run by `make bench`; under `cargo test` it runs tiny sizes to prove it still works.
 
@@ -69,7 +69,7 @@ fn rss_mb(pid: i32) -> f64 {
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (jobs, tasks) = if benchmarking { (10, 50) } else { (1, 5) };
-    let queued_jobs = if benchmarking { 100 } else { 2 };
+    let queued_jobs = if benchmarking { 1000 } else { 2 };
     let queued_tasks_per_job = if benchmarking { 1000 } else { 10 };
     let mut rows = Vec::new();
 
@@ -92,24 +92,37 @@ fn main() {
     });
     let busy = (n as f64 * 0.1) / (5.0 * took.as_secs_f64()) * 100.0;
     rows.push(format!(
-        "| {n} simulated 100 ms tasks, 5 workers | {:.1} tasks/s, workers {busy:.1} % busy | ideal 50 tasks/s; goal ≥ 95 % busy | {} |",
+        "| {n} simulated 100 ms tasks, 5 workers | {:.1} tasks/s, workers {busy:.1} % busy | ideal 50 tasks/s; goal ≥ 98 % busy | {} |",
         n as f64 / took.as_secs_f64(),
-        if busy >= 95.0 { "met" } else { "not met" }
+        if busy >= 98.0 { "met" } else { "not met" }
     ));
 
     let took = median_of_runs(|| run_jobs(&mut client, jobs, tasks, &["true"]));
     let spawn_count = if benchmarking { 500 } else { 10 };
+    // The machine's limit: `true` forked and executed on every core at once.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let spawning = median_of_runs(|| {
         let started = Instant::now();
-        for _ in 0..spawn_count {
-            std::process::Command::new("true").status().unwrap();
+        let spawners: Vec<_> = (0..cores)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..spawn_count {
+                        std::process::Command::new("true").status().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for spawner in spawners {
+            spawner.join().unwrap();
         }
         started.elapsed()
     });
-    let fork_exec = spawn_count as f64 / spawning.as_secs_f64();
+    let fork_exec = (cores * spawn_count) as f64 / spawning.as_secs_f64();
+    let rate = n as f64 / took.as_secs_f64();
     rows.push(format!(
-        "| {n} tasks of `true`, 5 workers | {:.0} tasks/s | fork/exec of `true` on this machine, one at a time: {fork_exec:.0}/s | |",
-        n as f64 / took.as_secs_f64()
+        "| {n} tasks of `true`, 5 workers | {rate:.0} tasks/s ({:.0} % of the limit) | fork/exec of `true` on this machine's {cores} cores at once: {fork_exec:.0}/s; goal ≥ 60 % of it | {} |",
+        rate / fork_exec * 100.0,
+        if rate >= 0.6 * fork_exec { "met" } else { "not met" }
     ));
     drop(client);
     drop(sched);
@@ -135,8 +148,8 @@ fn main() {
     assert_eq!(status.current_tasks as usize, queued);
     let after = rss_mb(idle.proc.pid().as_raw());
     rows.push(format!(
-        "| scheduler RSS, {queued} queued tasks ({queued_jobs} jobs) | {after:.0} MB (idle: {before:.0} MB) | goal < 500 MB | {} |",
-        if after < 500.0 { "met" } else { "not met" }
+        "| scheduler RSS, {queued} queued tasks ({queued_jobs} jobs) | {after:.0} MB (idle: {before:.0} MB) | goal ≤ 1 GB | {} |",
+        if after <= 1000.0 { "met" } else { "not met" }
     ));
 
     for row in &rows {

@@ -23,7 +23,7 @@ pub fn write_benchmark_section(title: &str, section: &str) {
                 .unwrap_or(existing.len());
             format!("{}{}{}", &existing[..start], section, &existing[end..])
         }
-        None => format!("{existing}{section}"),
+        None => format!("{}\n\n{section}", existing.trim_end()),
     };
     std::fs::write(&path, updated).unwrap();
 }

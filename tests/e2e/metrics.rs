@@ -149,6 +149,14 @@ fn every_server_counts_a_job_an_action_and_a_bundle_check() {
     assert_eq!(
         value(
             &sched,
+            "scoot_reapi_action_phase_seconds_count{phase=queued}"
+        ),
+        1.0,
+        "the time queued is a phase too"
+    );
+    assert_eq!(
+        value(
+            &sched,
             "scoot_reapi_action_cache_lookups_total{result=miss}"
         ),
         1.0

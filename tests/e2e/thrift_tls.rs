@@ -77,7 +77,7 @@ fn a_cluster_speaks_thrift_over_tls_when_asked() {
     .to_string();
     let watched = ok(scootcl(&over_tls, &["watch_job", &id, "--timeout", "60s"]));
     assert!(
-        watched.contains(&format!("Job {id}: COMPLETED")),
+        watched.contains(&format!("JobStatus({{ID:{id} Status:COMPLETED ")),
         "{watched}"
     );
     let status: Value =

@@ -189,7 +189,11 @@ impl Tracker {
     }
 
     /// Ends an execution with `result`: its streams get the final operation and end.
-    pub fn finish(&self, tracked: &Arc<Tracked>, result: OperationResult) {
+    pub fn finish(&self, tracked: &Arc<Tracked>, mut result: OperationResult) {
+        if let OperationResult::Response(response) = &mut result {
+            // Before the phases are recorded, so that the time queued is one of them.
+            stamp_queued(tracked, response);
+        }
         if let OperationResult::Response(response) = &result
             && !response.cached_result
             && let Some(metadata) = response
@@ -525,17 +529,21 @@ fn executing(tracked: &Tracked) -> Operation {
     )
 }
 
+/// Records when the execution was queued in its result's metadata, unless the worker did.
+fn stamp_queued(tracked: &Tracked, response: &mut v2::ExecuteResponse) {
+    if let (Some(queued_at), Some(result)) = (tracked.queued_at, response.result.as_mut()) {
+        result
+            .execution_metadata
+            .get_or_insert_with(Default::default)
+            .queued_timestamp
+            .get_or_insert(Timestamp::from(queued_at));
+    }
+}
+
 fn done_operation(tracked: &Tracked, result: OperationResult) -> Operation {
     let result = match result {
         OperationResult::Response(mut response) => {
-            if let (Some(queued_at), Some(result)) = (tracked.queued_at, response.result.as_mut()) {
-                let metadata = result
-                    .execution_metadata
-                    .get_or_insert_with(Default::default);
-                metadata
-                    .queued_timestamp
-                    .get_or_insert(Timestamp::from(queued_at));
-            }
+            stamp_queued(tracked, &mut response);
             operation::Result::Response(pack(
                 "build.bazel.remote.execution.v2.ExecuteResponse",
                 &*response,
