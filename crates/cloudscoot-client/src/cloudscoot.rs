@@ -1,19 +1,31 @@
 //! A CloudScoot client over one connection that is re-opened after any error, as Scoot's
 //! clients did; plaintext as Scoot's scheduler speaks, or TLS (`-thrift_tls`).
+//!
+//! Given several schedulers (`host:port,host:port`, or a name with several addresses), it
+//! follows the leader: a scheduler it cannot connect to is skipped for the next, and a standby's
+//! refusal ([`NotLeading`]) sends the call to the leader it names, or, when none leads yet, again
+//! after a pause, for at most [`FOLLOW_TIMEOUT`]. Both mean the call was not run, so it is never
+//! sent twice; a call that failed after it was sent is reported, not retried.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
 use scoot_thrift::client::{InputProtocol, OutputProtocol, connect};
+use scoot_thrift::not_leading::NotLeading;
 use scoot_thrift::scoot::{self, CloudScootSyncClient, TCloudScootSyncClient};
 
 type Connection = CloudScootSyncClient<InputProtocol, OutputProtocol>;
 
 /// Scoot's client timeout for connecting and for each call.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a call looks for the leader among the schedulers: a standby takes over a dead
+/// leader's lease within about 7 s (the default lease and a sixth of it).
+pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause before asking again when no scheduler leads, or none could be reached.
+const FOLLOW_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,16 +47,30 @@ pub enum ClientError {
 }
 
 pub struct Client {
+    /// The schedulers this client was given, in order.
+    addrs: Vec<String>,
+    /// The one it talks to: one of `addrs`, or a leader a standby named.
     addr: String,
     tls: Option<Arc<ClientConfig>>,
     conn: Option<Connection>,
 }
 
 impl Client {
-    /// A plaintext client of the scheduler at `addr`; it connects at its first call.
-    pub fn new(addr: &str) -> Client {
+    /// A plaintext client of the scheduler at `addrs` (one `host:port`, or several separated by
+    /// commas); it connects at its first call.
+    pub fn new(addrs: &str) -> Client {
+        let mut list: Vec<String> = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        if list.is_empty() {
+            list.push(addrs.to_string());
+        }
         Client {
-            addr: addr.to_string(),
+            addr: list[0].clone(),
+            addrs: list,
             tls: None,
             conn: None,
         }
@@ -56,13 +82,70 @@ impl Client {
         self
     }
 
+    /// The scheduler it talks to now.
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
+    /// `rpc` on the leading scheduler, following standbys' refusals and skipping schedulers that
+    /// cannot be reached (see the module's documentation).
     fn call<T>(
         &mut self,
-        rpc: impl FnOnce(&mut Connection) -> thrift::Result<T>,
+        mut rpc: impl FnMut(&mut Connection) -> thrift::Result<T>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + FOLLOW_TIMEOUT;
+        // Schedulers of `addrs` that could not be reached since one last answered.
+        let mut unreachable = 0usize;
+        loop {
+            let error = match self.call_once(&mut rpc) {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let next = match &error {
+                // Another scheduler may lead: one of the others given, or, after a leader that
+                // a standby named, the first given.
+                ClientError::Connect { .. }
+                    if self.addrs.len() > 1 || !self.addrs.contains(&self.addr) =>
+                {
+                    unreachable += 1;
+                    let at = self.addrs.iter().position(|a| *a == self.addr);
+                    let next = at.map_or(0, |i| (i + 1) % self.addrs.len());
+                    let pause = unreachable
+                        .is_multiple_of(self.addrs.len())
+                        .then_some(FOLLOW_PAUSE);
+                    (self.addrs[next].clone(), pause)
+                }
+                ClientError::Refused(message) => match NotLeading::parse(message) {
+                    Some(NotLeading::Standby(Some(leader))) if leader != self.addr => {
+                        unreachable = 0;
+                        (leader.to_string(), None)
+                    }
+                    Some(_) => {
+                        unreachable = 0;
+                        (self.addr.clone(), Some(FOLLOW_PAUSE))
+                    }
+                    None => return Err(error),
+                },
+                _ => return Err(error),
+            };
+            let (addr, pause) = next;
+            if Instant::now() + pause.unwrap_or_default() >= deadline {
+                return Err(error);
+            }
+            tracing::info!(from = %self.addr, to = %addr, reason = %error, "looking for the leading scheduler");
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
+            if addr != self.addr {
+                self.conn = None;
+                self.addr = addr;
+            }
+        }
+    }
+
+    fn call_once<T>(
+        &mut self,
+        rpc: &mut impl FnMut(&mut Connection) -> thrift::Result<T>,
     ) -> Result<T, ClientError> {
         let fresh_plaintext = self.conn.is_none() && self.tls.is_none();
         let conn = match &mut self.conn {
@@ -102,7 +185,7 @@ impl Client {
     }
 
     pub fn run_job(&mut self, def: scoot::JobDefinition) -> Result<String, ClientError> {
-        self.call(|c| c.run_job(def)).map(|id| id.id)
+        self.call(|c| c.run_job(def.clone())).map(|id| id.id)
     }
 
     pub fn get_status(&mut self, job_id: &str) -> Result<scoot::JobStatus, ClientError> {
@@ -115,12 +198,12 @@ impl Client {
 
     pub fn offline_worker(&mut self, node: &str, requestor: &str) -> Result<(), ClientError> {
         let req = scoot::OfflineWorkerReq::new(node.to_string(), requestor.to_string());
-        self.call(|c| c.offline_worker(req))
+        self.call(|c| c.offline_worker(req.clone()))
     }
 
     pub fn reinstate_worker(&mut self, node: &str, requestor: &str) -> Result<(), ClientError> {
         let req = scoot::ReinstateWorkerReq::new(node.to_string(), requestor.to_string());
-        self.call(|c| c.reinstate_worker(req))
+        self.call(|c| c.reinstate_worker(req.clone()))
     }
 
     pub fn get_scheduler_status(&mut self) -> Result<scoot::SchedulerStatus, ClientError> {
@@ -136,7 +219,7 @@ impl Client {
     }
 
     pub fn set_class_load_percents(&mut self, p: BTreeMap<String, i32>) -> Result<(), ClientError> {
-        self.call(|c| c.set_class_load_percents(p))
+        self.call(|c| c.set_class_load_percents(p.clone()))
     }
 
     pub fn get_requestor_to_class_map(&mut self) -> Result<BTreeMap<String, String>, ClientError> {
@@ -147,7 +230,7 @@ impl Client {
         &mut self,
         m: BTreeMap<String, String>,
     ) -> Result<(), ClientError> {
-        self.call(|c| c.set_requestor_to_class_map(m))
+        self.call(|c| c.set_requestor_to_class_map(m.clone()))
     }
 
     pub fn get_rebalance_minimum_duration(&mut self) -> Result<i32, ClientError> {

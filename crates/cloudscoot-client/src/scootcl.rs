@@ -21,7 +21,9 @@ use crate::{addr, goformat, jobdef};
     about = "Client for the Scoot scheduler's CloudScoot API"
 )]
 pub struct Cli {
-    /// Scheduler address (default: first line of ~/.cloudscootaddr$SCOOT_ID, else localhost:9090).
+    /// Scheduler address (default: first line of ~/.cloudscootaddr$SCOOT_ID, else localhost:9090);
+    /// several, separated by commas, for schedulers on one PostgreSQL saga log: the call goes
+    /// to whichever leads.
     #[arg(long, global = true)]
     pub addr: Option<String>,
     /// trace, debug, info, warn or error.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use scoot_saga_postgres::{Candidate, Holder, PostgresSagaLog};
+use scoot_thrift::not_leading::NotLeading;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,25 +55,17 @@ impl Leadership {
 
     /// Why this scheduler does not serve `api` now, naming where to go; `None` when it leads.
     pub fn refusal(&self, api: Api) -> Option<String> {
-        match &*self.0.borrow() {
-            Role::Leading => None,
-            Role::Starting => Some(
-                "this scheduler has just become the leader and is recovering jobs; retry shortly"
-                    .into(),
-            ),
-            Role::Standby(None) => {
-                Some("this scheduler is a standby and no scheduler leads yet; retry shortly".into())
-            }
-            Role::Standby(Some(holder)) => {
-                let addr = match api {
-                    Api::CloudScoot | Api::Http => &holder.thrift_addr,
-                    Api::Reapi => &holder.grpc_addr,
-                };
-                Some(format!(
-                    "this scheduler is a standby; the leader is at {addr}; retry there"
-                ))
-            }
-        }
+        let refusal = match &*self.0.borrow() {
+            Role::Leading => return None,
+            Role::Starting => NotLeading::Starting.message(),
+            Role::Standby(None) => NotLeading::Standby(None).message(),
+            Role::Standby(Some(holder)) => NotLeading::Standby(Some(match api {
+                Api::CloudScoot | Api::Http => holder.thrift_addr.as_str(),
+                Api::Reapi => holder.grpc_addr.as_str(),
+            }))
+            .message(),
+        };
+        Some(refusal)
     }
 }
 

@@ -6,6 +6,7 @@
 //! * [`server`]: hosts a generated (synchronous) processor on a tokio listener; `framing` finds
 //!   where each unframed request ends.
 //! * [`client`]: connects a generated client the way Scoot's clients do.
+//! * [`not_leading`]: the refusal of a scheduler that does not lead, which clients follow.
 //! * [`tjson`]: reads Thrift's JSON protocol, in which Go Scoot stored task results.
 //!
 //! Wire rules (Scoot's): TBinaryProtocol, strict write and lenient read, over raw unframed TCP.
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod convert;
 mod framing;
 pub mod gate;
+pub mod not_leading;
 pub mod server;
 pub mod tjson;
 
