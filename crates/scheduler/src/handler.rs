@@ -2,7 +2,9 @@
 //!
 //! Like Scoot, most failures go out as a TApplicationException INTERNAL_ERROR reading
 //! "Internal error processing <Method>: <message>"; GetStatus reports saga-log trouble as the
-//! declared ScootServerError.
+//! declared ScootServerError, and RunJob as the declared CanNotScheduleNow: nothing of the job
+//! was recorded, and the same job may be sent again (while the database of a PostgreSQL saga log
+//! restarts, say).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +36,9 @@ impl CloudScootHandler {
     }
 }
 
+/// When a client may send a job again that the saga log could not take.
+const RUN_JOB_RETRY_AFTER_MS: i64 = 1000;
+
 fn internal(method: &str, message: &str) -> thrift::Error {
     tracing::info!(method, error = message, "request failed");
     thrift::Error::Application(ApplicationError::new(
@@ -46,8 +51,16 @@ impl scoot::CloudScootSyncHandler for CloudScootHandler {
     fn handle_run_job(&self, job: scoot::JobDefinition) -> thrift::Result<scoot::JobId> {
         let def = wire::job_definition_from_wire(job);
         job::validate(&def).map_err(|e| internal("RunJob", &e.0))?;
-        let id = self.block_on("RunJob", self.api.run_job(def))?;
-        Ok(scoot::JobId::new(id))
+        match self.runtime.block_on(self.api.run_job(def)) {
+            Ok(id) => Ok(scoot::JobId::new(id)),
+            Err(ApiError::SagaLog(message)) => {
+                tracing::warn!(error = %message, "RunJob: the saga log cannot take jobs now");
+                Err(thrift::Error::User(Box::new(
+                    scoot::CanNotScheduleNow::new(RUN_JOB_RETRY_AFTER_MS),
+                )))
+            }
+            Err(err) => Err(internal("RunJob", &err.to_string())),
+        }
     }
 
     fn handle_get_status(&self, job_id: String) -> thrift::Result<scoot::JobStatus> {

@@ -148,13 +148,26 @@ fn failed(attempt: &TaskAttempt, error: String) -> RunStatus {
 
 async fn record_end(attempt: &TaskAttempt, status: &RunStatus) -> Result<(), String> {
     let data = wire::run_status_to_saga(status);
+    write_with_retries("EndTask", || {
+        attempt.saga.end_task(&attempt.task_id, data.clone())
+    })
+    .await
+}
+
+/// A saga write, tried for about [`RPC_RETRY_WINDOW`]: the log's database may be restarting, and
+/// a task must not fail, nor its result be lost, for that.
+async fn write_with_retries<F, Fut>(what: &str, mut write: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), scoot_saga::SagaError>>,
+{
     let mut last_error = String::new();
     for _ in 0..10 {
-        match attempt.saga.end_task(&attempt.task_id, data.clone()).await {
+        match write().await {
             Ok(()) => return Ok(()),
             Err(err) => {
                 last_error = err.to_string();
-                tracing::warn!(error = %last_error, "cannot log EndTask, retrying");
+                tracing::warn!(error = %last_error, "cannot log {what}, retrying");
                 tokio::time::sleep(RPC_RETRY_INTERVAL).await;
             }
         }
@@ -169,9 +182,7 @@ async fn execute(attempt: &TaskAttempt) -> Outcome {
     let start_logged = {
         let (saga, task_id) = (attempt.saga.clone(), attempt.task_id.clone());
         tokio::spawn(async move {
-            saga.start_task(&task_id, Vec::new())
-                .await
-                .map_err(|e| e.to_string())
+            write_with_retries("StartTask", || saga.start_task(task_id.clone(), Vec::new())).await
         })
     };
     let timeout = attempt.cmd.timeout.unwrap_or(Duration::from_secs(30 * 60));
