@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{ApiServer, DEADLINE, LocalCluster, Proc, repo_root};
+use crate::support::{ApiServer, DEADLINE, LocalCluster, Proc, http_get, poll, repo_root};
 
 /// How long one Bazel command may take before it is killed and the test fails.
 pub(crate) const BAZEL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -664,8 +664,12 @@ fn finished_operations(runtime: &tokio::runtime::Runtime, grpc: &str) -> Option<
     })
 }
 
+/// Bazel against a `local.ha` cluster (two schedulers on PostgreSQL, three apiservers holding
+/// every blob and cached result twice): one apiserver SIGKILLed mid-build, then the leading
+/// scheduler SIGKILLed; the rebuild after a clean, through the scheduler that took over, is
+/// all cache hits.
 #[test]
-fn bazel_2_1_builds_on_a_sharded_cas_with_an_apiserver_killed_mid_build() {
+fn bazel_2_1_builds_on_a_highly_available_cluster_through_an_apiserver_and_a_scheduler_death() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     let bin = bazel_binary();
@@ -679,8 +683,7 @@ fn bazel_2_1_builds_on_a_sharded_cas_with_an_apiserver_killed_mid_build() {
     let local = outputs_under(&workspace, &["bazel-bin"]);
     bazel.run("clean", &["clean"]);
 
-    // Three apiservers, each blob and cached result on two of them.
-    let cluster = LocalCluster::start_with(1100, &["--cas_replicas", "2"]);
+    let mut cluster = LocalCluster::start_ha(1100);
     let grpc = cluster.grpc_addr();
     let victim_grpc = format!("localhost:{}", 12100 + 1100 + 1);
     let remote = format!("--remote_executor=grpc://{grpc}");
@@ -735,13 +738,40 @@ fn bazel_2_1_builds_on_a_sharded_cas_with_an_apiserver_killed_mid_build() {
     assert!(pid_with_flag("-grpc_addr", &victim_grpc).is_none());
     assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
 
-    // With the apiserver still dead, a rebuild after a clean is all cache hits.
+    // The leading scheduler dies too; the standby takes over, and with the apiserver still
+    // dead a rebuild after a clean is all cache hits.
+    let leader_thrift = format!("localhost:{}", 9090 + cluster.offset);
+    let leader = pid_with_flag("-thrift_addr", &leader_thrift).expect("the leader is running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let standby = cluster.standby_grpc_addr();
+    poll("the standby to lead", || {
+        let health = http_get(9096 + cluster.offset, "/health", &[]);
+        (health.status == 200).then_some(())
+    });
     bazel.run("clean", &["clean"]);
-    let output = bazel.run("sharded-rebuild", &args);
-    assert_all_remote_cache_hits("sharded-rebuild", &output);
+    let remote = format!("--remote_executor=grpc://{standby}");
+    let args = [
+        "build",
+        "--color=no",
+        "--curses=no",
+        remote.as_str(),
+        "--jobs=4",
+        "//...",
+    ];
+    let output = bazel.run("failover-rebuild", &args);
+    assert_all_remote_cache_hits("failover-rebuild", &output);
     assert_same_outputs(&local, &outputs_under(&workspace, &["bazel-bin"]));
+    assert!(
+        cluster.proc.child.try_wait().unwrap().is_none(),
+        "setup-cloud-scoot ended"
+    );
     eprintln!(
-        "bazel: {} actions remote on a sharded CAS, an apiserver killed after {killed_after}",
+        "bazel: {} actions remote on a local.ha cluster, an apiserver killed after \
+         {killed_after}, then the leading scheduler",
         built.total
     );
 }

@@ -65,6 +65,65 @@ fn setup_cloud_scoot_runs_the_smoke_test_with_both_strategies() {
     }
 }
 
+/// `local.ha`: the smoke test through two schedulers on a private PostgreSQL server (scootcl
+/// finds the leader among both addresses in ~/.cloudscootaddr); afterwards nothing of the
+/// cluster, the database server included, is left running.
+#[test]
+fn setup_cloud_scoot_runs_the_smoke_test_on_a_highly_available_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = in_sandbox("setup-cloud-scoot", dir.path());
+    cmd.args([
+        "--strategy",
+        "local.ha",
+        "--port_offset",
+        "1300",
+        "--keep_logs",
+    ])
+    .args([
+        "run",
+        "scootcl",
+        "smoketest",
+        "--num_jobs",
+        "10",
+        "--timeout",
+        "120s",
+    ]);
+    let output = run_to_end(
+        cmd,
+        "setup-cloud-scoot --strategy local.ha run scootcl smoketest",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let addrs = std::fs::read_to_string(dir.path().join(".cloudscootaddr")).unwrap();
+    assert_eq!(
+        addrs.lines().next(),
+        Some("localhost:10390,localhost:10395")
+    );
+    let logs = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("logs in ")
+                .map(|(_, path)| path.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no state directory in the output:\n{stderr}"));
+    let state = Path::new(&logs).parent().unwrap().to_path_buf();
+    let schedulers = ["scheduler", "scheduler-1"].map(|name| {
+        std::fs::read_to_string(state.join("logs").join(format!("{name}.log"))).unwrap()
+    });
+    assert!(schedulers[0].contains("leading"), "{}", schedulers[0]);
+    assert!(schedulers[1].contains("standby"), "{}", schedulers[1]);
+    let database = state.join("postgres");
+    assert!(database.join("data/PG_VERSION").is_file());
+    let still_running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&*state.to_string_lossy()))
+        .collect();
+    assert!(still_running.is_empty(), "left running: {still_running:?}");
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
 #[test]
 fn run_exits_with_the_commands_exit_code() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! (`scoot_local_cluster::postgres`), stopped when the test ends, however it ends.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -188,8 +189,145 @@ fn a_leader_stopped_past_its_lease_is_fenced_and_steps_down() {
     let log = std::fs::read_to_string(leader.log_path()).unwrap();
     assert!(log.contains("stepped down"), "{log}");
     assert!(
-        log.contains("another scheduler took the lease") || log.contains("saga write refused"),
+        log.contains("another scheduler took the lease")
+            || log.contains("a saga write was refused"),
         "{log}"
     );
     all_complete_with_their_results(&mut standby.client(), &ids);
+}
+
+/// What one RunJob attempt came to.
+enum Submitted {
+    Accepted(String),
+    /// CanNotScheduleNow: nothing recorded, send again later.
+    Paused,
+}
+
+fn submit_one(client: &mut CloudScoot, index: usize) -> Submitted {
+    let complete = format!("complete {}", index % 50);
+    let def = job(vec![task("t", &["#! sim execer", "sleep 50", &complete])]);
+    match client.0.run_job(def) {
+        Ok(id) => Submitted::Accepted(id.id),
+        Err(thrift::Error::User(e)) if e.downcast_ref::<scoot::CanNotScheduleNow>().is_some() => {
+            Submitted::Paused
+        }
+        Err(err) => panic!("RunJob {index} failed with an error that is not retryable: {err:?}"),
+    }
+}
+
+#[test]
+fn a_database_restart_under_load_pauses_admissions_and_loses_nothing() {
+    let (mut db, url) = database();
+    let workers: Vec<Worker> = (0..2).map(|_| Worker::start(&[])).collect();
+    let refs: Vec<&Worker> = workers.iter().collect();
+    let mut sched =
+        Scheduler::start_on_postgres(&refs, &url, json!({"MaxJobsPerRequestor": 10000}));
+    sched.wait_leading();
+
+    // Jobs go in one after another while the database stops and starts again; the indexes of
+    // the accepted ones say which exit code each must report.
+    let restarted = AtomicBool::new(false);
+    let accepted_before = AtomicUsize::new(0);
+    let (accepted, paused) = std::thread::scope(|scope| {
+        let submitter = scope.spawn(|| {
+            let mut client = sched.client();
+            let (mut accepted, mut paused) = (Vec::new(), 0);
+            let mut accepted_after_restart = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for index in 0..5000 {
+                assert!(Instant::now() < deadline, "admissions did not resume");
+                match submit_one(&mut client, index) {
+                    Submitted::Accepted(id) => {
+                        accepted.push((index, id));
+                        if restarted.load(Ordering::SeqCst) {
+                            accepted_after_restart += 1;
+                        } else {
+                            accepted_before.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Submitted::Paused => {
+                        paused += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                if accepted_after_restart == 20 {
+                    return (accepted, paused);
+                }
+            }
+            panic!("5000 submissions without 20 accepted after the restart");
+        });
+        poll("20 jobs accepted before the restart", || {
+            assert!(!submitter.is_finished(), "the submitter ended early");
+            (accepted_before.load(Ordering::SeqCst) >= 20).then_some(())
+        });
+        db.restart().unwrap();
+        restarted.store(true, Ordering::SeqCst);
+        submitter.join().unwrap()
+    });
+
+    assert!(
+        paused > 0,
+        "no RunJob was refused while the database was down"
+    );
+    sched.proc.assert_running();
+    let mut client = sched.client();
+    for (index, id) in &accepted {
+        let status = wait_job(&mut client, id);
+        let data = task_data(&status, "t");
+        assert_eq!(
+            (data.status, data.exit_code),
+            (scoot::RunStatusState::COMPLETE, Some((index % 50) as i32)),
+            "{id}"
+        );
+    }
+}
+
+/// `scootcl --addr A,B ...`: its output when it succeeded, else a failure naming its stderr.
+fn scootcl_on(addrs: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_scootcl"))
+        .arg("--addr")
+        .arg(addrs)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "scootcl --addr {addrs} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn scootcl_given_several_schedulers_follows_the_leader_across_a_failover() {
+    let (_db, url) = database();
+    let worker = Worker::start(&[]);
+    let (leader, mut standby) = leader_and_standby(&url, &[&worker]);
+    let leader_addr = format!("127.0.0.1:{}", leader.thrift_port);
+    let standby_addr = format!("127.0.0.1:{}", standby.thrift_port);
+    poll("the standby to know the leader", || {
+        let health = http_get(standby.http_port, "/health", &[]);
+        health.text().contains(&leader_addr).then_some(())
+    });
+
+    // The standby first: it refuses, naming the leader, and the job goes there. Given the
+    // standby alone, scootcl follows the leader it names.
+    let first = scootcl_on(
+        &format!("{standby_addr},{leader_addr}"),
+        &["run_job", "true"],
+    );
+    let status = scootcl_on(&standby_addr, &["get_job_status", &first]);
+    assert!(status.contains(&first), "{status}");
+
+    // The leader dies; the next call waits out the takeover, skipping the dead address.
+    let Scheduler { mut proc, .. } = leader;
+    killpg(proc.pid(), Signal::SIGKILL).unwrap();
+    let _ = proc.child.wait();
+    let both = format!("{leader_addr},{standby_addr}");
+    let second = scootcl_on(&both, &["run_job", "true"]);
+    standby.wait_leading();
+    for id in [&first, &second] {
+        let watched = scootcl_on(&both, &["watch_job", id, "--timeout", "60s"]);
+        assert!(watched.contains("COMPLETED"), "{watched}");
+    }
 }

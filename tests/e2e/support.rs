@@ -745,9 +745,10 @@ pub fn http_request(
     parse_http_response(&raw)
 }
 
-/// A `setup-cloud-scoot --strategy local.local` cluster at a port offset, in a directory that is
-/// also its HOME. Dropping it stops it with SIGTERM (its children live in process groups of
-/// their own, so only setup-cloud-scoot can take them down) and waits for it.
+/// A `setup-cloud-scoot` cluster (`--strategy local.local` unless started with
+/// [`LocalCluster::start_ha`]) at a port offset, in a directory that is also its HOME. Dropping
+/// it stops it with SIGTERM (its children live in process groups of their own, so only
+/// setup-cloud-scoot can take them down) and waits for it.
 pub struct LocalCluster {
     pub proc: Proc,
     pub offset: u16,
@@ -761,19 +762,30 @@ impl LocalCluster {
 
     /// A cluster started with more `setup-cloud-scoot` flags.
     pub fn start_with(offset: u16, flags: &[&str]) -> LocalCluster {
+        // The scheduler starts last and opens its gRPC port last.
+        LocalCluster::launch(offset, "local.local", flags, 9099 + offset)
+    }
+
+    /// A `local.ha` cluster: PostgreSQL, two schedulers (the first leads), three apiservers
+    /// sharing the CAS with two replicas.
+    pub fn start_ha(offset: u16) -> LocalCluster {
+        // The second scheduler starts once the first leads, and opens its gRPC port last.
+        LocalCluster::launch(offset, "local.ha", &[], 9097 + offset)
+    }
+
+    fn launch(offset: u16, strategy: &str, flags: &[&str], last_port: u16) -> LocalCluster {
         let home = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_setup-cloud-scoot"));
         cmd.current_dir(home.path())
             .env("HOME", home.path())
             .env_remove("SCOOT_ID")
-            .args(["--strategy", "local.local", "--port_offset"])
+            .args(["--strategy", strategy, "--port_offset"])
             .arg(offset.to_string())
             .args(flags)
             .stdout(Stdio::null())
             .stderr(log_file(&format!("setup-cloud-scoot-{offset}")));
         let mut proc = Proc::spawn("setup-cloud-scoot", cmd);
-        // The scheduler starts last and opens its gRPC port last.
-        proc.wait_for_port(9099 + offset);
+        proc.wait_for_port(last_port);
         LocalCluster {
             proc,
             offset,
@@ -781,9 +793,14 @@ impl LocalCluster {
         }
     }
 
-    /// The scheduler's Remote Execution API address.
+    /// The (first) scheduler's Remote Execution API address.
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", 9099 + self.offset)
+    }
+
+    /// The second scheduler's of a `local.ha` cluster.
+    pub fn standby_grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", 9097 + self.offset)
     }
 
     /// The first apiserver's gRPC (CAS) address.

@@ -29,12 +29,15 @@ const COMMAND_STOP_GRACE: Duration = Duration::from_secs(5);
     after_help = "Without arguments the cluster runs until SIGINT or SIGTERM. With `run CMD \
                   [ARGS...]`, CMD runs once the cluster is up (everything after CMD is its own), \
                   then the cluster is torn down and CMD's exit code is returned.\n\nPorts: \
-                  scheduler thrift 9090, http 9091; worker i http 10100+2i, thrift 10101+2i; \
+                  scheduler thrift 9090, http 9091, grpc 9099 (local.ha's second: 9095, 9096, \
+                  9097); worker i http 10100+2i, thrift 10101+2i; \
                   apiserver i http 11100+i, grpc 12100+i; all shifted by --port_offset."
 )]
 pub struct Cli {
-    /// Scheduler configuration: local.memory (jobs in memory) or local.local (jobs in
-    /// .scootdata/filesagalog under the current directory, recovered on the next start).
+    /// Scheduler configuration: local.memory (jobs in memory), local.local (jobs in
+    /// .scootdata/filesagalog under the current directory, recovered on the next start) or
+    /// local.ha (jobs in a private PostgreSQL server, two schedulers of which one leads, the
+    /// CAS sharded over the apiservers with two replicas unless --cas_replicas is given).
     #[arg(long, default_value = "local.memory", value_parser = parse_strategy)]
     pub strategy: Strategy,
     /// How the apiservers are run (only `local`).

@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::child::{ChildExit, ChildStatus, Launch, Role, Supervised, port_open};
 use crate::error::ClusterError;
+use crate::postgres::{self, PrivateCluster};
 use crate::procs::Tracker;
-use crate::spec::{self, ClusterSpec, PortLayout};
+use crate::spec::{self, ClusterSpec, PortLayout, Strategy};
 
 pub const APISERVER_BIN: &str = "apiserver";
 pub const WORKERSERVER_BIN: &str = "workerserver";
@@ -22,6 +23,10 @@ pub const SCHEDULER_BIN: &str = "scheduler";
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// After SIGKILL, how long to wait for the children to be reaped before giving up on them.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `local.ha` cluster's first scheduler may take to lead once its ports are open.
+const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replicas of each blob in a `local.ha` cluster unless the spec says otherwise.
+const HA_CAS_REPLICAS: usize = 2;
 
 /// A process of the cluster, for callers that want to check on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +62,9 @@ impl Binaries {
 }
 
 /// A running local cluster: `apiserver`s (when that binary exists), `workerserver`s and a
-/// `scheduler`, each in its own process group with its output in `<state dir>/logs/<name>.log`.
+/// `scheduler`, each in its own process group with its output in `<state dir>/logs/<name>.log`;
+/// for `local.ha`, also a private PostgreSQL server in `<state dir>/postgres` and a second
+/// scheduler (`scheduler-1`) standing by.
 ///
 /// Call [`Cluster::shutdown`] to stop it. Dropping a cluster that was not shut down SIGKILLs
 /// its processes without waiting for them.
@@ -73,6 +80,8 @@ pub struct Cluster {
     exits_rx: mpsc::UnboundedReceiver<usize>,
     tracker: Arc<Tracker>,
     scanner: Option<JoinHandle<()>>,
+    /// The saga log's database of a `local.ha` cluster, stopped after the schedulers.
+    database: Option<PrivateCluster>,
     stopped: bool,
 }
 
@@ -88,9 +97,12 @@ impl Cluster {
     /// `cancel` is polled before anything else, so a signal future given here is listening
     /// before the first child exists.
     pub async fn start_or_cancel(
-        spec: ClusterSpec,
+        mut spec: ClusterSpec,
         cancel: impl Future<Output = ()>,
     ) -> Result<Cluster, ClusterError> {
+        if spec.strategy == Strategy::LocalHa && spec.cas_replicas.is_none() {
+            spec.cas_replicas = Some(HA_CAS_REPLICAS);
+        }
         let mut cancel = std::pin::pin!(cancel);
         let (binaries, layout) = tokio::select! {
             biased;
@@ -126,6 +138,7 @@ impl Cluster {
             exits_rx,
             tracker,
             scanner: Some(scanner),
+            database: None,
             stopped: false,
         };
         let outcome = tokio::select! {
@@ -286,8 +299,12 @@ impl Cluster {
                 source,
             },
         )?;
-        let config = spec::scheduler_config(self.spec.strategy, &workers_file)?;
-        let ports = self.layout.scheduler;
+        let database = match self.spec.strategy {
+            Strategy::LocalHa => Some(self.start_database().await?),
+            Strategy::LocalLocal | Strategy::LocalMemory => None,
+        };
+        let config =
+            spec::scheduler_config(self.spec.strategy, &workers_file, database.as_deref())?;
         let cas: Vec<String> = match shards {
             Some(flags) => flags,
             None => {
@@ -303,11 +320,9 @@ impl Cluster {
                 flags
             }
         };
-        let scheduler = self.spawn(Launch {
-            name: "scheduler".into(),
-            role: Role::Scheduler,
-            program: binaries.scheduler.clone(),
-            args: vec![
+        let schedulers: Vec<_> = self.layout.schedulers().collect();
+        for (i, ports) in schedulers.into_iter().enumerate() {
+            let mut args: Vec<String> = vec![
                 "-thrift_addr".into(),
                 spec::local_addr(ports.thrift),
                 "-http_addr".into(),
@@ -315,31 +330,101 @@ impl Cluster {
                 "-grpc_addr".into(),
                 spec::local_addr(ports.grpc),
                 "-log_level".into(),
-                level,
+                level.clone(),
                 "-config".into(),
-                config,
-            ]
-            .into_iter()
-            .chain(cas)
-            .chain(self.spec.security.iter().flat_map(|s| {
+                config.clone(),
+            ];
+            if database.is_some() {
+                // A standby names the leader as `localhost:<port>`, the name TLS certificates
+                // of a local cluster are for.
+                args.extend(["-advertise_host".into(), "localhost".into()]);
+            }
+            args.extend(cas.iter().cloned());
+            args.extend(self.spec.security.iter().flat_map(|s| {
                 let mut flags = s.tls_flags();
                 flags.extend(s.token_server_flags());
                 flags.extend(s.member_flags());
                 flags
-            }))
-            .collect(),
-            env: Vec::new(),
-            log: PathBuf::new(),
-        })?;
-        self.children[scheduler]
-            .wait_ready(&[ports.thrift, ports.http, ports.grpc], timeout)
-            .await?;
+            }));
+            let scheduler = self.spawn(Launch {
+                name: scheduler_name(i),
+                role: Role::Scheduler,
+                program: binaries.scheduler.clone(),
+                args,
+                env: Vec::new(),
+                log: PathBuf::new(),
+            })?;
+            self.children[scheduler]
+                .wait_ready(&[ports.thrift, ports.http, ports.grpc], timeout)
+                .await?;
+            // The first scheduler on the database leads before the second starts, so that
+            // which one leads is known.
+            if i == 0 && database.is_some() {
+                self.wait_leading(ports.http).await?;
+            }
+        }
 
         // A child that was ready but has died since is a failed start too.
         if let Some(dead) = self.children.iter().find(|c| !c.is_running()) {
             return Err(ClusterError::ExitedDuringStartup(dead.exit_report()));
         }
         Ok(())
+    }
+
+    /// Starts the private PostgreSQL server of a `local.ha` cluster in `<state dir>/postgres`
+    /// with an empty database `scoot`; returns its URL.
+    async fn start_database(&mut self) -> Result<String, ClusterError> {
+        let dir = self.state_path.join("postgres");
+        let started = tokio::task::spawn_blocking(move || {
+            let server = PrivateCluster::start(postgres::Options {
+                dir: Some(dir),
+                ..postgres::Options::default()
+            })?;
+            server.create_database("scoot")?;
+            Ok(server)
+        })
+        .await
+        .map_err(|e| {
+            ClusterError::Database(postgres::PostgresError::Io {
+                what: "starting PostgreSQL".into(),
+                source: std::io::Error::other(e),
+            })
+        })?
+        .map_err(ClusterError::Database)?;
+        let url = started.url("scoot");
+        tracing::info!(%url, "saga log database up");
+        self.database = Some(started);
+        Ok(url)
+    }
+
+    /// Waits until the scheduler serving HTTP on `http_port` leads (its `/health` answers 200).
+    async fn wait_leading(&self, http_port: u16) -> Result<(), ClusterError> {
+        let tls = match &self.spec.security {
+            Some(security) => Some(
+                scoot_security::ClientTls::new(&security.ca, None)
+                    .map_err(|e| ClusterError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/health", spec::local_addr(http_port));
+        let client = scoot_security::http_client(tls.as_ref())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClusterError::Tls(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + LEAD_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ClusterError::NoLeader {
+            waited: LEAD_TIMEOUT,
+            log: self.log_path("scheduler"),
+        })
     }
 
     /// Starts a child (its log path is derived from its name); returns its index.
@@ -362,6 +447,17 @@ impl Cluster {
                     let Some(child) = self.children.get(index) else {
                         continue;
                     };
+                    if child.role == Role::Scheduler
+                        && self
+                            .children
+                            .iter()
+                            .any(|c| c.role == Role::Scheduler && c.is_running())
+                    {
+                        let exit = child.exit_report();
+                        tracing::warn!(scheduler = %exit.name, status = %exit.status,
+                            "a scheduler ended; another one leads once the lease runs out");
+                        continue;
+                    }
                     if child.role == Role::ApiServer
                         && let Some(replicas) = self.spec.cas_replicas
                     {
@@ -453,6 +549,9 @@ impl Cluster {
         }
         // Anything the children started between the last look and their end.
         self.kill_leftovers().await;
+        if let Some(mut database) = self.database.take() {
+            let _ = tokio::task::spawn_blocking(move || database.stop()).await;
+        }
         self.stopped = true;
 
         if let Some(state) = self.state.take() {
@@ -486,9 +585,15 @@ impl Cluster {
         }
     }
 
-    /// The scheduler's CloudScoot Thrift address, `localhost:<port>`.
+    /// The scheduler's CloudScoot Thrift address, `localhost:<port>`; in a `local.ha` cluster,
+    /// both schedulers', separated by a comma (the first leads at the start), which Scoot's
+    /// clients here follow to whichever leads.
     pub fn scheduler_addr(&self) -> String {
-        spec::local_addr(self.layout.scheduler.thrift)
+        self.layout
+            .schedulers()
+            .map(|s| spec::local_addr(s.thrift))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn scheduler_http_addr(&self) -> String {
@@ -622,9 +727,20 @@ async fn prepare(spec: &ClusterSpec) -> Result<(Binaries, PortLayout), ClusterEr
             apiservers,
         });
     }
-    let layout = PortLayout::new(spec.port_offset, spec.workers, apiservers)?;
+    let mut layout = PortLayout::new(spec.port_offset, spec.workers, apiservers)?;
+    if spec.strategy == Strategy::LocalHa {
+        layout = layout.with_standby(spec.port_offset)?;
+    }
     ensure_ports_free(&layout).await?;
     Ok((binaries, layout))
+}
+
+/// `scheduler`, then `scheduler-1` for a `local.ha` cluster's second.
+fn scheduler_name(index: usize) -> String {
+    match index {
+        0 => "scheduler".into(),
+        i => format!("scheduler-{i}"),
+    }
 }
 
 async fn scan_periodically(tracker: Arc<Tracker>) {
@@ -650,10 +766,12 @@ async fn ensure_ports_free(layout: &PortLayout) -> Result<(), ClusterError> {
         wanted.push((w.thrift, format!("workerserver-{i} thrift")));
         wanted.push((w.http, format!("workerserver-{i} http")));
     }
-    let s = layout.scheduler;
-    wanted.push((s.thrift, "scheduler thrift".into()));
-    wanted.push((s.http, "scheduler http".into()));
-    wanted.push((s.grpc, "scheduler grpc".into()));
+    for (i, s) in layout.schedulers().enumerate() {
+        let name = scheduler_name(i);
+        wanted.push((s.thrift, format!("{name} thrift")));
+        wanted.push((s.http, format!("{name} http")));
+        wanted.push((s.grpc, format!("{name} grpc")));
+    }
     for (port, user) in wanted {
         if port_open(port).await {
             return Err(ClusterError::PortInUse { port, user });

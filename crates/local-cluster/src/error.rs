@@ -7,7 +7,7 @@ use crate::child::ChildExit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("unknown strategy {0:?} (expected local.memory or local.local)")]
+    #[error("unknown strategy {0:?} (expected local.memory, local.local or local.ha)")]
     UnknownStrategy(String),
     #[error("{count} {what} do not fit the port layout (at most {max})")]
     TooMany {
@@ -52,6 +52,14 @@ pub enum ClusterError {
          apiservers; {apiservers} would start"
     )]
     TooFewShards { replicas: usize, apiservers: usize },
+    #[error("local.ha needs a PostgreSQL URL for the saga log")]
+    NoDatabase,
+    #[error("cannot start the cluster's PostgreSQL server: {0}")]
+    Database(#[source] crate::postgres::PostgresError),
+    #[error("no scheduler led within {}; the first one's log: {}", humanize(*waited), log.display())]
+    NoLeader { waited: Duration, log: PathBuf },
+    #[error("cannot set up TLS to ask the scheduler whether it leads: {0}")]
+    Tls(String),
     #[error("the cluster's startup was cancelled")]
     Cancelled,
     #[error("{} {} while the cluster was starting{}", .0.name, .0.status, tail_suffix(&.0.log_tail))]

@@ -19,6 +19,10 @@ pub enum Strategy {
     /// Jobs in an in-memory saga log; nothing survives the cluster. Scoot's default.
     #[default]
     LocalMemory,
+    /// Highly available: a private PostgreSQL server in the state directory holds the saga log,
+    /// two schedulers share it (one leads, the other stands by), and the CAS is sharded over
+    /// the apiservers (two replicas unless `--cas_replicas` says otherwise).
+    LocalHa,
 }
 
 impl Strategy {
@@ -26,6 +30,7 @@ impl Strategy {
         match self {
             Strategy::LocalLocal => "local.local",
             Strategy::LocalMemory => "local.memory",
+            Strategy::LocalHa => "local.ha",
         }
     }
 }
@@ -43,6 +48,7 @@ impl FromStr for Strategy {
         match s {
             "local.local" => Ok(Strategy::LocalLocal),
             "local.memory" => Ok(Strategy::LocalMemory),
+            "local.ha" => Ok(Strategy::LocalHa),
             other => Err(ClusterError::UnknownStrategy(other.to_string())),
         }
     }
@@ -151,6 +157,8 @@ impl ClusterSpec {
 pub const SCHEDULER_THRIFT_PORT: u16 = 9090;
 pub const SCHEDULER_HTTP_PORT: u16 = 9091;
 pub const SCHEDULER_GRPC_PORT: u16 = 9099;
+/// The second scheduler of a `local.ha` cluster: thrift, http and grpc on these three.
+pub const STANDBY_SCHEDULER_BASE_PORT: u16 = 9095;
 /// Worker `i` serves HTTP on `WORKER_BASE_PORT + 2i` and Thrift on the port after it.
 pub const WORKER_BASE_PORT: u16 = 10100;
 pub const APISERVER_HTTP_BASE_PORT: u16 = 11100;
@@ -180,6 +188,8 @@ pub struct ApiServerPorts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortLayout {
     pub scheduler: SchedulerPorts,
+    /// The second scheduler's, in a `local.ha` cluster.
+    pub standby: Option<SchedulerPorts>,
     pub workers: Vec<WorkerPorts>,
     pub apiservers: Vec<ApiServerPorts>,
 }
@@ -237,9 +247,33 @@ impl PortLayout {
             .collect::<Result<Vec<_>, ClusterError>>()?;
         Ok(PortLayout {
             scheduler,
+            standby: None,
             workers,
             apiservers,
         })
+    }
+
+    /// This layout with a second scheduler's ports.
+    pub fn with_standby(mut self, offset: u16) -> Result<PortLayout, ClusterError> {
+        let port = |step: u16| {
+            let value =
+                u32::from(STANDBY_SCHEDULER_BASE_PORT) + u32::from(step) + u32::from(offset);
+            u16::try_from(value).map_err(|_| ClusterError::PortOutOfRange {
+                offset,
+                port: value,
+            })
+        };
+        self.standby = Some(SchedulerPorts {
+            thrift: port(0)?,
+            http: port(1)?,
+            grpc: port(2)?,
+        });
+        Ok(self)
+    }
+
+    /// Every scheduler's ports, the first (which leads at the start) first.
+    pub fn schedulers(&self) -> impl Iterator<Item = SchedulerPorts> + '_ {
+        std::iter::once(self.scheduler).chain(self.standby)
     }
 }
 
@@ -250,7 +284,13 @@ pub fn local_addr(port: u16) -> String {
 
 /// The scheduler's `-config` JSON for `strategy`. Workers are not discovered from the process
 /// table (that would pick up other clusters on the machine) but read from `workers_file`.
-pub fn scheduler_config(strategy: Strategy, workers_file: &Path) -> Result<String, ClusterError> {
+/// The scheduler's `-config`; `database` is the saga log's PostgreSQL URL, which `local.ha`
+/// needs (and the others ignore).
+pub fn scheduler_config(
+    strategy: Strategy,
+    workers_file: &Path,
+    database: Option<&str>,
+) -> Result<String, ClusterError> {
     let file = workers_file
         .to_str()
         .ok_or_else(|| ClusterError::NonUtf8Path(workers_file.to_path_buf()))?;
@@ -277,6 +317,20 @@ pub fn scheduler_config(strategy: Strategy, workers_file: &Path) -> Result<Strin
                 "DefaultTaskTimeout": "30m"
             },
             "SagaLog": {"Type": "memory", "ExpirationSec": 0, "GCIntervalSec": 1}
+        }),
+        Strategy::LocalHa => json!({
+            "Cluster": cluster,
+            "Workers": {"Type": "rpc", "PollingPeriod": "250ms"},
+            "SchedulerConfig": {
+                "Type": "stateful",
+                "MaxRetriesPerTask": 0,
+                "RecoverJobsOnStartup": true,
+                "DefaultTaskTimeout": "30m"
+            },
+            "SagaLog": {
+                "Type": "postgres",
+                "Url": database.ok_or(ClusterError::NoDatabase)?
+            }
         }),
     };
     Ok(config.to_string())
@@ -408,8 +462,40 @@ mod tests {
     }
 
     #[test]
+    fn a_highly_available_layout_has_a_second_scheduler() {
+        let layout = PortLayout::new(7, 1, 3).unwrap();
+        assert_eq!(layout.schedulers().count(), 1);
+        let layout = layout.with_standby(7).unwrap();
+        assert_eq!(
+            layout.standby,
+            Some(SchedulerPorts {
+                thrift: 9102,
+                http: 9103,
+                grpc: 9104
+            })
+        );
+        let ports: Vec<u16> = layout.schedulers().map(|s| s.thrift).collect();
+        assert_eq!(ports, [9097, 9102]);
+    }
+
+    #[test]
+    fn local_ha_config_puts_the_saga_log_in_postgres() {
+        let url = "postgresql://scoot@127.0.0.1:5433/scoot";
+        let text = scheduler_config(Strategy::LocalHa, Path::new("/w"), Some(url)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["SagaLog"], json!({"Type": "postgres", "Url": url}));
+        assert_eq!(value["SchedulerConfig"]["RecoverJobsOnStartup"], true);
+        assert!(matches!(
+            scheduler_config(Strategy::LocalHa, Path::new("/w"), None),
+            Err(ClusterError::NoDatabase)
+        ));
+        assert_eq!("local.ha".parse::<Strategy>().unwrap(), Strategy::LocalHa);
+    }
+
+    #[test]
     fn local_local_config() {
-        let text = scheduler_config(Strategy::LocalLocal, Path::new("/tmp/c/workers")).unwrap();
+        let text =
+            scheduler_config(Strategy::LocalLocal, Path::new("/tmp/c/workers"), None).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             value,
@@ -426,7 +512,7 @@ mod tests {
 
     #[test]
     fn local_memory_config() {
-        let text = scheduler_config(Strategy::LocalMemory, Path::new("/w \"q\"")).unwrap();
+        let text = scheduler_config(Strategy::LocalMemory, Path::new("/w \"q\""), None).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             value,
