@@ -4,7 +4,9 @@
 //! it only proves it still compiles and starts.
 //!
 //! The goal is ≤ 2.5 ms p50 from RunJob to COMPLETE (issue #13; ../shared/DESIGN.md §6 asked
-//! < 10 ms); Scoot's 250 ms loop tick and 250 ms worker polling put it at 250 ms or more.
+//! < 10 ms); Scoot's 250 ms loop tick and 250 ms worker polling put it at 250 ms or more. With
+//! the saga log in PostgreSQL (a private server on this machine, default settings: every
+//! commit waits for its WAL flush) the goal is < 10 ms p50 (issue #14).
 
 // A benchmark reports an unexpected failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -34,7 +36,20 @@ const IDLE_CONNECTIONS: usize = 1000;
 
 fn measure(saga_log: &str, jobs: usize, idle_connections: usize) -> Latencies {
     let worker = Worker::start(&["-log_level", "warn"]);
-    let sched = start_scheduler(&[&worker], saga_log);
+    let mut database = None;
+    let sched = match saga_log {
+        "postgres" => {
+            let db =
+                scoot_local_cluster::postgres::PrivateCluster::start(Default::default()).unwrap();
+            db.create_database("scoot").unwrap();
+            let mut sched =
+                Scheduler::start_on_postgres(&[&worker], &db.url("scoot"), serde_json::json!({}));
+            sched.wait_leading();
+            database = Some(db);
+            sched
+        }
+        kind => start_scheduler(&[&worker], kind),
+    };
     let _idle: Vec<std::net::TcpStream> = (0..idle_connections)
         .flat_map(|_| {
             [sched.thrift_port, worker.thrift_port]
@@ -75,6 +90,8 @@ fn measure(saga_log: &str, jobs: usize, idle_connections: usize) -> Latencies {
             assert!(started.elapsed() < DEADLINE, "job {id} did not complete");
         }
     }
+    drop(sched);
+    drop(database);
     lat
 }
 
@@ -93,7 +110,9 @@ fn main() {
     let jobs = if benchmarking { JOBS } else { 1 };
     let idle = if benchmarking { IDLE_CONNECTIONS } else { 10 };
     let mut rows = Vec::new();
-    for (saga_log, idle_connections) in [("memory", 0), ("file", 0), ("file", idle)] {
+    for (saga_log, idle_connections) in
+        [("memory", 0), ("file", 0), ("file", idle), ("postgres", 0)]
+    {
         let mut lat = measure(saga_log, jobs, idle_connections);
         let p50 = percentile(&mut lat.complete, 0.5);
         let held = if idle_connections > 0 {
@@ -101,16 +120,16 @@ fn main() {
         } else {
             String::new()
         };
+        let (goal, limit) = match saga_log {
+            "postgres" => ("< 10 ms p50", Duration::from_millis(10)),
+            _ => ("≤ 2.5 ms p50", Duration::from_micros(2500)),
+        };
         let row = format!(
-            "| RunJob → COMPLETE, `true`, {saga_log} saga log{held} | {} | {} | {} | ≤ 2.5 ms p50 | {} |",
+            "| RunJob → COMPLETE, `true`, {saga_log} saga log{held} | {} | {} | {} | {goal} | {} |",
             ms(p50),
             ms(percentile(&mut lat.complete, 0.99)),
             ms(percentile(&mut lat.running, 0.5)),
-            if p50 <= Duration::from_micros(2500) {
-                "met"
-            } else {
-                "not met"
-            },
+            if p50 <= limit { "met" } else { "not met" },
         );
         println!("{row}");
         rows.push(row);
