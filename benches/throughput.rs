@@ -129,7 +129,8 @@ fn main() {
     drop(workers);
 
     // Queue without workers: every task stays waiting in the scheduler.
-    let idle = Scheduler::start(&[], json!({}));
+    // Scoot's 100 jobs in progress per requestor would refuse the queue this fills.
+    let idle = Scheduler::start(&[], json!({"MaxJobsPerRequestor": queued_jobs}));
     let mut client = idle.client();
     let before = rss_mb(idle.proc.pid().as_raw());
     for j in 0..queued_jobs {

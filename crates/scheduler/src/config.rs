@@ -216,27 +216,23 @@ impl SchedulerConfig {
     pub fn from_json(text: &str) -> Result<SchedulerConfig, ConfigError> {
         let given: JsonConfig = serde_json::from_str(text)?;
         let default: JsonConfig = serde_json::from_str(DEFAULT)?;
-        let pick = |g: Option<String>, d: Option<String>| g.or(d);
-        let cluster = given
-            .cluster
-            .filter(|c| !c.kind.is_empty())
-            .or(default.cluster)
-            .unwrap_or_default();
-        let workers = given
-            .workers
-            .filter(|w| !w.kind.is_empty())
-            .or(default.workers)
-            .unwrap_or_default();
-        let sched = given
-            .scheduler_config
-            .filter(|s| !s.kind.is_empty())
-            .or(default.scheduler_config)
-            .unwrap_or_default();
-        let saga = given
-            .saga_log
-            .filter(|s| !s.kind.is_empty())
-            .or(default.saga_log)
-            .unwrap_or_default();
+        let cluster = section("Cluster", given.cluster, default.cluster, |c| &c.kind)?;
+        let workers = section("Workers", given.workers, default.workers, |w| &w.kind)?;
+        // Scoot has one scheduler type, so a SchedulerConfig without one means it.
+        let sched = match given.scheduler_config {
+            Some(mut s) if s.kind.is_empty() => {
+                s.kind = "stateful".into();
+                s
+            }
+            given => given.or(default.scheduler_config).unwrap_or_default(),
+        };
+        if sched.kind != "stateful" {
+            return Err(ConfigError::Invalid(format!(
+                "unknown SchedulerConfig.Type {:?} (the one type is \"stateful\")",
+                sched.kind
+            )));
+        }
+        let saga = section("SagaLog", given.saga_log, default.saga_log, |s| &s.kind)?;
 
         if sched.debug_mode {
             return Err(ConfigError::Invalid(
@@ -267,7 +263,7 @@ impl SchedulerConfig {
         };
         let polling_period = duration(
             "Workers.PollingPeriod",
-            pick(workers.polling_period, None),
+            workers.polling_period,
             Duration::from_millis(250),
         )?;
         let default_task_timeout = duration(
@@ -358,6 +354,23 @@ fn duration(
     }
 }
 
+/// The section as given, or the default's when the config has none. A section given without a
+/// Type is refused: taking the default's Type would drop its other settings unseen.
+fn section<T: Default>(
+    name: &str,
+    given: Option<T>,
+    default: Option<T>,
+    kind: impl Fn(&T) -> &String,
+) -> Result<T, ConfigError> {
+    match given {
+        Some(s) if kind(&s).is_empty() => Err(ConfigError::Invalid(format!(
+            "the {name} section has no Type"
+        ))),
+        Some(s) => Ok(s),
+        None => Ok(default.unwrap_or_default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +402,28 @@ mod tests {
             (10, 100)
         );
         assert_eq!(default.max_retries_per_task, 0);
+    }
+
+    #[test]
+    fn a_scheduler_section_without_a_type_keeps_its_settings() {
+        let cfg =
+            SchedulerConfig::from_flag(r#"{"SchedulerConfig": {"MaxRequestors": 100}}"#).unwrap();
+        assert_eq!(cfg.max_requestors, 100);
+        let err = SchedulerConfig::from_flag(r#"{"SchedulerConfig": {"Type": "stateless"}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("stateless"), "{err}");
+    }
+
+    #[test]
+    fn a_section_without_a_type_is_refused_not_replaced() {
+        for text in [
+            r#"{"SagaLog": {"Directory": "/var/lib/sagas"}}"#,
+            r#"{"Cluster": {"File": "/etc/scoot/workers"}}"#,
+            r#"{"Workers": {"PollingPeriod": "1s"}}"#,
+        ] {
+            let err = SchedulerConfig::from_flag(text).unwrap_err();
+            assert!(err.to_string().contains("has no Type"), "{text}: {err}");
+        }
     }
 
     #[test]
