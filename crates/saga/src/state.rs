@@ -1,6 +1,7 @@
 //! The saga state machine: what a saga's messages mean and which ones may follow.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::error::SagaError;
 use crate::message::{MessageKind, SagaMessage};
@@ -26,7 +27,9 @@ struct TaskState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaState {
     saga_id: String,
-    job: Vec<u8>,
+    /// Shared, not copied, by the clones a saga keeps (what is durable and what is pending):
+    /// it is the whole serialized job, the bulk of a queued job's memory.
+    job: Arc<[u8]>,
     /// Started tasks by id (sorted, so [`task_ids`](Self::task_ids) is deterministic).
     tasks: BTreeMap<String, TaskState>,
     completed: bool,
@@ -42,7 +45,7 @@ impl SagaState {
         }
         Ok(SagaState {
             saga_id,
-            job: job.into(),
+            job: Arc::from(job.into()),
             tasks: BTreeMap::new(),
             completed: false,
             aborted: false,

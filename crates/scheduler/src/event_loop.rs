@@ -36,7 +36,9 @@ use crate::state::{
     Durations, JobState, Node, NodeHealth, Placement, TaskStatus, offered, pick_node, placement,
 };
 use crate::stats;
-use crate::task_runner::{self, AttemptFinished, AttemptResult, DEAD_LETTER_SUFFIX, TaskAttempt};
+use crate::task_runner::{
+    self, AttemptFinished, AttemptResult, DEAD_LETTER_SUFFIX, StopSignal, TaskAttempt,
+};
 use crate::wire;
 use crate::worker_client::{Connect, thrift_workers};
 
@@ -486,7 +488,11 @@ impl Loop {
                     batch.push(SagaMessage::end_task(job_id, task_id, data));
                     waiting.push((task_id.clone(), aborted));
                 }
-                TaskStatus::Running { .. } => task.stop.stop(reason),
+                TaskStatus::Running { .. } => {
+                    if let Some(stop) = &task.stop {
+                        stop.stop(reason);
+                    }
+                }
                 // Already being ended, with its own reason.
                 TaskStatus::Ending | TaskStatus::Done => {}
             }
@@ -500,7 +506,7 @@ impl Loop {
             let now = SystemTime::now();
             for (task_id, aborted) in waiting {
                 if let Some(task) = state.task_mut(&task_id) {
-                    task.run.end(&aborted, now);
+                    task.run_mut().end(&aborted, now);
                 }
                 state.mark_done(&task_id);
             }
@@ -575,7 +581,7 @@ impl Loop {
                     .and_then(|j| j.task_mut(&task_id))
                     && matches!(&task.status, TaskStatus::Running { node: n, .. } if *n == node)
                 {
-                    task.run.running(&status);
+                    task.run_mut().running(&status);
                 }
             }
             Event::WorkerFree {
@@ -666,7 +672,7 @@ impl Loop {
                     self.durations.record(&task_id, elapsed);
                 }
                 if let Some(task) = state.task_mut(&task_id) {
-                    task.run.end(&status, now);
+                    task.run_mut().end(&status, now);
                 }
                 state.mark_done(&task_id);
             }
@@ -677,7 +683,7 @@ impl Loop {
                     && matches!(task.status, TaskStatus::Running { .. } | TaskStatus::Ending)
                 {
                     task.status = TaskStatus::Waiting;
-                    task.run.retry(&error, now);
+                    task.run_mut().retry(&error, now);
                     state.running -= 1;
                 }
             }
@@ -915,7 +921,7 @@ impl Loop {
                     task.unplaced_since = None;
                     continue;
                 }
-                let requirements = match &task.requirements {
+                let requirements = match task.requirements.as_ref() {
                     Ok(requirements) => requirements,
                     Err(invalid) => {
                         let why = format!("the task's platform is invalid: {invalid}");
@@ -1061,8 +1067,13 @@ impl Loop {
         let now = Instant::now().duration_since(self.epoch);
         let decision = self.alg.schedule(now, workers, idle.len(), &views);
         for (job_id, task_id) in &decision.stop {
-            if let Some(task) = self.jobs.get_mut(job_id).and_then(|j| j.task_mut(task_id)) {
-                task.stop.stop("RebalanceRequested");
+            if let Some(stop) = self
+                .jobs
+                .get_mut(job_id)
+                .and_then(|j| j.task_mut(task_id))
+                .and_then(|task| task.stop.as_ref())
+            {
+                stop.stop("RebalanceRequested");
             }
         }
         let mut assignments = Vec::new();
@@ -1074,7 +1085,7 @@ impl Loop {
                 continue;
             };
             let task = &job.tasks[pos];
-            let Ok(requirements) = &task.requirements else {
+            let Ok(requirements) = task.requirements.as_ref() else {
                 continue;
             };
             let snapshot = &job.job.def.tasks[task.index].command.snapshot_id;
@@ -1100,8 +1111,9 @@ impl Loop {
             node: node_id.to_string(),
             started: Instant::now(),
         };
-        task.run.start(node_id, SystemTime::now());
-        task.stop = Default::default();
+        task.run_mut().start(node_id, SystemTime::now());
+        let stop = StopSignal::default();
+        task.stop = Some(stop.clone());
         let may_retry = task.attempts < self.config.max_retries_per_task;
         task.attempts += 1;
         job.running += 1;
@@ -1118,7 +1130,7 @@ impl Loop {
             cmd,
             client: node.client.clone(),
             saga: job.saga.clone(),
-            stop: task.stop.clone(),
+            stop,
             may_retry,
             polling_period: self.config.polling_period,
             worker_free: Some(Box::new({

@@ -43,14 +43,24 @@ pub struct TaskState {
     pub index: usize,
     pub status: TaskStatus,
     pub attempts: u32,
-    pub stop: StopSignal,
+    /// Stops its current attempt; `None` before the first. (This and `run` are made when the task
+    /// starts: most tasks of a big queue are waiting, and each costs memory the queue multiplies.)
+    pub stop: Option<StopSignal>,
     /// What the task asks of its worker; an error when its platform does not parse (only a
     /// job recovered from a damaged or foreign saga log can carry one, since Execute checks).
-    pub requirements: Result<Requirements, Invalid>,
+    /// Shared by the tasks of a job that ask for the same platform.
+    pub requirements: Arc<Result<Requirements, Invalid>>,
     /// Since when it has waited with no ready worker able to run it.
     pub unplaced_since: Option<Instant>,
-    /// Its latest attempt, for the web pages.
-    pub run: RunRecord,
+    /// Its latest attempt, for the web pages; `None` before the first.
+    pub run: Option<Box<RunRecord>>,
+}
+
+impl TaskState {
+    /// The record of its latest attempt, made empty if it has none yet.
+    pub fn run_mut(&mut self) -> &mut RunRecord {
+        self.run.get_or_insert_with(Box::default)
+    }
 }
 
 pub struct JobState {
@@ -74,16 +84,24 @@ impl JobState {
         let mut order: Vec<usize> = (0..job.def.tasks.len()).collect();
         // Stable sort: equal (e.g. unknown) durations keep the submitted order.
         order.sort_by_key(|i| std::cmp::Reverse(durations.get(&job.def.tasks[*i].task_id)));
+        let mut parsed: HashMap<&[PlatformProperty], Arc<Result<Requirements, Invalid>>> =
+            HashMap::new();
         let tasks: Vec<TaskState> = order
             .into_iter()
-            .map(|index| TaskState {
-                index,
-                status: TaskStatus::Waiting,
-                attempts: 0,
-                stop: StopSignal::default(),
-                requirements: platform::parse(&job.def.tasks[index].command.platform),
-                unplaced_since: None,
-                run: RunRecord::default(),
+            .map(|index| {
+                let platform = job.def.tasks[index].command.platform.as_slice();
+                let requirements = parsed
+                    .entry(platform)
+                    .or_insert_with(|| Arc::new(platform::parse(platform)));
+                TaskState {
+                    index,
+                    status: TaskStatus::Waiting,
+                    attempts: 0,
+                    stop: None,
+                    requirements: Arc::clone(requirements),
+                    unplaced_since: None,
+                    run: None,
+                }
             })
             .collect();
         let by_id = tasks
@@ -136,7 +154,12 @@ impl JobState {
         let failed = self
             .tasks
             .iter()
-            .filter(|t| t.run.outcome.as_ref().is_some_and(|o| !o.succeeded()))
+            .filter(|t| {
+                t.run
+                    .as_ref()
+                    .and_then(|run| run.outcome.as_ref())
+                    .is_some_and(|o| !o.succeeded())
+            })
             .count();
         let phase = match (finished.is_some(), self.killed) {
             (false, true) => JobPhase::Killing,
@@ -183,7 +206,7 @@ impl JobState {
                     argv: overview::bounded(&def.command.argv.join(" ")),
                     phase,
                     attempts: task.attempts,
-                    run: task.run.clone(),
+                    run: task.run.as_deref().cloned().unwrap_or_default(),
                 })
             })
             .collect()
