@@ -42,7 +42,7 @@ impl SagaCoordinator {
     ) -> Result<Saga, SagaError> {
         let state = SagaState::new(saga_id, job)?;
         let log = Arc::clone(&self.log);
-        let (id, job) = (state.saga_id().to_owned(), state.job().to_vec());
+        let (id, job) = (state.saga_id().to_owned(), state.shared_job());
         blocking(move || log.start_saga(&id, &job)).await?;
         Ok(Saga::new(Arc::clone(&self.log), state))
     }

@@ -244,6 +244,11 @@ impl SagaState {
         &self.job
     }
 
+    /// The same data, shared rather than copied (for a write on another thread).
+    pub(crate) fn shared_job(&self) -> Arc<[u8]> {
+        Arc::clone(&self.job)
+    }
+
     /// Whether End Saga was applied.
     pub fn is_saga_completed(&self) -> bool {
         self.completed
